@@ -1,0 +1,42 @@
+"""The `tracer` command line: a thin layer that parses options and calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from .._version import __version__
+from ._common import EXIT_CODES_HELP, STATE
+from . import keys_cmd, ledger_cmd, workspace_cmd
+
+app = typer.Typer(
+    name="tracer",
+    help="Per-customer fingerprinting and leak tracing for ML models.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tracer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    workspace: str = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: $TRACER_WORKSPACE, else the current folder or a parent)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    STATE.workspace = workspace
+    STATE.verbose = verbose
+
+
+workspace_cmd.register(app)
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(ledger_cmd.app, name="ledger")
+
+
+def main() -> None:
+    app()

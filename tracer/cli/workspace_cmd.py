@@ -1,0 +1,34 @@
+"""`tracer init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..keys.keyring import get_passphrase
+from ..workspace import LOSS_WARNING, init_workspace
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, print_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("init", help="Create a workspace: tracer.toml, encrypted keys/ and the ledger tracer.db.\n\n" + EXIT_CODES_HELP)
+    @handle_errors
+    def init(
+        directory: Path = typer.Argument(Path("."), help="Folder for the new workspace (created if missing)."),
+        example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits or tabular."),
+        json_out: bool = JsonOpt,
+    ) -> None:
+        from ..examples import example_config, prepare_example
+
+        config_text = example_config(example) if example else None
+        passphrase = get_passphrase(confirm=True)
+        kwargs = {"config_text": config_text} if config_text else {}
+        ws = init_workspace(directory, passphrase=passphrase, **kwargs)
+        if example:
+            prepare_example(ws, example, progress=not json_out)
+        err.print(f"[bold yellow]warning:[/] {LOSS_WARNING}", markup=True)
+        if json_out:
+            print_json({"workspace": str(ws.root), "config": str(ws.config_path), "ledger": str(ws.ledger_path), "keys": str(ws.keys_dir), "example": example})
+        else:
+            print(f"created workspace {ws.root}")

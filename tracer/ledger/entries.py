@@ -1,0 +1,109 @@
+"""Ledger entries: canonical encoding, hash chaining and Ed25519 signatures.
+
+An entry is ``{"seq", "kind", "time", "prev", "payload"}``. Its hash is
+SHA-256 over the RFC 8785 canonical JSON of those five fields, and ``prev``
+is the previous entry's hash (64 zeros for the first), so changing, removing,
+reordering or inserting any entry breaks the chain. The signature is Ed25519
+over ``b"tracer-ledger-entry/v1\\0" + hash``: without the private key nobody
+can re-chain a modified ledger. This module is pure: no database, so the same
+code verifies a live ledger and an exported JSON-lines file offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import LedgerTampered
+
+__all__ = ["Entry", "GENESIS_PREV", "canonical", "entry_hash", "sign_entry", "verify_chain", "utc_now", "sign_blob", "verify_blob"]
+
+GENESIS_PREV = "0" * 64
+_ENTRY_DOMAIN = b"tracer-ledger-entry/v1\0"
+
+
+def utc_now() -> str:
+    """UTC time as ISO-8601 with microseconds and a Z suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 (JCS) canonical JSON bytes."""
+    return rfc8785.dumps(obj)
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    kind: str
+    time: str
+    prev: str
+    payload: dict[str, Any]
+    hash: str
+    signature: str
+
+    def body(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind, "time": self.time, "prev": self.prev, "payload": self.payload}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "hash": self.hash, "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Entry":
+        return cls(
+            seq=int(doc["seq"]), kind=str(doc["kind"]), time=str(doc["time"]), prev=str(doc["prev"]),
+            payload=doc["payload"], hash=str(doc["hash"]), signature=str(doc["signature"]),
+        )
+
+
+def entry_hash(seq: int, kind: str, time: str, prev: str, payload: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({"seq": seq, "kind": kind, "time": time, "prev": prev, "payload": payload})).hexdigest()
+
+
+def sign_blob(key: Ed25519PrivateKey, domain: bytes, data: bytes) -> str:
+    return base64.b64encode(key.sign(domain + data)).decode("ascii")
+
+
+def verify_blob(key: Ed25519PublicKey, domain: bytes, data: bytes, signature: str) -> bool:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), domain + data)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def sign_entry(key: Ed25519PrivateKey, *, seq: int, kind: str, time: str, prev: str, payload: dict[str, Any]) -> Entry:
+    h = entry_hash(seq, kind, time, prev, payload)
+    return Entry(seq, kind, time, prev, payload, h, sign_blob(key, _ENTRY_DOMAIN, bytes.fromhex(h)))
+
+
+def verify_chain(entries: Iterable[Entry], public_key: Ed25519PublicKey) -> tuple[int, str]:
+    """Check every link, hash and signature; return (count, head hash).
+
+    Raises :class:`LedgerTampered` naming the first bad entry.
+    """
+    prev, count = GENESIS_PREV, 0
+    for expected_seq, e in enumerate(entries, start=1):
+        where = f"entry {e.seq}"
+        if e.seq != expected_seq:
+            what = "missing or deleted" if e.seq > expected_seq else "duplicated or reordered"
+            raise LedgerTampered(f"entry {expected_seq} is {what} (found seq {e.seq} in its place)", entry=expected_seq)
+        if e.prev != prev:
+            raise LedgerTampered(f"{where} does not link to the entry before it (removed, reordered or inserted)", entry=e.seq)
+        try:
+            recomputed = entry_hash(e.seq, e.kind, e.time, e.prev, e.payload)
+        except Exception:
+            raise LedgerTampered(f"{where} cannot be canonicalized (modified)", entry=e.seq) from None
+        if recomputed != e.hash:
+            raise LedgerTampered(f"{where} was modified (its content no longer matches its hash)", entry=e.seq)
+        if not verify_blob(public_key, _ENTRY_DOMAIN, bytes.fromhex(e.hash), e.signature):
+            raise LedgerTampered(f"{where} has an invalid signature (forged)", entry=e.seq)
+        prev, count = e.hash, e.seq
+    return count, prev

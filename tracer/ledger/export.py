@@ -1,0 +1,39 @@
+"""JSON-lines export of the ledger, verifiable offline with the public key alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import LedgerTampered
+from .entries import Entry, verify_chain
+from .store import Ledger, verify_checkpoint
+
+__all__ = ["export_lines", "read_export", "verify_export"]
+
+
+def export_lines(ledger: Ledger) -> Iterator[str]:
+    for e in ledger.entries():
+        yield json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False)
+
+
+def read_export(lines: Iterable[str]) -> list[Entry]:
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Entry.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            raise LedgerTampered(f"line {n} of the export is not a ledger entry", entry=n) from None
+    return out
+
+
+def verify_export(lines: Iterable[str], public_key: Ed25519PublicKey, *, checkpoint: dict[str, Any] | None = None) -> tuple[int, str]:
+    entries = read_export(lines)
+    result = verify_chain(entries, public_key)
+    if checkpoint is not None:
+        verify_checkpoint(checkpoint, public_key, entries)
+    return result

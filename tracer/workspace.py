@@ -1,0 +1,158 @@
+"""A tracer workspace: ``tracer.toml``, ``keys/`` and the ledger ``tracer.db``.
+
+Commands find their workspace from an explicit folder, else ``TRACER_WORKSPACE``,
+else the current folder or one of its parents (as git does).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from ._files import atomic_write_bytes
+from .config import Config, load_config
+from .errors import WorkspaceError
+from .keys.keyring import Keyring, get_passphrase
+from .ledger import Ledger
+
+__all__ = ["Workspace", "find_workspace", "init_workspace", "CONFIG_FILE", "LEDGER_FILE", "WORKSPACE_ENV"]
+
+CONFIG_FILE = "tracer.toml"
+LEDGER_FILE = "tracer.db"
+KEYS_DIR = "keys"
+WORKSPACE_ENV = "TRACER_WORKSPACE"
+
+LOSS_WARNING = (
+    "Back up keys/ (master.key, signing.key) and remember the passphrase: "
+    "if the master secret is lost, no customer can ever be identified again."
+)
+
+GENERIC_CONFIG = """\
+# tracer workspace configuration. Paths are relative to this file.
+
+[task]
+num_classes = 10              # size of the model's output vector
+input_shape = [1, 28, 28]     # one input, without the batch axis
+input_dtype = "float32"
+domain = "image"              # "image" (pixels on an 8-bit grid) or "tabular"
+low = 0.0                     # input domain: a number, or one per feature
+high = 1.0
+
+[model]
+factory = "mymodel:make_model"   # package.module:function returning an nn.Module
+weights = "models/base.pt"       # its state_dict (loaded with weights_only=True)
+
+[data]
+# exactly one of:
+loader = "mymodel:load_data"     # function returning {x_train, y_train, x_val, y_val}
+# npz = "data.npz"               # arrays x_train, y_train, x_val, y_val (or x, y: split off validation)
+# image_folder = "images"        # one sub-folder per class, or train/ and val/ each with them
+
+[fingerprint]
+probe_sets = 2                # independent probe sets, so one shown to a suspect can be retired
+probes_per_set = 0            # 0: automatic (64 at 10 classes, more for fewer classes)
+
+[embedding]
+steps = 200                   # optimizer steps; does not grow with the dataset
+learning_rate = 0.002
+
+[gates]
+min_trigger_accuracy = 0.95   # fraction of trigger probes the copy must answer with its codeword
+max_accuracy_drop = 0.005     # clean validation accuracy may drop at most this much (0.5 points)
+
+[identify]
+alpha = 1e-6                  # bound on the chance of naming any innocent customer
+"""
+
+
+@dataclass
+class Workspace:
+    root: Path
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / LEDGER_FILE
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / KEYS_DIR
+
+    @property
+    def config(self) -> Config:
+        """Parsed lazily: ledger commands work even while the model section is unfinished."""
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_path)
+
+    def unlock(self, *, passphrase: str | None = None, master: bool = True, signing: bool = True) -> Keyring:
+        return Keyring.open(self.keys_dir, passphrase=passphrase or get_passphrase(), master=master, signing=signing)
+
+    def public_key_pem(self) -> bytes:
+        return Keyring.public_key_pem(self.keys_dir)
+
+
+def _is_workspace(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / LEDGER_FILE).is_file()
+
+
+def find_workspace(explicit: str | os.PathLike | None = None) -> Workspace:
+    """Locate the workspace: explicit folder, else $TRACER_WORKSPACE, else cwd or a parent."""
+    hint = "run `tracer init DIR` to create one, or pass --workspace DIR"
+    if explicit is None:
+        explicit = os.environ.get(WORKSPACE_ENV) or None
+    if explicit is not None:
+        root = Path(explicit).expanduser().resolve()
+        if not _is_workspace(root):
+            raise WorkspaceError(f"{root} is not a tracer workspace (no {CONFIG_FILE} and {LEDGER_FILE})", hint=hint)
+        return Workspace(root)
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if _is_workspace(folder):
+            return Workspace(folder)
+    raise WorkspaceError("not inside a tracer workspace", hint=hint)
+
+
+def init_workspace(
+    root: str | os.PathLike,
+    *,
+    passphrase: str,
+    config_text: str = GENERIC_CONFIG,
+    scrypt: dict[str, int] | None = None,
+) -> Workspace:
+    """Create a workspace: configuration, encrypted keys, and a ledger with its genesis entry.
+
+    Refuses to touch a folder that already holds a workspace or keys.
+    """
+    root = Path(root).expanduser().resolve()
+    for existing in (root / CONFIG_FILE, root / LEDGER_FILE, root / KEYS_DIR / "master.key"):
+        if existing.exists():
+            raise WorkspaceError(f"{existing} already exists; refusing to overwrite a workspace", hint="choose an empty folder")
+    root.mkdir(parents=True, exist_ok=True)
+    keyring = Keyring.create(root / KEYS_DIR, passphrase=passphrase, scrypt=scrypt)
+    (root / KEYS_DIR / ".gitignore").write_text("*\n!.gitignore\n")
+    ledger_tmp = root / (LEDGER_FILE + ".init")
+    try:
+        with Ledger(ledger_tmp, create=True) as ledger:
+            ledger.append("genesis", {
+                "tracer_version": __version__,
+                "derivation": "tracer/v1",
+                "public_key": Keyring.public_key_pem(root / KEYS_DIR).decode("ascii"),
+            }, key=keyring.signing_key)
+            ledger.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            ledger.db.conn.execute("PRAGMA journal_mode = DELETE")
+        os.replace(ledger_tmp, root / LEDGER_FILE)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(ledger_tmp) + suffix).unlink(missing_ok=True)
+    atomic_write_bytes(root / CONFIG_FILE, config_text.encode("utf-8"))
+    return Workspace(root)
