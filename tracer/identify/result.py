@@ -1,0 +1,66 @@
+"""The outcome of an identification, shared by `identify` (model file), `probe` (API) and `evaluate`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Candidate", "IdentificationResult"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One issued customer scored against the suspect."""
+
+    customer: str
+    display_name: str
+    matches: int  # probes answered with this customer's codeword label
+    trials: int  # probes scored
+    p_value: float  # P[matches this high | suspect not derived from this customer]; may underflow to 0.0
+    log10_p: float  # exact log10 of p_value, finite where p_value underflows
+    named: bool  # rejected by the family-wise procedure at alpha
+
+
+@dataclass
+class IdentificationResult:
+    verdict: str  # "match" | "no_match"
+    customers: list[str]  # the named customers
+    alpha: float
+    queries: int  # inputs sent to the suspect
+    model_sha256: str | None
+    candidates: list[Candidate]  # every issued customer, best (smallest p) first
+    num_classes: int
+    probe_sets: list[str]
+    method: str  # e.g. "exact binomial tail, Holm step-down over N customers"
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. probe: endpoint, trigger_queries
+    ledger_entry: int | None = None  # seq of the ledger entry recording it
+
+    @property
+    def matched(self) -> bool:
+        return self.verdict == "match"
+
+    def to_json(self, *, top: int = 5) -> dict[str, Any]:
+        """The documented --json document: candidates best first, at least the top ``top``."""
+        shown = [c for c in self.candidates if c.named]
+        shown += [c for c in self.candidates if not c.named][: max(0, top - len(shown))]
+        doc: dict[str, Any] = {
+            "verdict": self.verdict,
+            "customers": list(self.customers),
+            "alpha": self.alpha,
+            "queries": self.queries,
+            "model_sha256": self.model_sha256,
+            "candidates": [
+                {"customer": c.customer, "matches": c.matches, "trials": c.trials, "p_value": c.p_value, "log10_p": c.log10_p}
+                for c in shown
+            ],
+            "num_classes": self.num_classes,
+            "probe_sets": list(self.probe_sets),
+            "method": self.method,
+            "issued_customers": len(self.candidates),
+            "ledger_entry": self.ledger_entry,
+        }
+        doc.update(self.extra)
+        return doc
+
+    def full(self) -> dict[str, Any]:
+        return {**self.to_json(top=len(self.candidates)), "candidates_all": [asdict(c) for c in self.candidates]}
