@@ -68,10 +68,11 @@ class FingerprintConfig:
 class EmbeddingConfig:
     steps: int = 200
     batch_size: int = 64
-    trigger_batch: int = 32
-    learning_rate: float = 2e-3
-    distill_weight: float = 1.0
+    trigger_batch: int = 64
+    learning_rate: float = 1e-2
+    distill_weight: float = 4.0
     trigger_noise: float = 0.03
+    attempts: int = 3  # fresh seeds tried before a gate failure is final
     seed: int = 0
     device: str = "auto"
 
@@ -173,7 +174,7 @@ def parse_config(doc: dict, root: Path) -> Config:
     if not 1 <= fp.probe_sets <= 64 or fp.probes_per_set < 0:
         raise ConfigError("tracer.toml: fingerprint.probe_sets must be 1..64 and probes_per_set >= 0")
     emb = _build(EmbeddingConfig, _section(doc, "embedding"), "embedding")
-    if emb.steps < 1 or emb.batch_size < 1 or emb.trigger_batch < 1 or emb.learning_rate <= 0:
+    if emb.attempts < 1 or emb.steps < 1 or emb.batch_size < 1 or emb.trigger_batch < 1 or emb.learning_rate <= 0:
         raise ConfigError("tracer.toml: embedding.steps, batch_size, trigger_batch and learning_rate must be positive")
     gates = _build(GateConfig, _section(doc, "gates"), "gates")
     if not 0 <= gates.min_trigger_accuracy <= 1 or not 0 <= gates.max_accuracy_drop <= 1:

@@ -6,7 +6,7 @@ import typer
 
 from .._version import __version__
 from ._common import EXIT_CODES_HELP, STATE
-from . import keys_cmd, ledger_cmd, workspace_cmd
+from . import issue_cmd, keys_cmd, ledger_cmd, workspace_cmd
 
 app = typer.Typer(
     name="tracer",
@@ -34,9 +34,24 @@ def _root(
 
 
 workspace_cmd.register(app)
+issue_cmd.register(app)
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(ledger_cmd.app, name="ledger")
 
 
+def _sigterm_as_interrupt() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so cleanup handlers run (nothing half-written)."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        pass
+
+
 def main() -> None:
+    _sigterm_as_interrupt()
     app()

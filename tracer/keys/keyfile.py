@@ -38,6 +38,10 @@ FORMAT = "tracer-keyfile/1"
 DEFAULT_SCRYPT = {"n": 2**17, "r": 8, "p": 1}
 #: Floor accepted when reading, so a tampered file cannot downgrade the KDF below something sane.
 _MIN_SCRYPT_N = 2**10
+#: Ceilings accepted when reading (16x the default work, 1 GiB of memory), so a tampered file
+#: cannot make unlocking run for minutes or exhaust memory.
+_MAX_SCRYPT_WORK = 2**24  # n * r * p
+_MAX_SCRYPT_MEM = 2**23  # n * r (x 128 bytes)
 
 
 def _b64(data: bytes) -> str:
@@ -107,11 +111,12 @@ def decrypt_secret(data: bytes, *, passphrase: str, kind: str, source: str = "ke
         if kdf["name"] != "scrypt" or aead["name"] != "AES-256-GCM":
             raise KeyFileError(f"{source} uses an unsupported KDF or cipher")
         n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-        if n < _MIN_SCRYPT_N or n & (n - 1) or not (1 <= r <= 64 and 1 <= p <= 16):
+        if n < _MIN_SCRYPT_N or n & (n - 1) or not (1 <= r <= 64 and 1 <= p <= 16) \
+                or n * r > _MAX_SCRYPT_MEM or n * r * p > _MAX_SCRYPT_WORK:
             raise KeyFileError(f"{source} has implausible KDF parameters (tampered?)")
         salt, nonce = _unb64(kdf["salt"]), _unb64(aead["nonce"])
         check, ciphertext = _unb64(doc["check"]), _unb64(doc["ciphertext"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a non-string where base64 belongs
         raise KeyFileError(f"{source} is missing fields or has malformed ones (tampered?)", hint="restore it from your backup") from None
     key, expected = _stretch(passphrase, salt, n, r, p)
     if not hmac.compare_digest(check, expected):

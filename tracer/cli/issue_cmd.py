@@ -1,0 +1,68 @@
+"""`tracer issue`: one customer, or a batch from a file (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import CustomerError
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, disable=not enabled, transient=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("issue", help="Fine-tune, check, export and record a watermarked copy for a customer.\n\n" + EXIT_CODES_HELP)
+    @handle_errors
+    def issue(
+        customer: str = typer.Option(None, "--customer", "-c", help="Customer id (a-z 0-9 . _ @ + -)."),
+        name: str = typer.Option(None, "--name", help="Display name for reports (free text)."),
+        customers: Path = typer.Option(None, "--customers", help="Batch: a file with one id per line, or CSV id,name. Reruns skip issued customers."),
+        out_dir: Path = typer.Option(None, "--out", help="Folder for the ONNX files (default: models/issued in the workspace)."),
+        reissue: bool = typer.Option(False, "--reissue", help="Issue another copy to an already-issued customer (both stay traceable)."),
+        json_out: bool = JsonOpt,
+    ) -> None:
+        from ..embedding import Issuer, read_customer_list
+
+        if (customer is None) == (customers is None):
+            raise CustomerError("give exactly one of --customer ID or --customers FILE")
+        if customers is not None and (name or reissue):
+            raise CustomerError("--name and --reissue apply to a single --customer")
+        ws = workspace()
+        rows = read_customer_list(customers) if customers is not None else None
+        keyring = ws.unlock()
+        with _progress(not json_out) as progress:
+            load = progress.add_task("loading base model and data", total=None)
+            issuer = Issuer(ws, keyring, out_dir=out_dir)
+            progress.remove_task(load)
+            steps = issuer.config.embedding.steps
+            if rows is None:
+                task = progress.add_task(f"embedding {customer}", total=steps)
+                rep = issuer.issue(customer, name=name, reissue=reissue, on_step=lambda s: progress.update(task, completed=s))
+                reports = [rep]
+            else:
+                overall = progress.add_task("customers", total=len(rows))
+                step_task = progress.add_task("embedding", total=steps)
+
+                def on_customer(cid, rep):
+                    progress.advance(overall)
+                    progress.reset(step_task)
+                    if rep is None:
+                        err.print(f"skipped {cid}: already issued")
+
+                reports = issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s))
+        if json_out:
+            print_json(reports[0].to_json() if rows is None else {"issued": [r.to_json() for r in reports], "skipped": len(rows) - len(reports)})
+            return
+        for r in reports:
+            out.print(
+                f"issued {r.customer} ({r.display_name}): {r.model_path}\n"
+                f"  sha256 {r.sha256}  ledger entry {r.issuance_id}\n"
+                f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, {r.seconds:.1f}s",
+                markup=False,
+            )

@@ -1,0 +1,43 @@
+"""The digits example: scikit-learn's bundled 8x8 handwritten digits, a small CNN.
+
+Contract: input float32 [N, 1, 8, 8] with pixel value / 16 (so in [0, 1]); output 10 logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from ..data import split_indices
+
+
+def make_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+def make_model_alt() -> nn.Module:
+    """A different architecture (an MLP) for independent-model and distillation studies."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def load_data() -> dict[str, np.ndarray]:
+    """20 % validation; of the rest, 2/3 for the vendor and a disjoint 1/3 for an attacker."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    rest, val = split_indices(len(x), 0.2, label="digits/val")
+    vendor_pos, attack_pos = split_indices(len(rest), 1 / 3, label="digits/attack")
+    train, attack = rest[vendor_pos], rest[attack_pos]
+    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val], "x_attack": x[attack], "y_attack": y[attack]}
+
+
+BASE_TRAINING = {"epochs": 60, "lr": 1e-3, "batch_size": 32}
