@@ -89,7 +89,7 @@ def _run_cli(
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_cli(args, env=None, cwd=None, input=None)``: run ``python -m tracer`` in a subprocess.
 

@@ -313,18 +313,18 @@ def _drop_tail(first: int) -> Callable[[sqlite3.Connection], None]:
     return fn
 
 
-def test_checkpoint_detects_truncated_tail(populated, keyring, run_cli, tmp_path):
+def test_checkpoint_detects_truncated_tail(populated, keyring, cli, run_cli, tmp_path):
     cp_path = tmp_path / "cp.json"
-    cp = _checkpoint(run_cli, populated, cp_path)
+    cp = _checkpoint(cli, populated, cp_path)
     with populated.ledger() as ledger:
         assert cp["entries"] == 7 and cp["head"] == ledger.head()[1]
         ledger.append("note", {"after": "checkpoint"}, key=keyring.signing_key)  # growth is fine
-    r = run_cli(["-w", populated.root, "ledger", "verify", "--checkpoint", cp_path])
-    assert r.returncode == 0, r
+    r = cli(["-w", populated.root, "ledger", "verify", "--checkpoint", cp_path])
+    assert r.exit_code == 0, r.output
 
     _tamper(populated.ledger_path, _drop_tail(6))  # cut entries 6..8 and their index rows
-    r = run_cli(["-w", populated.root, "ledger", "verify", "--json"])
-    assert r.returncode == 0, r  # without a checkpoint, a clean cut of the tail is undetectable...
+    r = cli(["-w", populated.root, "ledger", "verify", "--json"])
+    assert r.exit_code == 0, r.output  # without a checkpoint, a clean cut of the tail is undetectable...
     r = run_cli(["-w", populated.root, "ledger", "verify", "--json", "--checkpoint", cp_path])
     assert r.returncode == 1, r  # ...with one it is caught
     doc = json.loads(r.stdout)
@@ -333,8 +333,8 @@ def test_checkpoint_detects_truncated_tail(populated, keyring, run_cli, tmp_path
         ledger.verify(keyring.public_key, checkpoint=cp)
 
 
-def test_checkpoint_detects_rewritten_history(populated, keyring, run_cli, tmp_path):
-    cp = _checkpoint(run_cli, populated, tmp_path / "cp.json")
+def test_checkpoint_detects_rewritten_history(populated, keyring, cli, tmp_path):
+    cp = _checkpoint(cli, populated, tmp_path / "cp.json")
     _tamper(populated.ledger_path, _drop_tail(6))
     with populated.ledger() as ledger:  # someone holding the key re-appends a different history
         ledger.append("note", {"rewritten": 1}, key=keyring.signing_key)
@@ -342,8 +342,8 @@ def test_checkpoint_detects_rewritten_history(populated, keyring, run_cli, tmp_p
         assert ledger.verify(keyring.public_key)[0] == 7
         with pytest.raises(LedgerTampered, match="differs from the checkpointed head"):
             ledger.verify(keyring.public_key, checkpoint=cp)
-    r = run_cli(["-w", populated.root, "ledger", "verify", "--checkpoint", tmp_path / "cp.json"])
-    assert r.returncode == 1, r
+    r = cli(["-w", populated.root, "ledger", "verify", "--checkpoint", tmp_path / "cp.json"])
+    assert r.exit_code == 1, r.output
 
 
 def test_forged_or_malformed_checkpoint(populated, keyring, tmp_path):
@@ -379,6 +379,13 @@ def exported(populated, cli, tmp_path) -> tuple[Path, Path, Path]:
 def _verify_export_cli(run_cli, export: Path, pem: Path, cwd: Path, *extra):
     return run_cli(["ledger", "verify", "--export", export, "--public-key", pem, "--json", *extra],
                    cwd=cwd, env={"TRACER_WORKSPACE": None, "TRACER_PASSPHRASE": None})
+
+
+def _verify_export_inproc(cli, export: Path, pem: Path, *extra):
+    """Same check in-process (fast); no workspace is involved since the key is given."""
+    r = cli(["ledger", "verify", "--export", export, "--public-key", pem, "--json", *extra],
+            env={"TRACER_WORKSPACE": None, "TRACER_PASSPHRASE": None})
+    return r.exit_code, r.stdout
 
 
 def test_export_verifies_offline_without_workspace(populated, keyring, run_cli, exported):
@@ -420,36 +427,34 @@ EXPORT_TAMPERING = {
 
 
 @pytest.mark.parametrize("how", list(EXPORT_TAMPERING))
-def test_export_tampering_detected(run_cli, exported, keyring, how):
-    export, pem, empty = exported
+def test_export_tampering_detected(cli, exported, keyring, how):
+    export, pem, _empty = exported
     edit, first_bad = EXPORT_TAMPERING[how]
     export.write_text("\n".join(edit(export.read_text().splitlines())) + "\n")
-    r = _verify_export_cli(run_cli, export, pem, empty)
-    assert r.returncode == 1, r
-    assert json.loads(r.stdout)["first_bad_entry"] == first_bad
+    code, stdout = _verify_export_inproc(cli, export, pem)
+    assert code == 1, stdout
+    assert json.loads(stdout)["first_bad_entry"] == first_bad
     with pytest.raises(LedgerTampered) as info:
         verify_export(export.read_text().splitlines(), keyring.public_key)
     assert info.value.entry == first_bad
 
 
-def test_export_with_wrong_public_key(run_cli, exported, tmp_path):
-    export, _pem, empty = exported
+def test_export_with_wrong_public_key(cli, exported, tmp_path):
+    export, _pem, _empty = exported
     other = tmp_path / "other.pem"
     other.write_bytes(public_pem(ATTACKER.public_key()))
-    r = _verify_export_cli(run_cli, export, other, empty)
-    assert r.returncode == 1 and json.loads(r.stdout)["first_bad_entry"] == 1, r
+    code, stdout = _verify_export_inproc(cli, export, other)
+    assert code == 1 and json.loads(stdout)["first_bad_entry"] == 1, stdout
 
 
-def test_export_truncation_needs_checkpoint(populated, run_cli, exported, tmp_path):
+def test_export_truncation_needs_checkpoint(populated, cli, run_cli, exported, tmp_path):
     export, pem, empty = exported
     cp = tmp_path / "cp.json"
-    _checkpoint(run_cli, populated, cp)
-    r = _verify_export_cli(run_cli, export, pem, empty, "--checkpoint", cp)
-    assert r.returncode == 0, r
+    _checkpoint(cli, populated, cp)
+    assert _verify_export_inproc(cli, export, pem, "--checkpoint", cp)[0] == 0
     export.write_text("\n".join(export.read_text().splitlines()[:5]) + "\n")
     assert read_export(export.read_text().splitlines())[-1].seq == 5
-    r = _verify_export_cli(run_cli, export, pem, empty)
-    assert r.returncode == 0, r  # a shorter prefix is still a valid chain
+    assert _verify_export_inproc(cli, export, pem)[0] == 0  # a shorter prefix is still a valid chain
     r = _verify_export_cli(run_cli, export, pem, empty, "--checkpoint", cp)
     assert r.returncode == 1 and json.loads(r.stdout)["first_bad_entry"] == 6, r
 

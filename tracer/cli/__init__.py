@@ -6,7 +6,7 @@ import typer
 
 from .._version import __version__
 from ._common import EXIT_CODES_HELP, STATE
-from . import issue_cmd, keys_cmd, ledger_cmd, workspace_cmd
+from . import identify_cmd, issue_cmd, keys_cmd, ledger_cmd, workspace_cmd
 
 app = typer.Typer(
     name="tracer",
@@ -35,6 +35,7 @@ def _root(
 
 workspace_cmd.register(app)
 issue_cmd.register(app)
+identify_cmd.register(app)
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(ledger_cmd.app, name="ledger")
 

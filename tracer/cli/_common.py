@@ -20,7 +20,7 @@ from rich.console import Console
 from ..errors import EXIT_ERROR, TracerError
 from ..workspace import Workspace, find_workspace
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 EXIT_CODES_HELP = (

@@ -1,0 +1,56 @@
+"""`tracer identify MODEL.onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import EXIT_FAILED, EXIT_OK
+from ..identify.result import IdentificationResult
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+
+AlphaOpt = typer.Option(None, "--alpha", help="Family-wise bound on naming any innocent customer (default: identify.alpha in tracer.toml, 1e-6).")
+ReportOpt = typer.Option(None, "--report", help="Write a self-contained HTML report here, and a signed JSON evidence file beside it.")
+
+
+def show_result(result: IdentificationResult, *, json_out: bool) -> None:
+    """Print the verdict (shared with `tracer probe`) and exit 0 on match, 1 otherwise."""
+    if json_out:
+        print_json(result.to_json())
+    else:
+        if result.matched:
+            names = ", ".join(f"{c.customer} ({c.display_name})" for c in result.candidates if c.named)
+            out.print(f"MATCH: the suspect derives from the copy issued to {names}", markup=False)
+        else:
+            out.print("NO MATCH: no issued customer can be named at this significance level", markup=False)
+        out.print(f"alpha {result.alpha:g} (family-wise over {len(result.candidates)} customers), {result.queries} queries", markup=False)
+        for c in result.candidates[:5]:
+            mark = "*" if c.named else " "
+            out.print(f" {mark} {c.customer:<24} {c.matches:>4}/{c.trials:<4} p = {c.p_value:.3g} (log10 {c.log10_p:.1f})", markup=False)
+    raise typer.Exit(EXIT_OK if result.matched else EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("identify", help="Name the customer whose copy a recovered ONNX model derives from.\n\nExit 0 on match, 1 on no match. " + EXIT_CODES_HELP)
+    @handle_errors
+    def identify(
+        model: Path = typer.Argument(..., help="The recovered ONNX model file."),
+        alpha: float = AlphaOpt,
+        report: Path = ReportOpt,
+        json_out: bool = JsonOpt,
+    ) -> None:
+        from ..identify import SuspectModel, identify_model
+
+        if alpha is not None and not 0 < alpha < 1:
+            raise typer.BadParameter("alpha must be in (0, 1)", param_hint="--alpha")
+        ws = workspace()
+        suspect = SuspectModel(model, ws.config.task)  # cheap checks before asking for the passphrase
+        keyring = ws.unlock()
+        result = identify_model(ws, keyring, suspect, alpha=alpha)
+        if report is not None:
+            from ..report import write_report
+
+            html_path, evidence_path = write_report(ws, keyring, result, report)
+            err.print(f"report: {html_path}\nevidence: {evidence_path}")
+        show_result(result, json_out=json_out)

@@ -1,0 +1,67 @@
+"""`tracer identify`: name the customer behind a recovered ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import __version__
+from ..fingerprint import make_probe_set, probe_set_ids
+from ..keys.keyring import Keyring
+from ..workspace import Workspace
+from .result import IdentificationResult
+from .scoring import issued_customers, score_answers
+from .suspect import SuspectModel
+
+__all__ = ["identify_model", "identify_predictor", "record_identification"]
+
+
+def identify_predictor(
+    ws: Workspace, keyring: Keyring, predict, *, alpha: float | None = None, model_sha256: str | None = None,
+    probe_sets: list[str] | None = None, extra: dict | None = None,
+) -> IdentificationResult:
+    """Score any ``predict(x) -> class indices`` callable (an ONNX session, a torch model, an attack)."""
+    cfg = ws.config
+    sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in (probe_sets or probe_set_ids(cfg.fingerprint.probe_sets))]
+    answers = {ps.id: predict(ps.inputs) for ps in sets}
+    with ws.ledger() as ledger:
+        customers = issued_customers(ledger)
+    return score_answers(
+        keyring.master, customers, sets, answers, num_classes=cfg.task.num_classes,
+        alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets),
+        model_sha256=model_sha256, extra=extra,
+    )
+
+
+def record_identification(ws: Workspace, keyring: Keyring, result: IdentificationResult, *, kind: str = "identification", subject: str, details: dict | None = None) -> int:
+    """Append the outcome to the ledger (top candidates and every named one); returns the entry seq."""
+    doc = result.to_json(top=10)
+    payload = {
+        "subject": subject,
+        "suspect_sha256": result.model_sha256,
+        "verdict": result.verdict,
+        "customers": result.customers,
+        "alpha": result.alpha,
+        "queries": result.queries,
+        "probe_sets": result.probe_sets,
+        "candidates": doc["candidates"],
+        "issued_customers": len(result.candidates),
+        "method": result.method,
+        "tracer_version": __version__,
+        **(details or {}),
+    }
+    with ws.ledger() as ledger:
+        entry = ledger.append(kind, payload, key=keyring.signing_key)
+    result.ledger_entry = entry.seq
+    return entry.seq
+
+
+def identify_model(
+    ws: Workspace, keyring: Keyring, model: Path | SuspectModel, *, alpha: float | None = None, record: bool = True
+) -> IdentificationResult:
+    """Identify a model file (or an already loaded :class:`SuspectModel`) and record the outcome."""
+    suspect = model if isinstance(model, SuspectModel) else SuspectModel(Path(model), ws.config.task)
+    result = identify_predictor(ws, keyring, suspect.predict, alpha=alpha, model_sha256=suspect.sha256,
+                                extra={"model_path": str(suspect.path.resolve())})
+    if record:
+        record_identification(ws, keyring, result, subject=f"model file {suspect.path.name}", details={"model_file": suspect.path.name})
+    return result
