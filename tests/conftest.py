@@ -11,6 +11,10 @@ Command line
     ``cli(args, env=...)``: the same in-process with typer's ``CliRunner``
     (faster; stdout and stderr separate).
 
+Files
+    ``snapshot_files(root)``: {relative path: bytes} of a folder, to prove a
+    failed command changed nothing.
+
 Every test starts with ``TRACER_PASSPHRASE`` and ``TRACER_WORKSPACE`` removed
 from the environment, so the developer's shell cannot leak into the tests.
 """

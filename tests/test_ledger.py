@@ -388,7 +388,7 @@ def _verify_export_inproc(cli, export: Path, pem: Path, *extra):
     return r.exit_code, r.stdout
 
 
-def test_export_verifies_offline_without_workspace(populated, keyring, run_cli, exported):
+def test_export_verifies_offline_without_workspace(populated, keyring, run_cli, cli, exported):
     export, pem, empty = exported
     lines = export.read_text().splitlines()
     assert len(lines) == 7 and all(json.loads(x)["seq"] == i for i, x in enumerate(lines, 1))
@@ -398,14 +398,14 @@ def test_export_verifies_offline_without_workspace(populated, keyring, run_cli, 
     r = _verify_export_cli(run_cli, export, pem, empty)
     assert r.returncode == 0, r
     assert json.loads(r.stdout) == {"ok": True, "entries": 7, "head": head}
-    r = run_cli(["ledger", "verify", "--export", export, "--public-key", pem], cwd=empty)
-    assert r.returncode == 0 and r.stdout.startswith("ledger OK: 7 entries"), r
+    r = cli(["ledger", "verify", "--export", export, "--public-key", pem])
+    assert r.exit_code == 0 and r.stdout.startswith("ledger OK: 7 entries"), r.output
     # without --public-key it needs a workspace, and says so
     r = run_cli(["ledger", "verify", "--export", export], cwd=empty)
     assert r.returncode == 3 and "tracer init" in r.stderr, r
     # stdout export is the same as the file
-    r = run_cli(["-w", populated.root, "ledger", "export"])
-    assert r.returncode == 0 and r.stdout == export.read_text()
+    r = cli(["-w", populated.root, "ledger", "export"])
+    assert r.exit_code == 0 and r.stdout == export.read_text()
 
 
 def _edit_line(n: int, fn: Callable[[dict], None]) -> Callable[[list[str]], list[str]]:

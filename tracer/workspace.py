@@ -86,6 +86,11 @@ class Workspace:
         return self.root / KEYS_DIR
 
     @property
+    def cache_dir(self) -> Path:
+        """Encrypted caches of re-derivable material (safe to delete)."""
+        return self.root / ".tracer" / "cache"
+
+    @property
     def config(self) -> Config:
         """Parsed lazily: ledger commands work even while the model section is unfinished."""
         if self._config is None:

@@ -28,7 +28,7 @@ def identify_predictor(
     return score_answers(
         keyring.master, customers, sets, answers, num_classes=cfg.task.num_classes,
         alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets),
-        model_sha256=model_sha256, extra=extra,
+        model_sha256=model_sha256, extra=extra, cache_dir=ws.cache_dir,
     )
 
 

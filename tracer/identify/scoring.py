@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fingerprint import ProbeSet, codewords
+from pathlib import Path
+
+from ..fingerprint import ProbeSet
+from ..fingerprint.cache import cached_codewords
 from ..fingerprint.stats import binomial_tails, holm, log10_tail
 from ..ledger import Ledger
 from .result import Candidate, IdentificationResult
@@ -35,10 +38,14 @@ class IssuedCustomer:
 
 
 def issued_customers(ledger: Ledger) -> list[IssuedCustomer]:
+    """Every customer with at least one issuance, in order of first issuance."""
     names = {r["customer_id"]: r["display_name"] for r in ledger.customers()}
     sets: dict[str, set[str]] = {}
-    for r in ledger.db.query("SELECT customer_id, probe_sets FROM issuances ORDER BY entry"):
-        sets.setdefault(r["customer_id"], set()).update(ps["id"] for ps in json.loads(r["probe_sets"]))
+    parsed: dict[str, list[str]] = {}  # most issuances share one probe_sets document: parse each once
+    for cid, doc in ledger.db.execute("SELECT customer_id, probe_sets FROM issuances ORDER BY entry").fetchall():
+        if doc not in parsed:
+            parsed[doc] = [ps["id"] for ps in json.loads(doc)]
+        sets.setdefault(cid, set()).update(parsed[doc])
     return [IssuedCustomer(cid, names.get(cid, cid), tuple(sorted(s))) for cid, s in sets.items()]
 
 
@@ -57,6 +64,7 @@ def score_answers(
     queries: int,
     model_sha256: str | None,
     extra: dict | None = None,
+    cache_dir: Path | None = None,
 ) -> IdentificationResult:
     """Matches, exact p-values and Holm decisions for every customer, best first."""
     n_cust = len(customers)
@@ -70,7 +78,7 @@ def score_answers(
         if not member.any():
             continue
         sel = [cid for cid, m in zip(ids, member) if m]
-        cw = codewords(master, sel, ps.id, ps.size, num_classes)
+        cw = cached_codewords(master, sel, ps.id, ps.size, num_classes, folder=cache_dir)
         matches[member] += (cw == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
         trials[member] += ps.size
     p = np.ones(n_cust)

@@ -1,0 +1,76 @@
+"""`tracer evidence verify FILE --public-key PEM`: check a signed evidence file; needs no workspace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import EXIT_FAILED, KeyFileError, TracerError
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json
+
+app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
+
+
+def _read_evidence(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise TracerError(f"cannot read evidence file {path}: {why}") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise TracerError(f"evidence file {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(doc, dict):
+        raise TracerError(f"evidence file {path} is not a tracer evidence document (not a JSON object)")
+    return doc
+
+
+@app.command("verify", help=(
+    "Check an evidence file with the vendor's public key alone (from `tracer keys export-public`): its signature, "
+    "and the hash and signature of every ledger record it embeds. Works without a workspace.\n\n"
+    "Exit 0 if everything is valid, 1 if any check fails, 3 if the file or key cannot be read."
+))
+@handle_errors
+def verify(
+    file: Path = typer.Argument(..., metavar="FILE", help="The .evidence.json file written beside a report."),
+    public_key: Path = typer.Option(..., "--public-key", help="The vendor's public key (PEM), from `tracer keys export-public`."),
+    json_out: bool = JsonOpt,
+) -> None:
+    from ..keys.keyring import load_public_key
+    from ..report import check_evidence
+    from ..report.evidence import key_fingerprint
+
+    try:
+        pem = public_key.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public key {public_key}: {exc.strerror}") from None
+    key = load_public_key(pem)
+    doc = _read_evidence(file)
+    check = check_evidence(doc, key)
+    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
+    summary = {
+        "valid": check.ok,
+        "file": str(file),
+        "key_sha256": key_fingerprint(key),
+        "verdict": result.get("verdict"),
+        "customers": result.get("customers"),
+        "model_sha256": result.get("model_sha256"),
+        "created": doc.get("created"),
+        "checks": check.passed,
+        "failures": check.failed,
+    }
+    if json_out:
+        print_json(summary)
+    elif check.ok:
+        out.print(f"VALID: {file.name} is authentic and unmodified (key sha256 {summary['key_sha256']})", markup=False)
+        for line in check.passed:
+            out.print(f"  ok  {line}", markup=False)
+        named = ", ".join(result.get("customers") or []) or "no customer"
+        out.print(f"verdict: {result.get('verdict')} ({named}), suspect sha256 {result.get('model_sha256')}", markup=False)
+    if not check.ok:
+        if not json_out:
+            err.print(f"[bold red]error:[/] evidence check failed: {'; '.join(check.failed)}", markup=True)
+        raise typer.Exit(EXIT_FAILED)
