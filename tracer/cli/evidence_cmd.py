@@ -68,7 +68,7 @@ def verify(
         out.print(f"VALID: {file.name} is authentic and unmodified (key sha256 {summary['key_sha256']})", markup=False)
         for line in check.passed:
             out.print(f"  ok  {line}", markup=False)
-        named = ", ".join(result.get("customers") or []) or "no customer"
+        named = ", ".join(map(str, result.get("customers") or [])) or "no customer"
         out.print(f"verdict: {result.get('verdict')} ({named}), suspect sha256 {result.get('model_sha256')}", markup=False)
     if not check.ok:
         if not json_out:

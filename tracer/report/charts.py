@@ -81,9 +81,11 @@ def _nice_step(span: float, target: int) -> float:
     return 10 * mag
 
 
-def _t(x: float, y: float, text: str, *, size: int = 12, anchor: str = "start", fill: str = TEXT, weight: str = "normal") -> str:
+def _t(x: float, y: float, text: str, *, size: int = 12, anchor: str = "start", fill: str = TEXT, weight: str = "normal",
+       halo: bool = False) -> str:
+    extra = ' stroke="#fff" stroke-width="3" paint-order="stroke" stroke-linejoin="round"' if halo else ""
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}" '
-            f'font-weight="{weight}">{escape(text)}</text>')
+            f'font-weight="{weight}"{extra}>{escape(text)}</text>')
 
 
 def _svg(width: int, height: int, title: str, desc: str, body: list[str]) -> str:
@@ -166,19 +168,33 @@ def null_chart(
     mean = n / num_classes
     xm = x_of(mean)
     body.append(f'<line x1="{xm:.1f}" x2="{xm:.1f}" y1="{top - 6}" y2="{base}" stroke="{MUTED}" stroke-dasharray="2 3"/>')
-    body.append(_t(xm + 4, top + 4, f"expected by chance: {mean:.1f}", size=11, fill=MUTED))
+    body.append(_t(xm + 4, top + 4, f"expected by chance: {mean:.1f}", size=11, fill=MUTED, halo=True))
     # naming threshold
     if threshold is not None:
         xt = left + threshold * bw
-        body.append(f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{top - 6}" y2="{strip_top + strip_h}" stroke="{NAMED}" '
+        body.append(f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{top + 10}" y2="{strip_top + strip_h}" stroke="{NAMED}" '
                     f'stroke-width="1.5" stroke-dasharray="6 4"/>')
         anchor, dx = ("end", -4) if xt > left + plot_w * 0.6 else ("start", 4)
-        body.append(_t(xt + dx, top + 20, f"{threshold_label} (≥ {threshold} matches)", size=11, anchor=anchor, fill=NAMED))
-    # customers, one dot each, stacked below the axis
+        body.append(_t(xt + dx, top + 24, f"{threshold_label} (≥ {threshold} matches)", size=11, anchor=anchor, fill=NAMED, halo=True))
+    # customers below the axis: one dot each, or a histogram when the stacks get too tall
+    histogram = max((len(v) for v in by_count.values()), default=0) > max_stack
     body.append(_t(left - 6, strip_top + 8, "customers", size=11, anchor="end", fill=MUTED))
     r = max(2.2, min(4.5, bw * 0.45))
+    if histogram:
+        counts = {m: sum(1 for c in group if not c.named) for m, group in by_count.items()}
+        peak = max(counts.values())
+        hist_h = strip_h - 6
+        body.append(_t(left - 6, strip_top + 21, f"(max {peak:,})", size=10, anchor="end", fill=MUTED))
+        for m, k in sorted(counts.items()):
+            if not k:
+                continue
+            h = max(k / peak * hist_h, 1.0)
+            body.append(f'<rect x="{left + m * bw + gap / 2:.2f}" y="{strip_top + 2:.1f}" width="{max(bw - gap, 0.6):.2f}" '
+                        f'height="{h:.2f}" fill="{OTHER}" opacity="0.8"><title>{escape(f"{k:,} customers with {m} matches")}</title></rect>')
     for m, group in sorted(by_count.items()):
         group = sorted(group, key=lambda c: not c.named)
+        if histogram:
+            group = [c for c in group if c.named]
         shown = group if len(group) <= max_stack else group[: max_stack - 1]
         x = x_of(m)
         for i, c in enumerate(shown):
@@ -189,15 +205,17 @@ def null_chart(
                         f'<title>{escape(tip)}</title></circle>')
         if len(group) > len(shown):
             y = strip_top + 4 + len(shown) * row_h + r + 4
-            body.append(_t(x, y, f"+{len(group) - len(shown)}", size=10, anchor="middle", fill=OTHER))
-    # labels of the named customers, above the plot
-    for i, c in enumerate(named[:label_rows]):
+            body.append(_t(x, y, f"+{len(group) - len(shown)}", size=10, anchor="middle", fill=NAMED))
+    # labels of the named customers, above the plot, ordered so that no guide line crosses a label
+    labelled = named[:label_rows]
+    end_anchor = bool(labelled) and sum(x_of(c.matches) for c in labelled) / len(labelled) > left + plot_w * 0.55
+    labelled = sorted(labelled, key=lambda c: -c.matches if end_anchor else c.matches)
+    for i, c in enumerate(labelled):
         x = x_of(c.matches)
         y = 16 + 14 * i
-        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y + 3}" y2="{strip_top + 2}" stroke="{NAMED}" stroke-width="0.8" opacity="0.6"/>')
-        anchor = "end" if x > left + plot_w * 0.7 else "start"
-        dx = -5 if anchor == "end" else 5
-        body.append(_t(x + dx, y + 4, f"{c.display_name}: {c.matches} of {c.trials}", size=12, anchor=anchor, fill=NAMED, weight="bold"))
+        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y - 4}" y2="{strip_top + 2}" stroke="{NAMED}" stroke-width="0.8" opacity="0.6"/>')
+        anchor, dx = ("end", -5) if end_anchor else ("start", 5)
+        body.append(_t(x + dx, y + 4, f"{c.display_name}: {c.matches} of {c.trials}", size=12, anchor=anchor, fill=NAMED, weight="bold", halo=True))
     if len(named) > label_rows:
         body.append(_t(width - right, 16 + 14 * label_rows, f"and {len(named) - label_rows} more named", size=11, anchor="end", fill=NAMED))
     # legend
@@ -206,12 +224,12 @@ def null_chart(
     body.append(_t(lx + 17, legend_y, "chance of each count for a model not derived from the customer", size=11, fill=MUTED))
     lx2 = left + 420
     body.append(f'<circle cx="{lx2 + 5}" cy="{legend_y - 4}" r="4" fill="{OTHER}"/>')
-    body.append(_t(lx2 + 13, legend_y, "customer", size=11, fill=MUTED))
+    body.append(_t(lx2 + 13, legend_y, "customers" if histogram else "customer", size=11, fill=MUTED))
     body.append(f'<circle cx="{lx2 + 85}" cy="{legend_y - 4}" r="5" fill="{NAMED}"/>')
     body.append(_t(lx2 + 94, legend_y, "named customer", size=11, fill=MUTED))
     desc = (f"Grey bars: the chance that a model not derived from a given customer's copy agrees with that customer's "
-            f"secret answers on exactly k of {n} probes, Binomial({n}, 1/{num_classes}). Dots: the {len(candidates)} issued "
-            f"customers' actual match counts." + (f" Named: {', '.join(c.display_name for c in named)}." if named else " No customer named."))
+            f"secret answers on exactly k of {n} probes, Binomial({n}, 1/{num_classes}). Below the axis: the {len(candidates)} issued "
+            f"customers' actual match counts" + (" (bars count customers)." if histogram else " (one dot each).") + (f" Named: {', '.join(c.display_name for c in named)}." if named else " No customer named."))
     return _svg(width, height, "Each customer's match count against chance", desc, body)
 
 
@@ -261,12 +279,13 @@ def strength_chart(candidates: Sequence[Candidate], *, threshold_log10: float | 
         tx = left + w + 6
         if threshold_log10 is not None and not c.named and tx < x_of(threshold_log10) + 6:
             tx = x_of(threshold_log10) + 6
-        body.append(_t(tx, y + row_h / 2 + 4, f"p = {format_p(c.p_value, c.log10_p)}" + ("  named" if c.named else ""), size=11, fill=fill))
+        body.append(_t(tx, y + row_h / 2 + 4, f"p = {format_p(c.p_value, c.log10_p)}" + ("  named" if c.named else ""), size=11, fill=fill, halo=True))
     body.append(f'<line x1="{left}" x2="{left}" y1="{top - 4}" y2="{base}" stroke="{TEXT}"/>')
     if threshold_log10 is not None:
         xt = x_of(threshold_log10)
         body.append(f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{top - 10}" y2="{base}" stroke="{NAMED}" stroke-width="1.5" stroke-dasharray="6 4"/>')
-        body.append(_t(xt + 4, top - 12, threshold_label, size=11, fill=NAMED))
+        anchor, dx = ("end", -4) if xt > left + plot_w * 0.6 else ("start", 4)
+        body.append(_t(xt + dx, top - 12, threshold_label, size=11, anchor=anchor, fill=NAMED, halo=True))
     desc = ("Horizontal bars: for each of the closest customers, how unlikely its agreement with the suspect would be "
             "if the suspect were not derived from its copy (longer bar = stronger evidence). Dashed line: the naming threshold.")
     return _svg(width, height, "Strength of the evidence for the closest customers", desc, body)

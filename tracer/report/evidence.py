@@ -24,9 +24,8 @@ Nothing secret goes in: no master secret, no codewords, no probe inputs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -123,13 +122,7 @@ def safe_extra(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _result_doc(result: IdentificationResult) -> dict[str, Any]:
-    extra = result.extra
-    try:
-        result.extra = safe_extra(extra)
-        doc = result.full()
-    finally:
-        result.extra = extra
-    return _jsonable(doc)
+    return _jsonable(replace(result, extra=safe_extra(result.extra)).full())
 
 
 def build_evidence(
@@ -199,9 +192,17 @@ def _check_entry(raw: Any, key: Ed25519PublicKey, label: str, check: EvidenceChe
 def check_evidence(doc: Any, public_key: Ed25519PublicKey) -> EvidenceCheck:
     """Check every part of an evidence document with the verifier's key; never raises on bad content."""
     check = EvidenceCheck()
+    try:
+        _check_document(doc, public_key, check)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # fields of the wrong type: modified
+        check.failed.append(f"the evidence is malformed ({type(exc).__name__}: {exc})")
+    return check
+
+
+def _check_document(doc: Any, public_key: Ed25519PublicKey, check: EvidenceCheck) -> None:
     if not isinstance(doc, dict):
         check.failed.append("the evidence is not a JSON object")
-        return check
+        return
     if doc.get("format") != EVIDENCE_FORMAT:
         check.failed.append(f"unknown evidence format {doc.get('format')!r} (expected {EVIDENCE_FORMAT!r})")
     result = doc.get("result")
@@ -248,7 +249,7 @@ def check_evidence(doc: Any, public_key: Ed25519PublicKey) -> EvidenceCheck:
 
     # 3. the parts agree with each other
     customers = result.get("customers")
-    if not isinstance(customers, list):
+    if not isinstance(customers, list) or not all(isinstance(c, str) for c in customers):
         check.failed.append("the result names no customer list")
         customers = []
     issued_to = {e.payload.get("customer_id") for e in issuances}
@@ -274,7 +275,6 @@ def check_evidence(doc: Any, public_key: Ed25519PublicKey) -> EvidenceCheck:
             check.failed.append(f"the identification record (ledger entry {ident.seq}) disagrees with the result: {', '.join(mismatched)}")
         else:
             check.passed.append(f"the identification record (ledger entry {ident.seq}) agrees with the result")
-    return check
 
 
 def verify_evidence(doc: Any, public_key: Ed25519PublicKey) -> list[str]:

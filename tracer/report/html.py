@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -313,8 +313,9 @@ def _charts(d: ReportData) -> str:
             f"<figure>{svg}<figcaption>The grey bars show how many of the {n} secret probes a model that was "
             f"<em>not</em> derived from a given customer's copy would match, by pure chance: each answer agrees with "
             f"probability 1 in {r.num_classes}, so about {n / r.num_classes:.1f} matches are expected and more than "
-            f"{_q(tails, 1e-3)} almost never happen. Each dot below the axis is one issued customer "
-            f"({len(group):,} here), placed at its actual match count; named customers are red. {thr}</figcaption></figure>"
+            f"{_q(tails, 1e-3)} almost never happen. Below the axis, every issued customer "
+            f"({len(group):,} here) is placed at its actual match count (one dot each, or dark bars counting customers when "
+            f"there are many); named customers are red dots. {thr}</figcaption></figure>"
         )
     top = r.candidates[:MAX_STRENGTH_ROWS]
     thr_log = -math.log10(level) if level > 0 else None
@@ -338,13 +339,14 @@ def _scores(d: ReportData) -> str:
     r = d.result
     if not r.candidates:
         return ""
-    shown = [c for c in r.candidates if c.named]
-    shown += [c for c in r.candidates if not c.named][: max(0, MAX_TABLE_ROWS - len(shown))]
+    # best first: every named customer, then the closest others
+    n_named = sum(1 for c in r.candidates if c.named)
+    shown = list(r.candidates[: max(MAX_TABLE_ROWS, n_named)])
     rows = []
     for i, c in enumerate(shown, start=1):
         cls = ' class="named"' if c.named else ""
         rows.append(
-            f"<tr{cls}><td class=num>{r.candidates.index(c) + 1}</td><td><code>{_e(c.customer)}</code></td><td>{_e(c.display_name)}</td>"
+            f"<tr{cls}><td class=num>{i}</td><td><code>{_e(c.customer)}</code></td><td>{_e(c.display_name)}</td>"
             f"<td class=num>{c.matches} of {c.trials}</td><td class=num>{c.trials / r.num_classes:.1f}</td>"
             f"<td class=num>{_e(charts.format_p(c.p_value, c.log10_p))}</td><td>{'named' if c.named else 'not named'}</td></tr>"
         )
@@ -463,6 +465,8 @@ by re-running the identification before an independent expert.</p>"""
 
 def render_html(d: ReportData) -> str:
     """The whole page (pure: no file or ledger access)."""
+    # materialize the candidates once (identification may hand over a lazy table of 10,000 rows)
+    d = replace(d, result=replace(d.result, candidates=list(d.result.candidates)))
     r = d.result
     extra = safe_extra(r.extra)
     title = "tracer identification report"
