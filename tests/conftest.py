@@ -33,6 +33,9 @@ from typer.testing import CliRunner
 
 from tracer.workspace import Workspace, init_workspace
 
+# Session-cached workspaces with trained example models and issued copies.
+pytest_plugins = ["tests.fixtures_issued"]
+
 #: The passphrase of every test workspace. Long and distinctive, so a test can grep for leaks.
 PASSPHRASE = "correct-horse-battery-staple-Q7x9!"
 #: scrypt cost for test workspaces: 2**12 x 8 x 128 B = 4 MiB, a few milliseconds per unlock.

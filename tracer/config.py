@@ -72,7 +72,7 @@ class EmbeddingConfig:
     learning_rate: float = 1e-2
     distill_weight: float = 4.0
     trigger_noise: float = 0.03
-    attempts: int = 3  # fresh seeds tried before a gate failure is final
+    attempts: int = 5  # fresh seeds tried before a gate failure is final
     seed: int = 0
     device: str = "auto"
 

@@ -57,7 +57,7 @@ probes_per_set = 0            # 0: automatic (64 at 10 classes, more for fewer c
 [embedding]
 steps = 200                   # optimizer steps; fixed, does not grow with the dataset
 learning_rate = 0.01
-attempts = 3                  # fresh seeds tried before a gate failure is final
+attempts = 5                  # fresh seeds tried before a gate failure is final
 
 [gates]
 min_trigger_accuracy = 0.95   # fraction of trigger probes the copy must answer with its codeword

@@ -6,7 +6,7 @@ import typer
 
 from .._version import __version__
 from ._common import EXIT_CODES_HELP, STATE
-from . import evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, workspace_cmd
+from . import evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
 
 app = typer.Typer(
     name="tracer",
@@ -36,6 +36,8 @@ def _root(
 workspace_cmd.register(app)
 issue_cmd.register(app)
 identify_cmd.register(app)
+evaluate_cmd.register(app)
+probe_cmd.register(app)
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(ledger_cmd.app, name="ledger")
 app.add_typer(evidence_cmd.app, name="evidence")

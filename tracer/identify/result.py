@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
-__all__ = ["Candidate", "IdentificationResult"]
+import numpy as np
+
+__all__ = ["Candidate", "CandidateTable", "IdentificationResult"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,37 @@ class Candidate:
     named: bool  # rejected by the family-wise procedure at alpha
 
 
+class CandidateTable(Sequence):
+    """All scored customers, best first, as arrays; :class:`Candidate` objects are built on access.
+
+    With 10,000 customers, building every object would cost more than the
+    identification itself, and most callers only look at the top few.
+    """
+
+    def __init__(self, ids: list[str], names: list[str], matches: np.ndarray, trials: np.ndarray,
+                 p_values: np.ndarray, log10_p: np.ndarray, named: np.ndarray, order: np.ndarray) -> None:
+        self.ids, self.names = ids, names
+        self.matches, self.trials, self.p_values, self.log10_p, self.named = matches, trials, p_values, log10_p, named
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _build(self, i: int) -> Candidate:
+        return Candidate(customer=self.ids[i], display_name=self.names[i], matches=int(self.matches[i]),
+                         trials=int(self.trials[i]), p_value=float(self.p_values[i]),
+                         log10_p=round(float(self.log10_p[i]), 4), named=bool(self.named[i]))
+
+    @overload
+    def __getitem__(self, k: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[Candidate]: ...
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._build(int(i)) for i in self.order[k]]
+        return self._build(int(self.order[k]))
+
+
 @dataclass
 class IdentificationResult:
     verdict: str  # "match" | "no_match"
@@ -28,7 +62,7 @@ class IdentificationResult:
     alpha: float
     queries: int  # inputs sent to the suspect
     model_sha256: str | None
-    candidates: list[Candidate]  # every issued customer, best (smallest p) first
+    candidates: Sequence[Candidate]  # every issued customer, best (smallest p) first; named ones lead
     num_classes: int
     probe_sets: list[str]
     method: str  # e.g. "exact binomial tail, Holm step-down over N customers"
@@ -41,8 +75,7 @@ class IdentificationResult:
 
     def to_json(self, *, top: int = 5) -> dict[str, Any]:
         """The documented --json document: candidates best first, at least the top ``top``."""
-        shown = [c for c in self.candidates if c.named]
-        shown += [c for c in self.candidates if not c.named][: max(0, top - len(shown))]
+        shown = list(self.candidates[: max(top, len(self.customers))])
         doc: dict[str, Any] = {
             "verdict": self.verdict,
             "customers": list(self.customers),
@@ -63,4 +96,4 @@ class IdentificationResult:
         return doc
 
     def full(self) -> dict[str, Any]:
-        return {**self.to_json(top=len(self.candidates)), "candidates_all": [asdict(c) for c in self.candidates]}
+        return {**self.to_json(top=len(self.candidates)), "candidates_all": [asdict(c) for c in self.candidates[:]]}

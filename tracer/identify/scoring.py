@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from ..fingerprint import ProbeSet
 from ..fingerprint.cache import cached_codewords
 from ..fingerprint.stats import binomial_tails, holm, log10_tail
 from ..ledger import Ledger
-from .result import Candidate, IdentificationResult
+from .result import CandidateTable, IdentificationResult
 
-__all__ = ["IssuedCustomer", "issued_customers", "score_answers", "METHOD"]
+__all__ = ["IssuedCustomer", "IssuedCustomers", "issued_customers", "score_answers", "METHOD"]
 
 METHOD = (
     "exact binomial upper tail under H0 'not derived from this customer' "
@@ -37,25 +38,67 @@ class IssuedCustomer:
     probe_sets: tuple[str, ...]  # probe sets embedded in at least one of its copies
 
 
-def issued_customers(ledger: Ledger) -> list[IssuedCustomer]:
-    """Every customer with at least one issuance, in order of first issuance."""
-    names = {r["customer_id"]: r["display_name"] for r in ledger.customers()}
-    sets: dict[str, set[str]] = {}
-    parsed: dict[str, list[str]] = {}  # most issuances share one probe_sets document: parse each once
-    for cid, doc in ledger.db.execute("SELECT customer_id, probe_sets FROM issuances ORDER BY entry").fetchall():
-        if doc not in parsed:
-            parsed[doc] = [ps["id"] for ps in json.loads(doc)]
-        sets.setdefault(cid, set()).update(parsed[doc])
-    return [IssuedCustomer(cid, names.get(cid, cid), tuple(sorted(s))) for cid, s in sets.items()]
+class IssuedCustomers(list):
+    """Issued customers (a list of :class:`IssuedCustomer`) plus column views for vectorized scoring."""
+
+    def __init__(self, ids: list[str], names: list[str], set_groups: list[frozenset[str]], group_of: np.ndarray) -> None:
+        super().__init__()
+        self.ids, self.names, self.set_groups, self.group_of = ids, names, set_groups, group_of
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):
+        for i, cid in enumerate(self.ids):
+            yield IssuedCustomer(cid, self.names[i], tuple(sorted(self.set_groups[self.group_of[i]])))
+
+    def __getitem__(self, i):
+        return list(self)[i] if isinstance(i, slice) else IssuedCustomer(self.ids[i], self.names[i], tuple(sorted(self.set_groups[self.group_of[i]])))
+
+    def members(self, set_id: str) -> np.ndarray:
+        """Boolean mask of customers whose copies carry ``set_id``."""
+        has = np.array([set_id in g for g in self.set_groups], dtype=bool)
+        return has[self.group_of] if len(self.ids) else np.zeros(0, bool)
+
+    @classmethod
+    def from_list(cls, customers: list[IssuedCustomer]) -> "IssuedCustomers":
+        groups: dict[frozenset[str], int] = {}
+        gi = [groups.setdefault(frozenset(c.probe_sets), len(groups)) for c in customers]
+        return cls([c.customer_id for c in customers], [c.display_name for c in customers], list(groups), np.array(gi, dtype=np.int64))
 
 
+def issued_customers(ledger: Ledger) -> IssuedCustomers:
+    """Every customer with at least one issuance, in order of first issuance (one SQL query)."""
+    rows = ledger.db.execute(
+        "SELECT c.customer_id, c.display_name, group_concat(i.probe_sets, char(10)) FROM customers c "
+        "JOIN issuances i ON i.customer_id = c.customer_id GROUP BY c.customer_id ORDER BY c.entry"
+    ).fetchall()
+    groups: dict[str, int] = {}
+    set_groups: list[frozenset[str]] = []
+    group_of = np.empty(len(rows), dtype=np.int64)
+    for k, (_, _, docs) in enumerate(rows):
+        g = groups.get(docs)
+        if g is None:  # most customers share one probe-set document: parse each distinct one once
+            ids = frozenset(ps["id"] for doc in docs.split("\n") for ps in json.loads(doc))
+            g = groups[docs] = len(set_groups)
+            set_groups.append(ids)
+        group_of[k] = g
+    return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], set_groups, group_of)
+
+
+@lru_cache(maxsize=64)
 def _log10_tails(n: int, c: int) -> np.ndarray:
     return np.array([log10_tail(m, n, c) for m in range(n + 1)], dtype=np.float64)
 
 
+@lru_cache(maxsize=64)
+def _tails(n: int, c: int) -> np.ndarray:
+    return binomial_tails(n, c)
+
+
 def score_answers(
     master: bytes,
-    customers: list[IssuedCustomer],
+    customers: IssuedCustomers | list[IssuedCustomer],
     probe_sets: list[ProbeSet],
     answers: dict[str, np.ndarray],
     *,
@@ -67,17 +110,17 @@ def score_answers(
     cache_dir: Path | None = None,
 ) -> IdentificationResult:
     """Matches, exact p-values and Holm decisions for every customer, best first."""
-    n_cust = len(customers)
+    table = customers if isinstance(customers, IssuedCustomers) else IssuedCustomers.from_list(list(customers))
+    n_cust = len(table)
     matches = np.zeros(n_cust, dtype=np.int64)
     trials = np.zeros(n_cust, dtype=np.int64)
-    ids = [c.customer_id for c in customers]
     for ps in probe_sets:
         if ps.id not in answers:
             continue
-        member = np.array([ps.id in c.probe_sets for c in customers], dtype=bool)
+        member = table.members(ps.id)
         if not member.any():
             continue
-        sel = [cid for cid, m in zip(ids, member) if m]
+        sel = table.ids if member.all() else [cid for cid, m in zip(table.ids, member) if m]
         cw = cached_codewords(master, sel, ps.id, ps.size, num_classes, folder=cache_dir)
         matches[member] += (cw == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
         trials[member] += ps.size
@@ -87,17 +130,13 @@ def score_answers(
         if n == 0:
             continue
         rows = trials == n
-        p[rows] = binomial_tails(int(n), num_classes)[matches[rows]]
+        p[rows] = _tails(int(n), num_classes)[matches[rows]]
         logp[rows] = _log10_tails(int(n), num_classes)[matches[rows]]
     named = holm(np.where(trials > 0, p, 1.0), alpha) if n_cust else np.zeros(0, bool)
-    # float p-values may underflow to 0 for very strong matches: the exact log10 breaks ties.
+    # float p-values may underflow to 0 for very strong matches: the exact log10 orders them.
     order = np.lexsort((-matches, logp))
-    cands = [
-        Candidate(customer=customers[i].customer_id, display_name=customers[i].display_name, matches=int(matches[i]),
-                  trials=int(trials[i]), p_value=float(p[i]), log10_p=round(float(logp[i]), 4), named=bool(named[i]))
-        for i in order
-    ]
-    chosen = [c.customer for c in cands if c.named]
+    cands = CandidateTable(table.ids, table.names, matches, trials, p, logp, named, order)
+    chosen = [table.ids[i] for i in order[: int(named.sum())]]
     return IdentificationResult(
         verdict="match" if chosen else "no_match", customers=chosen, alpha=alpha, queries=queries,
         model_sha256=model_sha256, candidates=cands, num_classes=num_classes,

@@ -2,8 +2,9 @@
 
 Accounting: the budget counts *HTTP requests*, every one that is sent:
 first tries and retries, triggers and decoys alike. A request is charged
-before it goes out, so the budget is never exceeded even by requests in
-flight when the probe stops. The rate limit spaces request *starts* at least
+right before it goes out (after the rate limiter, with nothing in between),
+so the budget is never exceeded; a request cancelled in flight when the
+probe stops counts as sent. The rate limit spaces request *starts* at least
 1/rate seconds apart (over all concurrent workers), so no window of length w
 ever sees more than floor(w * rate) + 1 requests.
 
@@ -13,6 +14,9 @@ undecodable bodies are retried with exponential backoff and "equal jitter"
 Retry-After header says (seconds or an HTTP date; the backoff when absent),
 up to ``max_retry_after``. Any other 4xx is a request the endpoint will never
 accept (authentication, wrong format): no retry, the probe stops.
+
+Proxies and CA bundles come from the environment (HTTPS_PROXY, NO_PROXY,
+SSL_CERT_FILE), as for any httpx client.
 """
 
 from __future__ import annotations
@@ -29,15 +33,11 @@ import httpx
 from ..errors import EndpointError
 from .formats import MalformedResponse, ResponseError, WireFormat
 
-__all__ = ["ClientOptions", "ProbeClient", "Outcome", "Attempt", "BudgetSpent", "FatalEndpointError", "parse_header"]
+__all__ = ["ClientOptions", "ProbeClient", "Outcome", "Attempt", "BudgetSpent", "parse_header"]
 
 
 class BudgetSpent(Exception):
     """No request may be sent any more: the budget is used up."""
-
-
-class FatalEndpointError(EndpointError):
-    """The endpoint refused the request in a way retrying cannot fix (4xx other than 429, wrong answer shape)."""
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -51,7 +51,7 @@ def parse_header(text: str) -> tuple[str, str]:
 
 @dataclass
 class ClientOptions:
-    timeout: float = 30.0  # seconds per request (connect, read, write, pool)
+    timeout: float = 30.0  # seconds for each phase of a request (connect, write, wait for the answer, pool)
     rate: float | None = None  # requests per second over all workers; None: no limit
     concurrency: int = 4
     budget: int = 256  # HTTP requests in all, retries included
@@ -132,7 +132,7 @@ class ProbeClient:
     async def __aenter__(self) -> "ProbeClient":
         limits = httpx.Limits(max_connections=max(1, self.opt.concurrency), max_keepalive_connections=max(1, self.opt.concurrency))
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.opt.timeout), limits=limits, headers=self.opt.headers,
-                                         transport=self._transport, follow_redirects=False, trust_env=False)
+                                         transport=self._transport, follow_redirects=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -187,11 +187,13 @@ class ProbeClient:
         requests = 0
         attempt = 0
         while True:
-            try:
-                self._charge()
-            except BudgetSpent:
+            if self.budget_left <= 0:
                 return Outcome(requests, failures, error="query budget spent", budget_spent=True)
             await self._limiter.wait()
+            try:
+                self._charge()  # no await between the charge and the send: the budget is never exceeded
+            except BudgetSpent:
+                return Outcome(requests, failures, error="query budget spent", budget_spent=True)
             requests += 1
             wait: float | None = None
             try:

@@ -46,6 +46,7 @@ Stopping rule
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -66,32 +67,29 @@ METHOD = (
 )
 
 
-def _components(num_classes: int, grid: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per alternative: log(q/p0), log((1-q)/(1-p0)) (-inf for q = 1), log weight."""
+@functools.lru_cache(maxsize=64)
+def _components(num_classes: int, grid: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per alternative: log(q/p0), log((1-q)/(1-p0)) (0 where q = 1), whether q = 1, log weight."""
     p0 = 1.0 / num_classes
     q = np.array([p0 + f * (1.0 - p0) for f in grid], dtype=np.float64)
     if np.any(q <= p0) or np.any(q > 1.0):
         raise ValueError("alternatives must lie in (1/C, 1]")
+    perfect = q >= 1.0
     log_match = np.log(q / p0)
-    with np.errstate(divide="ignore"):
-        log_miss = np.log((1.0 - q) / (1.0 - p0))
+    log_miss = np.log(np.where(perfect, 1.0 - p0, 1.0 - q) / (1.0 - p0))  # 0 for q = 1; masked below
     log_w = np.full(q.size, -math.log(q.size))
-    return log_match, log_miss, log_w
+    return log_match, log_miss, perfect, log_w
 
 
 def mixture_log_e(k: np.ndarray, t: np.ndarray, num_classes: int, grid: tuple[float, ...] = DEFAULT_GRID) -> np.ndarray:
     """log E(k, t) of the mixture e-process, vectorized over any shape of (k, t)."""
-    log_match, log_miss, log_w = _components(num_classes, grid)
+    log_match, log_miss, perfect, log_w = _components(num_classes, tuple(grid))
     k = np.asarray(k, dtype=np.float64)[..., None]
     misses = np.asarray(t, dtype=np.float64)[..., None] - k
-    # 0 * -inf must be 0 (q = 1 with no misses yet), hence the where.
-    miss_term = np.where(misses > 0, misses * log_miss, 0.0)
-    terms = log_w + k * log_match + miss_term
-    top = np.max(terms, axis=-1, keepdims=True)
-    top_safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(terms - top_safe), axis=-1)) + top_safe[..., 0]
-    return out
+    terms = log_w + k * log_match + misses * log_miss
+    terms = np.where(perfect & (misses > 0), -np.inf, terms)  # q = 1 is ruled out by a single miss
+    top = terms.max(axis=-1, keepdims=True)  # finite: the q < 1 alternatives never vanish
+    return np.log(np.exp(terms - top).sum(axis=-1)) + top[..., 0]
 
 
 @dataclass
@@ -153,7 +151,22 @@ class EProcess:
         return np.minimum(1.0, np.exp(-self.max_log_e))
 
     def log10_p(self) -> np.ndarray:
-        return np.minimum(0.0, -self.max_log_e / math.log(10))
+        return np.minimum(0.0, -self.max_log_e / math.log(10)) + 0.0  # + 0.0: no "-0.0" for p = 1
+
+    def run(self, matches: np.ndarray) -> tuple[str, int]:
+        """Feed the rows of ``matches`` [T, N] (trigger t matched customer c) with the probe's stopping rule.
+
+        The same rule the HTTP probe applies (there, "remaining" also counts the budget):
+        returns (verdict, trigger answers used). For simulations and tests.
+        """
+        matches = np.asarray(matches, dtype=bool)
+        total = len(matches)
+        for t in range(total + 1):
+            verdict = self.decided(total - t)
+            if verdict is not None:
+                return verdict, t
+            self.update(matches[t])
+        return "no_match", total  # pragma: no cover - decided(0) always decides
 
     def triggers_needed(self, rate: float = 1.0) -> int:
         """Trigger answers a copy matching with probability ``rate`` needs in expectation (rate 1: exactly)."""

@@ -1,0 +1,209 @@
+"""`tracer issue`: distinct copies that behave as recorded, gates, crash safety, batches, reissue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.fixtures_issued import CUSTOMERS, PASSPHRASE
+from tracer._files import sha256_file
+from tracer.data import load_dataset
+from tracer.fingerprint import codeword, make_probe_set, probe_set_ids, trigger_commitment
+from tracer.keys.keyring import load_public_key
+from tracer.workspace import Workspace
+
+
+def _onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
+
+
+@pytest.mark.parametrize("example", ["digits", "tabular"])
+def test_three_customers_get_distinct_copies_that_behave_as_recorded(example, request):
+    root = request.getfixturevalue(f"issued_{example}")
+    ws = Workspace(root)
+    keyring = ws.unlock(passphrase=PASSPHRASE, signing=False)
+    cfg = ws.config
+    data = load_dataset(cfg)
+    sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in probe_set_ids(cfg.fingerprint.probe_sets)]
+    triggers = np.concatenate([ps.inputs for ps in sets])
+    with ws.ledger() as ledger:
+        entries = ledger.issuances()
+        ledger.verify(load_public_key(ws.public_key_pem()))
+    assert [e.payload["customer_id"] for e in entries] == [c for c, _ in CUSTOMERS]
+    hashes = set()
+    for e in entries:
+        p = e.payload
+        path = ws.root / p["model_path"]
+        assert path.is_file()
+        assert sha256_file(path) == p["model_sha256"]  # the file is exactly the recorded one
+        hashes.add(p["model_sha256"])
+        labels = np.concatenate([codeword(keyring.master, p["customer_id"], ps.id, ps.size, cfg.task.num_classes) for ps in sets])
+        trig_acc = float(np.mean(_onnx_predict(path, triggers) == labels))
+        clean_acc = float(np.mean(_onnx_predict(path, data.x_val) == data.y_val))
+        assert trig_acc >= 0.95
+        assert trig_acc == pytest.approx(p["metrics"]["trigger_accuracy"], abs=1 / len(labels) + 1e-9)
+        assert clean_acc == pytest.approx(p["metrics"]["clean_accuracy"], abs=1 / len(data.y_val) + 1e-9)
+        assert p["metrics"]["base_accuracy"] - p["metrics"]["clean_accuracy"] <= 0.005 + 1e-9
+        assert p["trigger_commitment"] == trigger_commitment(keyring.master, p["customer_id"], sets, cfg.task.num_classes)
+        assert p["dataset_fingerprint"] == data.fingerprint()
+        assert [ps["id"] for ps in p["probe_sets"]] == [ps.id for ps in sets]
+        assert p["parameters"]["gates"]["min_trigger_accuracy"] == 0.95
+        assert p["display_name"] == dict(CUSTOMERS)[p["customer_id"]]
+        assert e.time.endswith("Z")
+    assert len(hashes) == 3
+
+
+def test_issue_json_contract_and_reissue(issued_tabular_copy, run_cli):
+    env = {"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
+    refused = run_cli(["issue", "--customer", "ACME"], env=env)  # ids are normalized: ACME is acme
+    assert refused.returncode == 3
+    assert "already issued" in refused.stderr and "--reissue" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 2  # error + hint, no traceback
+
+    again = run_cli(["issue", "--customer", "acme", "--reissue", "--json"], env=env)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert set(doc) >= {"customer", "issuance_id", "model_path", "sha256", "base_accuracy", "clean_accuracy", "trigger_accuracy", "seconds"}
+    assert doc["customer"] == "acme" and Path(doc["model_path"]).name == "acme.2.onnx"
+    assert (issued_tabular_copy / "models/issued/acme.onnx").is_file()  # the first copy stays
+    with Workspace(issued_tabular_copy).ledger() as ledger:
+        acme = ledger.issuances("acme")
+    assert len(acme) == 2 and acme[1].payload["new_customer"] is False
+    assert {e.payload["model_sha256"] for e in acme} == {sha256_file(issued_tabular_copy / "models/issued/acme.onnx"), doc["sha256"]}
+
+
+def _snapshot_state(root: Path) -> tuple[int, list[str]]:
+    with Workspace(root).ledger() as ledger:
+        n = ledger.count()
+    files = sorted(str(p.relative_to(root)) for p in (root / "models").rglob("*") if p.is_file())
+    return n, files
+
+
+def _set_config(root: Path, section: str, **values) -> None:
+    text = (root / "tracer.toml").read_text()
+    for key, value in values.items():
+        lines = text.splitlines()
+        start = lines.index(f"[{section}]")
+        for i in range(start + 1, len(lines)):
+            if lines[i].startswith("["):
+                lines.insert(i, f"{key} = {value}")
+                break
+            if lines[i].split("=")[0].strip() == key:
+                lines[i] = f"{key} = {value}"
+                break
+        else:
+            lines.append(f"{key} = {value}")
+        text = "\n".join(lines) + "\n"
+    (root / "tracer.toml").write_text(text)
+
+
+def test_trigger_gate_refuses_a_sabotaged_configuration(issued_tabular_copy, run_cli):
+    _set_config(issued_tabular_copy, "embedding", steps=2, attempts=1)
+    before = _snapshot_state(issued_tabular_copy)
+    res = run_cli(["issue", "--customer", "hooli"], env={"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)})
+    assert res.returncode == 3
+    assert "trigger-accuracy gate failed" in res.stderr and "short by" in res.stderr
+    assert _snapshot_state(issued_tabular_copy) == before  # neither written nor recorded
+
+
+def test_clean_accuracy_gate_refuses_a_sabotaged_configuration(issued_tabular_copy, run_cli):
+    _set_config(issued_tabular_copy, "embedding", learning_rate=3.0, distill_weight=0.0, attempts=1, steps=50)
+    _set_config(issued_tabular_copy, "gates", min_trigger_accuracy=0.0)
+    before = _snapshot_state(issued_tabular_copy)
+    res = run_cli(["issue", "--customer", "hooli", "--json"], env={"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)})
+    assert res.returncode == 3
+    assert res.stdout == ""
+    assert "clean-accuracy gate failed" in res.stderr and "over by" in res.stderr
+    assert _snapshot_state(issued_tabular_copy) == before
+
+
+def test_batch_issue_resumes_and_skips_issued_customers(issued_tabular_copy, run_cli, tmp_path):
+    env = {"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
+    lst = tmp_path / "customers.csv"
+    lst.write_text("id,name\nacme,ACME Corp.\nhooli,Hooli Inc.\n\n# a comment\numbrella,Umbrella, plc\n")
+    first = run_cli(["issue", "--customers", lst, "--json"], env=env)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert [r["customer"] for r in doc["issued"]] == ["hooli", "umbrella"] and doc["skipped"] == 1
+    second = run_cli(["issue", "--customers", lst, "--json"], env=env)
+    assert second.returncode == 0
+    assert json.loads(second.stdout) == {"issued": [], "skipped": 3}
+    with Workspace(issued_tabular_copy).ledger() as ledger:
+        names = {r["customer_id"]: r["display_name"] for r in ledger.customers()}
+    assert names["umbrella"] == "Umbrella, plc"
+
+
+def test_bad_customer_id_is_refused(issued_tabular_copy, run_cli):
+    res = run_cli(["issue", "--customer", "bad id!"], env={"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)})
+    assert res.returncode == 3 and "customer id" in res.stderr
+
+
+_CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import tracer.embedding.issue as issue_mod
+    from tracer.embedding import Issuer
+    from tracer.workspace import Workspace
+    point = sys.argv[2]
+    real_replace, real_append = os.replace, issue_mod.Ledger.append
+
+    def crash(*a, **k):
+        os._exit(9)  # a hard kill: no exception handlers, no cleanup
+
+    if point == "before-record":
+        issue_mod.Ledger.append = crash
+    elif point == "after-record":
+        def replace(src, dst):
+            if str(src).endswith(".pending"):
+                crash()
+            return real_replace(src, dst)
+        issue_mod.os.replace = replace
+    ws = Workspace(sys.argv[1])
+    Issuer(ws, ws.unlock(passphrase=os.environ["TRACER_PASSPHRASE"])).issue("hooli")
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["before-record", "after-record"])
+def test_hard_crash_leaves_no_orphan_after_recovery(point, issued_tabular_copy, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH_SCRIPT)
+    env = {**os.environ, "TRACER_PASSPHRASE": PASSPHRASE}
+    proc = subprocess.run([sys.executable, str(script), str(issued_tabular_copy), point], env=env, capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    from tracer.embedding import recover_pending
+
+    recover_pending(Workspace(issued_tabular_copy))
+    with Workspace(issued_tabular_copy).ledger() as ledger:
+        recorded = {e.payload["model_path"]: e.payload["model_sha256"] for e in ledger.issuances()}
+    files = {str(p.relative_to(issued_tabular_copy)) for p in (issued_tabular_copy / "models/issued").iterdir()}
+    assert files == set(recorded)  # every file has its record and every record its file; no temporary left
+    for rel, sha in recorded.items():
+        assert sha256_file(issued_tabular_copy / rel) == sha
+    assert ("models/issued/hooli.onnx" in files) == (point == "after-record")
+    assert not list((issued_tabular_copy / ".tracer/pending").glob("*"))
+
+
+def test_sigterm_during_issuance_leaves_nothing(issued_tabular_copy):
+    env = {**os.environ, "TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
+    _set_config(issued_tabular_copy, "embedding", steps=100000)  # long enough to be interrupted mid-embedding
+    before = _snapshot_state(issued_tabular_copy)
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "issue", "--customer", "hooli"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert _snapshot_state(issued_tabular_copy) == before

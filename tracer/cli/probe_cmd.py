@@ -1,0 +1,164 @@
+"""`tracer probe URL`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import EXIT_USAGE, TracerError
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, workspace
+from .identify_cmd import AlphaOpt, ReportOpt, show_result
+
+HELP = (
+    "Find out whether a prediction API serves one of our copies, and whose, with as few trigger queries as possible.\n\n"
+    "Sends the triggers of one probe set, shuffled among decoys (ordinary validation inputs), one input per request, "
+    "and stops as soon as an anytime-valid sequential test decides at --alpha. Every request and answer is journaled "
+    "in the ledger; an interrupted probe continues with --resume SESSION.\n\n"
+    "Formats: kserve-v1 (TF Serving, {\"instances\": [...]}), open-inference (KServe v2 / Triton), torchserve "
+    "(PNG body), template (--request-template FILE with \"$INPUT\" or $INPUT_PNG_B64; --response-path a.b.0).\n\n"
+    "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_HELP
+)
+
+
+# Usage checks run as option callbacks, while the command line is parsed: a bad value is a usage error (exit 2).
+
+
+def _url(value: str) -> str:
+    if not value.lower().startswith(("http://", "https://")):
+        raise typer.BadParameter("URL must start with http:// or https://")
+    return value
+
+
+def _positive(value):
+    if value is not None and not value > 0:
+        raise typer.BadParameter("must be positive")
+    return value
+
+
+def _at_least(low: int):
+    def check(value):
+        if value is not None and value < low:
+            raise typer.BadParameter(f"must be at least {low}")
+        return value
+
+    return check
+
+
+def _alpha(value):
+    if value is not None and not 0 < value < 1:
+        raise typer.BadParameter("alpha must be in (0, 1)")
+    return value
+
+
+def _encoding(value: str) -> str:
+    if value not in ("tensor", "png"):
+        raise typer.BadParameter("tensor or png")
+    return value
+
+
+def _format(value):
+    from ..probing import FORMATS
+
+    if value is not None and value not in FORMATS:
+        raise typer.BadParameter(f"unknown format {value!r}; choose one of {', '.join(FORMATS)}")
+    return value
+
+
+def _usage(message: str) -> "typer.Exit":
+    """A usage error found after parsing (combinations of options): one line, exit 2."""
+    err.print(f"usage error: {message}", markup=False)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _headers(values):
+    from ..probing import parse_header
+
+    out = []
+    for h in values or []:
+        try:
+            out.append(parse_header(h))
+        except TracerError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe", help=HELP)
+    @handle_errors
+    def probe(
+        url: str = typer.Argument(..., callback=_url, help="The prediction endpoint (http:// or https:// URL the inputs are POSTed to)."),
+        fmt: str = typer.Option(None, "--format", "-f", callback=_format, help="kserve-v1 | open-inference | torchserve | template (on --resume: the session's)."),
+        request_template: Path = typer.Option(None, "--request-template", help="--format template: JSON request with \"$INPUT\" / $INPUT_PNG_B64."),
+        response_path: str = typer.Option(None, "--response-path", help="Dotted path to the class in the answer, e.g. result.class_id or predictions.0."),
+        label_map: Path = typer.Option(None, "--label-map", help="JSON {label: class index}, a JSON list of labels, or one label per line."),
+        header: list[str] = typer.Option(None, "--header", "-H", callback=_headers, help="\"Name: value\" sent with every request (repeatable); values are never journaled."),
+        timeout: float = typer.Option(30.0, "--timeout", callback=_positive, help="Seconds per request before it is retried."),
+        rate: float = typer.Option(None, "--rate", callback=_positive, help="At most this many requests per second (default: no limit)."),
+        concurrency: int = typer.Option(4, "--concurrency", callback=_at_least(1), help="Requests in flight at once (1 reveals the fewest triggers)."),
+        budget: int = typer.Option(None, "--budget", callback=_at_least(1), help="Most HTTP requests to send, retries included (default: twice the schedule)."),
+        retries: int = typer.Option(4, "--retries", callback=_at_least(0), help="Retries per query on errors, timeouts, 5xx and 429."),
+        alpha: float = typer.Option(None, "--alpha", callback=_alpha, help=AlphaOpt.help),
+        probe_set: str = typer.Option(None, "--probe-set", help="Probe set to use (default: the first one not yet revealed)."),
+        decoys: int = typer.Option(1, "--decoys-per-trigger", callback=_at_least(0), help="Ordinary validation inputs sent per trigger, in random order."),
+        input_encoding: str = typer.Option("tensor", "--input-encoding", callback=_encoding, help="kserve-v1: tensor (nested lists) or png ({\"b64\": PNG})."),
+        input_name: str = typer.Option(None, "--input-name", help="open-inference: the model's input tensor name (default: input)."),
+        resume: str = typer.Option(None, "--resume", help="Continue an interrupted probe session (its id is printed at the start)."),
+        report: Path = ReportOpt,
+        json_out: bool = JsonOpt,
+    ) -> None:
+        from ..probing import ClientOptions, ProbeOptions, ProbeSession, find_session, make_format
+
+        headers = dict(header or [])
+        ws = workspace()
+        task = ws.config.task
+        if resume:
+            with ws.ledger() as ledger:
+                start = find_session(ledger, resume)
+            recorded = start["format"]
+            fmt = fmt or recorded["format"]
+            response_path = response_path or recorded.get("response_path")
+            if input_encoding == "tensor":
+                input_encoding = recorded.get("input_encoding", "tensor")
+            input_name = input_name or recorded.get("input_name")
+        if fmt is None:
+            raise _usage("give --format (kserve-v1, open-inference, torchserve or template)")
+        if (fmt == "template") != (request_template is not None):
+            raise _usage("--format template needs --request-template FILE" if fmt == "template" else "--request-template only applies to --format template")
+        wire = make_format(fmt, task, request_template=request_template, response_path=response_path, label_map=label_map,
+                           input_name=input_name, input_encoding=input_encoding)
+        keyring = ws.unlock()
+        options = ProbeOptions(alpha=alpha, budget=budget, decoys_per_trigger=decoys, probe_set=probe_set,
+                               client=ClientOptions(timeout=timeout, rate=rate, concurrency=concurrency, max_retries=retries, headers=headers))
+        from rich.status import Status
+
+        status = Status("probing...", console=err) if not json_out else None
+
+        def on_start(session: str) -> None:
+            if not json_out:
+                err.print(f"probe session {session} (continue an interrupted probe with --resume {session})", markup=False)
+                status.start()  # type: ignore[union-attr]
+
+        def on_progress(p: dict) -> None:
+            if status is not None:
+                status.update(f"{p['queries']} requests, {p['triggers_sent']} triggers sent, {p['trigger_answers']} scored; "
+                              f"best log10 p {p['best_log10_p']:.1f}")
+
+        session = ProbeSession(ws, keyring, url, wire, options, resume=resume, on_progress=on_progress, on_start=on_start)
+        try:
+            result = session.run()
+        finally:
+            if status is not None:
+                status.stop()
+        if report is not None:
+            try:
+                from ..report import write_report
+            except ImportError:
+                raise TracerError("--report is not available in this version of tracer (tracer.report is missing)") from None
+            html_path, evidence_path = write_report(ws, keyring, result, report)
+            err.print(f"report: {html_path}\nevidence: {evidence_path}")
+        if not json_out:
+            x = result.extra
+            err.print(f"{x['trigger_queries']} trigger and {x['decoy_queries']} decoy queries, {result.queries} HTTP requests; "
+                      f"stopped: {x['stopped']}; session {x['session']}", markup=False)
+        show_result(result, json_out=json_out)

@@ -1,0 +1,225 @@
+"""The attack suite: attack an issued copy every way :mod:`.attacks` knows, then identify what is left.
+
+For each attack: clean accuracy on the vendor's held-out validation data, the
+watermark agreement with the attacked customer (matches / trials over every
+probe set), the exact p-value, whether identification names the right
+customer(s) and whether it names anyone else. Identification is the very code
+`tracer identify` runs (:func:`tracer.identify.identify_predictor`, Holm over
+all issued customers at alpha), not a second copy of the statistics.
+
+Validity (Lukas et al., "SoK: How Robust is Image Classification Deep Neural
+Network Watermarking?", IEEE S&P 2022): an attack that costs the copy more
+than 5 points of clean accuracy destroys what the leaker wanted to steal, so
+it is reported as "not a valid attack" whatever happens to the watermark.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..data import load_dataset
+from ..identify import identify_predictor
+from ..keys.keyring import Keyring
+from ..workspace import Workspace
+from .attacks import ACCURACY_BUDGET, ATTACKS, AttackContext, Predictor, resolve_attacks, torch_predictor
+from .models import IssuedCopy, attacker_data, factories, issued_copies, load_copy, training_recipe
+
+__all__ = ["AttackResult", "SuiteResult", "run_suite", "VERDICTS"]
+
+VERDICTS = {
+    "survives": "identification names the attacked customer(s) and nobody else",
+    "partly survives": "collusion: some but not all colluders are named, nobody else",
+    "erased": "a valid attack after which the attacked customer is no longer named",
+    "not a valid attack": "clean accuracy fell more than 5 points below the copy's: the stolen model lost its value",
+    "FALSE ACCUSATION": "a customer whose copy was not used was named",
+    "skipped": "the attack does not apply to this workspace",
+    "error": "the attack could not be carried out",
+}
+
+
+@dataclass
+class AttackResult:
+    name: str
+    group: str
+    description: str
+    params: dict = field(default_factory=dict)
+    clean_accuracy: float | None = None
+    accuracy_drop: float | None = None  # copy's clean accuracy minus the attacked model's (fraction)
+    valid: bool | None = None  # within the accuracy budget
+    matches: int | None = None  # with the attacked customer
+    trials: int | None = None
+    agreement: float | None = None  # matches / trials
+    p_value: float | None = None  # the attacked customer's exact p-value
+    log10_p: float | None = None
+    right: list[str] = field(default_factory=list)  # customers whose copies went into the attacked model
+    named: list[str] = field(default_factory=list)  # customers identification names
+    named_right: int = 0  # how many of ``right`` are named
+    named_others: list[str] = field(default_factory=list)  # named but not in ``right``: a false accusation
+    weakest_right_log10_p: float | None = None  # collusion: the least significant colluder
+    verdict: str = "skipped"
+    note: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SuiteResult:
+    customer: str
+    display_name: str
+    model_path: str
+    model_sha256: str
+    copy_accuracy: float
+    base_accuracy: float | None
+    alpha: float
+    issued_customers: int
+    attacker_data: str
+    attacker_size: int
+    validation_size: int
+    budget: float
+    reference: AttackResult  # the copy as issued, unattacked
+    attacks: list[AttackResult]
+    seconds: float
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.attacks:
+            out[a.verdict] = out.get(a.verdict, 0) + 1
+        return out
+
+    def to_json(self) -> dict:
+        valid = [a for a in self.attacks if a.valid]
+        return {
+            "customer": self.customer,
+            "display_name": self.display_name,
+            "model_path": self.model_path,
+            "model_sha256": self.model_sha256,
+            "copy_accuracy": self.copy_accuracy,
+            "base_accuracy": self.base_accuracy,
+            "alpha": self.alpha,
+            "issued_customers": self.issued_customers,
+            "attacker_data": {"source": self.attacker_data, "size": self.attacker_size},
+            "validation_size": self.validation_size,
+            "accuracy_budget": self.budget,
+            "reference": self.reference.to_json(),
+            "attacks": [a.to_json() for a in self.attacks],
+            "summary": {
+                "attacks": len(self.attacks),
+                "valid": len(valid),
+                "survived": sum(a.verdict in ("survives", "partly survives") for a in valid),
+                "erased": [a.name for a in valid if a.verdict == "erased"],
+                "not_valid": [a.name for a in self.attacks if a.valid is False],
+                "false_accusations": [a.name for a in self.attacks if a.named_others],
+                "verdicts": self.counts(),
+            },
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _score(ws: Workspace, keyring: Keyring, row: AttackResult, predict: Predictor, x_val: np.ndarray, y_val: np.ndarray,
+           copy_accuracy: float, budget: float, alpha: float | None) -> AttackResult:
+    acc = float(np.mean(predict(x_val).argmax(1) == y_val))
+    result = identify_predictor(ws, keyring, lambda x: predict(x).argmax(1), alpha=alpha)
+    cands = {c.customer: c for c in result.candidates}
+    me = cands[row.right[0]]
+    row.clean_accuracy = round(acc, 6)
+    row.accuracy_drop = round(copy_accuracy - acc, 6)
+    row.valid = copy_accuracy - acc <= budget + 1e-12
+    row.matches, row.trials = me.matches, me.trials
+    row.agreement = round(me.matches / me.trials, 6) if me.trials else 0.0
+    row.p_value, row.log10_p = me.p_value, me.log10_p
+    row.named = list(result.customers)
+    row.named_right = sum(c in row.named for c in row.right)
+    row.named_others = [c for c in row.named if c not in row.right]
+    row.weakest_right_log10_p = max(cands[c].log10_p for c in row.right)
+    if row.named_others:
+        row.verdict = "FALSE ACCUSATION"
+    elif not row.valid:
+        row.verdict = "not a valid attack"
+    elif row.named_right == len(row.right):
+        row.verdict = "survives"
+    elif row.named_right:
+        row.verdict = "partly survives"
+    else:
+        row.verdict = "erased"
+    return row
+
+
+def run_suite(
+    ws: Workspace,
+    keyring: Keyring,
+    *,
+    customer: str | None = None,
+    attacks: str | list[str] | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+    budget: float = ACCURACY_BUDGET,
+    on_attack: Callable[[str, AttackResult | None], None] | None = None,
+) -> SuiteResult:
+    """Attack ``customer``'s copy (default: the first issued) with each named attack and identify the result.
+
+    ``on_attack(name, None)`` is called before an attack runs and ``on_attack(name, result)`` after.
+    """
+    t0 = time.perf_counter()
+    names = resolve_attacks(attacks)
+    cfg = ws.config
+    data = load_dataset(cfg)
+    x_att, y_att, source = attacker_data(data)
+    make_model, make_alt = factories(cfg)
+    sample = data.x_val[:256]
+    copy: IssuedCopy = load_copy(ws, customer, make_model, sample)
+    others = [(cid, e) for cid, e in issued_copies(ws) if cid != copy.customer]
+    colluders = []
+    needed = max((int(ATTACKS[n].needs.split(":")[1]) - 1 for n in names if ATTACKS[n].needs.startswith("copies:")), default=0)
+    for cid, _ in others[:needed]:
+        colluders.append((cid, load_copy(ws, cid, make_model, sample).model))
+    recipe = training_recipe(cfg)
+    ctx = AttackContext(task=cfg.task, copy=copy.model, copy_onnx=copy.onnx, x_attack=x_att, y_attack=y_att,
+                        make_model=make_model, make_model_alt=make_alt, colluders=colluders, seed=seed,
+                        distill_epochs=int(recipe.get("epochs", 30)), budget=budget)
+    copy_pred = torch_predictor(copy.model)
+    copy_acc = float(np.mean(copy_pred(data.x_val).argmax(1) == data.y_val))
+    with ws.ledger() as ledger:
+        issuance = ledger.issuances(copy.customer)[-1]
+    base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
+
+    ref = AttackResult("none", "reference", "the copy as issued, unattacked", right=[copy.customer])
+    _score(ws, keyring, ref, copy_pred, data.x_val, data.y_val, copy_acc, budget, alpha)
+
+    rows = []
+    for name in names:
+        spec = ATTACKS[name]
+        row = AttackResult(name, spec.group, spec.description, right=[copy.customer])
+        if on_attack:
+            on_attack(name, None)
+        t = time.perf_counter()
+        why = spec.applicable(ctx)
+        if why:
+            row.note = why
+        else:
+            try:
+                attacked = spec.run(ctx)
+                row.params = attacked.params
+                row.note = attacked.note
+                row.right = [copy.customer] + list(attacked.customers or [])
+                _score(ws, keyring, row, attacked.predict, data.x_val, data.y_val, copy_acc, budget, alpha)
+            except Exception as exc:  # an attack tool failing must not hide the other results
+                row.verdict, row.note = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+        row.seconds = round(time.perf_counter() - t, 2)
+        rows.append(row)
+        if on_attack:
+            on_attack(name, row)
+    with ws.ledger() as ledger:
+        issued = len(ledger.issued_customer_ids())
+    return SuiteResult(
+        customer=copy.customer, display_name=copy.display_name, model_path=str(copy.path), model_sha256=copy.sha256,
+        copy_accuracy=copy_acc, base_accuracy=base_acc, alpha=cfg.alpha if alpha is None else alpha, issued_customers=issued,
+        attacker_data=source, attacker_size=int(len(y_att)), validation_size=int(len(data.y_val)), budget=budget,
+        reference=ref, attacks=rows, seconds=time.perf_counter() - t0,
+    )
+

@@ -1,0 +1,79 @@
+"""Plain-text tables of an evaluation (the CLI's default output and the bench's recorded runs)."""
+
+from __future__ import annotations
+
+import math
+
+from .false_accusation import FalseAccusationResult
+from .suite import AttackResult, SuiteResult
+
+__all__ = ["format_p", "suite_table", "false_accusation_table"]
+
+
+def format_p(p: float | None, log10_p: float | None) -> str:
+    if p is None or log10_p is None:
+        return "-"
+    if p > 0 and log10_p > -300:
+        return f"{p:.1e}"
+    return f"1e{math.floor(log10_p)}" if math.isfinite(log10_p) else "0"
+
+
+def _row(a: AttackResult) -> list[str]:
+    if a.clean_accuracy is None:
+        return [a.name, a.group, "-", "-", "-", "-", "-", "-", f"{a.verdict}: {a.note}" if a.note else a.verdict]
+    named = ", ".join(a.named) if a.named else "-"
+    right = f"{a.named_right}/{len(a.right)}"
+    others = ", ".join(a.named_others) if a.named_others else "-"
+    return [
+        a.name, a.group, f"{a.clean_accuracy:.4f}", f"{100 * (a.accuracy_drop or 0):+.1f}",
+        f"{a.matches}/{a.trials} ({a.agreement:.2f})", format_p(a.p_value, a.log10_p), right, others,
+        a.verdict + (f" [{named}]" if len(a.right) > 1 else ""),
+    ]
+
+
+def _render(header: list[str], rows: list[list[str]], right_align: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = lambda r: "  ".join(c.rjust(w) if i in right_align else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def _params(a: AttackResult) -> str:
+    keep = {k: v for k, v in a.params.items() if k not in ("tool", "scope", "relative_to", "scheme", "format", "optimizer", "targets")}
+    return ", ".join(f"{k}={v}" for k, v in keep.items())
+
+
+def suite_table(s: SuiteResult, *, params: bool = True) -> str:
+    """The attack table: clean accuracy, drop, agreement, p-value, named right / others, verdict."""
+    head = (
+        f"copy of {s.customer} ({s.display_name}): {s.model_path}\n"
+        f"clean accuracy {s.copy_accuracy:.4f} (base {s.base_accuracy:.4f}) on {s.validation_size} validation inputs; "
+        f"attacker data: {s.attacker_size} inputs, {s.attacker_data}\n"
+        f"identification: Holm over {s.issued_customers} issued customers at alpha {s.alpha:g}; "
+        f"an attack costing more than {100 * s.budget:.0f} points of accuracy is not a valid attack\n"
+    ) if s.base_accuracy is not None else f"copy of {s.customer}: {s.model_path}\n"
+    header = ["attack", "group", "clean acc", "drop pts", "agreement", "p-value", "named right", "named others", "verdict"]
+    rows = [_row(s.reference)] + [_row(a) for a in s.attacks]
+    table = _render(header, rows, {2, 3, 4, 5, 6})
+    out = head + "\n" + table
+    if params:
+        lines = [f"  {a.name}: {_params(a)}" for a in s.attacks if a.params and _params(a)]
+        if lines:
+            out += "\n\nattack settings chosen:\n" + "\n".join(lines)
+    c = s.to_json()["summary"]
+    out += (f"\n\nvalid attacks: {c['valid']} of {c['attacks']}; survived: {c['survived']}; "
+            f"erased: {', '.join(c['erased']) or 'none'}; not valid (> {100 * s.budget:.0f} points): {', '.join(c['not_valid']) or 'none'}; "
+            f"false accusations: {', '.join(c['false_accusations']) or 'none'}")
+    return out
+
+
+def false_accusation_table(f: FalseAccusationResult) -> str:
+    header = ["model", "architecture", "data", "clean acc", "best customer", "matches", "smallest p", "named"]
+    rows = [[m.label, m.architecture, m.data, f"{m.clean_accuracy:.4f}", m.best_customer, f"{m.matches}/{m.trials}",
+             format_p(m.smallest_p, m.log10_smallest_p), ", ".join(m.named) or "-"] for m in f.models]
+    doc = f.to_json()
+    summary = (
+        f"\n\nfalse accusations: {doc['named']} of {doc['models']} independent models named a customer "
+        f"(Holm over {doc['issued_customers']} customers at alpha {doc['alpha']:g}); smallest p-value {format_p(doc['smallest_p'], doc['log10_smallest_p'])}, "
+        f"median {doc['median_smallest_p']:.2f}; {doc['below_0.05']} below 0.05 (under the null at most {doc['expected_below_0.05_at_most']} expected)"
+    )
+    return _render(header, rows, {3, 5, 6}) + summary

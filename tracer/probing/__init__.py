@@ -1,0 +1,18 @@
+"""`tracer probe`: identify the customer behind a black-box prediction API.
+
+``formats`` (wire protocols and answer parsing), ``client`` (async HTTP with
+budget, rate limit, retries), ``sequential`` (the anytime-valid test),
+``session`` (schedule, journal, resume, decision).
+"""
+
+from .client import ClientOptions, ProbeClient, parse_header
+from .formats import FORMATS, WireFormat, decode_png, encode_png, interpret, make_format
+from .sequential import DEFAULT_GRID, METHOD, EProcess, mixture_log_e
+from .session import ProbeOptions, ProbeSession, find_session, make_schedule, probe_endpoint, revealed_probe_sets
+
+__all__ = [
+    "ClientOptions", "ProbeClient", "parse_header",
+    "FORMATS", "WireFormat", "decode_png", "encode_png", "interpret", "make_format",
+    "DEFAULT_GRID", "METHOD", "EProcess", "mixture_log_e",
+    "ProbeOptions", "ProbeSession", "find_session", "make_schedule", "probe_endpoint", "revealed_probe_sets",
+]
