@@ -88,6 +88,27 @@ def test_429_honours_retry_after() -> None:
     assert calls[1][0] - calls[0][0] >= 0.3 - 0.01 and time.monotonic() - t0 >= 0.3
 
 
+def test_429_pauses_every_worker() -> None:
+    """Two workers, three queries each: after one 429 with Retry-After 0.3, neither starts a request for 0.3 s."""
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return httpx.Response(429, headers={"Retry-After": "0.3"}) if len(calls) == 1 else ok(1)
+
+    async def main():
+        async with ProbeClient("http://api.test/p", WireFormat("kserve-v1", TASK), ClientOptions(**FAST),
+                               transport=httpx.MockTransport(handler)) as client:
+            async def worker():
+                return [await client.query(X) for _ in range(3)]
+
+            return await asyncio.gather(worker(), worker())
+
+    outs = [o for w in asyncio.run(main()) for o in w]
+    assert all(o.ok for o in outs) and len(calls) == 7
+    assert all(t - calls[0] >= 0.3 - 0.01 for t in calls[2:])  # only the other worker's first request beat the 429
+
+
 def test_retry_after_forms() -> None:
     soon = email.utils.format_datetime(__import__("datetime").datetime.now(__import__("datetime").timezone.utc), usegmt=True)
     assert ProbeClient._retry_after(httpx.Response(429, headers={"Retry-After": "2"})) == 2.0

@@ -6,7 +6,7 @@ import typer
 
 from .._version import __version__
 from ._common import EXIT_CODES_HELP, STATE
-from . import evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
+from . import demo_cmd, evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
 
 app = typer.Typer(
     name="tracer",
@@ -34,6 +34,7 @@ def _root(
 
 
 workspace_cmd.register(app)
+demo_cmd.register(app)
 issue_cmd.register(app)
 identify_cmd.register(app)
 evaluate_cmd.register(app)

@@ -72,8 +72,8 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted; nothing half-written was kept")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise  # click turns these into exit codes (BadParameter: usage error, exit 2)
         except Exception as exc:  # a bug: say so briefly; traceback only on request
             if STATE.verbose:
                 err.print(traceback.format_exc(), markup=False)

@@ -6,13 +6,13 @@ right before it goes out (after the rate limiter, with nothing in between),
 so the budget is never exceeded; a request cancelled in flight when the
 probe stops counts as sent. The rate limit spaces request *starts* at least
 1/rate seconds apart (over all concurrent workers), so no window of length w
-ever sees more than floor(w * rate) + 1 requests.
+ever sees more than floor(w * rate) + 1 request starts.
 
 Retries: connection errors, timeouts, dropped connections, 5xx answers and
 undecodable bodies are retried with exponential backoff and "equal jitter"
 (wait d/2 + U(0, d/2), d = min(cap, base * 2^attempt)). A 429 waits what its
 Retry-After header says (seconds or an HTTP date; the backoff when absent),
-up to ``max_retry_after``. Any other 4xx is a request the endpoint will never
+up to ``max_retry_after``, and no other worker starts a request before then. Any other 4xx is a request the endpoint will never
 accept (authentication, wrong format): no retry, the probe stops.
 
 Proxies and CA bundles come from the environment (HTTPS_PROXY, NO_PROXY,
@@ -98,19 +98,28 @@ class Outcome:
 
 
 class _RateLimiter:
+    """Consecutive request starts at least 1/rate apart, measured when the request really starts.
+
+    A start is granted only when the clock says so, right before the send (no await in between), so a
+    stalled event loop cannot release a burst of requests whose turns have passed.
+    """
+
     def __init__(self, rate: float | None, clock: Callable[[], float]) -> None:
         self.interval = 1.0 / rate if rate else 0.0
         self.clock = clock
         self.next = -float("inf")
 
+    def pause(self, seconds: float) -> None:
+        """No request starts for ``seconds`` (a 429 Retry-After applies to every worker)."""
+        self.next = max(self.next, self.clock() + seconds)
+
     async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = self.clock()
-        slot = max(now, self.next)
-        self.next = slot + self.interval  # reserved before awaiting: no two workers share a slot
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        while True:
+            now = self.clock()
+            if now >= self.next:
+                self.next = now + self.interval
+                return
+            await asyncio.sleep(self.next - now)
 
 
 class ProbeClient:
@@ -209,6 +218,8 @@ class ProbeClient:
                     failures.append(Attempt("rate limited (429)" + (f", Retry-After {wait:g}s" if wait is not None else ""), status))
                     if wait is not None and wait > self.opt.max_retry_after:
                         return Outcome(requests, failures, error=f"endpoint asks to wait {wait:.0f}s (429 Retry-After), more than {self.opt.max_retry_after:g}s", fatal=True, status=status)
+                    if wait is not None:
+                        self._limiter.pause(wait)  # the other workers hold off too
                 elif status >= 500:
                     failures.append(Attempt(f"server error {status}", status, resp.text[:200] or None))
                 elif status >= 400:

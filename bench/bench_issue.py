@@ -1,0 +1,64 @@
+"""Issuance cost and quality on both examples (issue 3).
+
+For each example, in one run on one machine: train the base model from scratch
+(timed), then issue three customers (timed: the embedding fine-tune alone, and
+the whole issuance with gates, ONNX export and check, ledger record). Prints
+the cost ratios issuance / base training, the embedding's step count (fixed: it
+does not grow with the dataset), the clean-accuracy drop per customer and the
+trigger accuracy.
+
+    python bench/bench_issue.py [digits] [tabular]
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import FAST_SCRYPT, PASSPHRASE
+
+from tracer.embedding import Issuer
+from tracer.examples import example_config
+from tracer.examples.base import train_base
+from tracer.workspace import init_workspace
+
+CUSTOMERS = [("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech")]
+
+
+def bench(example: str) -> None:
+    root = Path(tempfile.mkdtemp(prefix=f"tracer-bench-issue-{example}-")) / "ws"
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=FAST_SCRYPT)
+    t0 = time.perf_counter()
+    model, base_acc = train_base(example)
+    base_seconds = time.perf_counter() - t0
+    weights = ws.config.path(ws.config.model.weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    weights.write_bytes(buf.getvalue())
+    issuer = Issuer(ws, ws.unlock(passphrase=PASSPHRASE))
+    n_train = len(issuer.data.x_train)
+    print(f"\n{example}: base model trained in {base_seconds:.2f} s on {n_train} examples, validation accuracy {base_acc:.4f}; "
+          f"{len(issuer.triggers)} triggers ({len(issuer.probe_sets)} probe sets x {issuer.probe_sets[0].size})")
+    print(f"{'customer':<10} {'steps':>5} {'tries':>5} {'embed s':>8} {'issue s':>8} {'embed/base':>10} {'issue/base':>10} "
+          f"{'drop (pts)':>10} {'trigger acc':>11}")
+    ratios = []
+    for cid, name in CUSTOMERS:
+        r = issuer.issue(cid, name=name)
+        per_try = r.embed_seconds
+        ratios.append((per_try / base_seconds, r.seconds / base_seconds))
+        print(f"{cid:<10} {r.steps:>5} {r.attempts:>5} {per_try:8.2f} {r.seconds:8.2f} {per_try / base_seconds:10.3f} "
+              f"{r.seconds / base_seconds:10.3f} {100 * (r.base_accuracy - r.clean_accuracy):10.2f} {r.trigger_accuracy:11.3f}")
+    mean_embed = sum(a for a, _ in ratios) / len(ratios)
+    mean_issue = sum(b for _, b in ratios) / len(ratios)
+    print(f"mean cost ratio: embedding fine-tune {mean_embed:.3f}, whole issuance (all tries, gates, export, record) {mean_issue:.3f}"
+          + ("  (target on digits: <= 0.25)" if example == "digits" else ""))
+
+
+if __name__ == "__main__":
+    for ex in sys.argv[1:] or ["digits", "tabular"]:
+        bench(ex)
