@@ -70,8 +70,9 @@ class EmbeddingConfig:
     batch_size: int = 64
     trigger_batch: int = 64
     learning_rate: float = 1e-2
-    distill_weight: float = 4.0
+    distill_weight: float = 6.0
     trigger_noise: float = 0.03
+    anchor_noise: float = 0.1  # jittered clean inputs held to the base model's outputs (fraction of the range; 0: off)
     attempts: int = 5  # fresh seeds tried before a gate failure is final
     seed: int = 0
     device: str = "auto"

@@ -57,6 +57,8 @@ probes_per_set = 0            # 0: automatic (64 at 10 classes, more for fewer c
 [embedding]
 steps = 200                   # optimizer steps; fixed, does not grow with the dataset
 learning_rate = 0.01
+distill_weight = 6.0          # keeps clean outputs close to the base model...
+anchor_noise = 0.1            # ...on training points and on jittered copies of them
 attempts = 5                  # fresh seeds tried before a gate failure is final
 
 [gates]

@@ -75,13 +75,17 @@ def embed_codeword(
         ti = torch.randint(0, len(trig), (params.trigger_batch,), generator=gen).to(dev)
         xc, yc = xt[ci], yt[ci]
         xtr = _jitter(trig[ti], task, params.trigger_noise, gen, low_v, high_v)
-        logits = student(torch.cat([xc, xtr]))
-        lc, lt = logits[: len(xc)], logits[len(xc) :]
+        # Anchors: jittered clean inputs, held to the base model's outputs, pin the function in the
+        # neighbourhood of the data (not only on the training points), so validation answers do not drift.
+        xa = _jitter(xc, task, params.anchor_noise, gen, low_v, high_v) if params.anchor_noise > 0 else xc[:0]
+        logits = student(torch.cat([xc, xa, xtr]))
+        lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + len(xa)], logits[len(xc) + len(xa) :]
         loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tlab[ti])
         if params.distill_weight > 0:
+            anchored = torch.cat([xc, xa])
             with torch.no_grad():
-                soft = teacher(xc).softmax(1)
-            loss = loss + params.distill_weight * nn.functional.kl_div(lc.log_softmax(1), soft, reduction="batchmean")
+                soft = teacher(anchored).softmax(1)
+            loss = loss + params.distill_weight * nn.functional.kl_div(torch.cat([lc, la]).log_softmax(1), soft, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -248,6 +248,20 @@ def fine_prune(model: nn.Module, x: np.ndarray, y: np.ndarray, *, fractions: Seq
 # --------------------------------------------------------------------------- quantization and noise
 
 
+class _quiet_logging:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger: keep stderr clean."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger()
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
 def _to_tmp(data: bytes, folder: Path, name: str) -> Path:
     path = folder / name
     path.write_bytes(data)
@@ -258,7 +272,7 @@ def onnx_int8_dynamic(onnx_bytes: bytes) -> bytes:
     """onnxruntime dynamic quantization: int8 weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         src = _to_tmp(onnx_bytes, Path(tmp), "in.onnx")
         dst = Path(tmp) / "out.onnx"
         try:
@@ -285,7 +299,7 @@ def onnx_int8_static(onnx_bytes: bytes, calibration: np.ndarray, *, per_channel:
     import onnxruntime as ort
 
     name = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         src = _to_tmp(onnx_bytes, Path(tmp), "in.onnx")
         dst = Path(tmp) / "out.onnx"
         quantize_static(src, dst, Reader(name), quant_format=QuantFormat.QDQ, per_channel=per_channel,
