@@ -73,6 +73,8 @@ class EmbeddingConfig:
     distill_weight: float = 6.0
     trigger_noise: float = 0.03
     anchor_noise: float = 0.1  # jittered clean inputs held to the base model's outputs (fraction of the range; 0: off)
+    trigger_margin: float = 0.0  # logit margin pushed for on every trigger (hinge); survives fine-tuning (0: off)
+    margin_weight: float = 1.0
     attempts: int = 5  # fresh seeds tried before a gate failure is final
     seed: int = 0
     device: str = "auto"
