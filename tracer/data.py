@@ -17,7 +17,7 @@ from ._imports import import_object
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["Dataset", "load_dataset", "split_indices"]
+__all__ = ["Dataset", "load_dataset", "split_indices", "vendor_attacker_split"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ def split_indices(n: int, fraction: float, *, label: str = "split") -> tuple[np.
     order = sorted(range(n), key=lambda i: hashlib.sha256(f"{label}/{i}".encode()).digest())
     k = int(round(n * fraction))
     return np.array(sorted(order[k:]), dtype=np.int64), np.array(sorted(order[:k]), dtype=np.int64)
+
+
+def vendor_attacker_split(x: np.ndarray, y: np.ndarray, *, validation: float, label: str) -> dict[str, np.ndarray]:
+    """Validation share first; of the rest, 2/3 for the vendor and a disjoint 1/3 for an attacker (evaluation)."""
+    rest, val = split_indices(len(x), validation, label=f"{label}/val")
+    vendor_pos, attack_pos = split_indices(len(rest), 1 / 3, label=f"{label}/attack")
+    train, attack = rest[vendor_pos], rest[attack_pos]
+    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val], "x_attack": x[attack], "y_attack": y[attack]}
 
 
 def _as_dataset(arrays: Mapping[str, Any], config: Config, source: str) -> Dataset:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..data import split_indices
+from ..data import vendor_attacker_split
 
 
 def make_model() -> nn.Module:
@@ -34,10 +34,7 @@ def load_data() -> dict[str, np.ndarray]:
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
     y = d.target.astype(np.int64)
-    rest, val = split_indices(len(x), 0.2, label="digits/val")
-    vendor_pos, attack_pos = split_indices(len(rest), 1 / 3, label="digits/attack")
-    train, attack = rest[vendor_pos], rest[attack_pos]
-    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val], "x_attack": x[attack], "y_attack": y[attack]}
+    return vendor_attacker_split(x, y, validation=0.2, label="digits")
 
 
 BASE_TRAINING = {"epochs": 60, "lr": 1e-3, "batch_size": 32}

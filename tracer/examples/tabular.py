@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..data import split_indices
+from ..data import vendor_attacker_split
 
 FEATURES = 30
 
@@ -30,10 +30,7 @@ def load_data() -> dict[str, np.ndarray]:
     x = d.data.astype(np.float64)
     x = ((x - x.mean(0)) / x.std(0)).clip(-4.0, 4.0).astype(np.float32)
     y = d.target.astype(np.int64)
-    rest, val = split_indices(len(x), 0.4, label="tabular/val")
-    vendor_pos, attack_pos = split_indices(len(rest), 1 / 3, label="tabular/attack")
-    train, attack = rest[vendor_pos], rest[attack_pos]
-    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val], "x_attack": x[attack], "y_attack": y[attack]}
+    return vendor_attacker_split(x, y, validation=0.4, label="tabular")
 
 
 BASE_TRAINING = {"epochs": 100, "lr": 1e-3, "batch_size": 32}
