@@ -75,6 +75,9 @@ class Workspace:
     root: Path
     _config: Config | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)  # accept str too
+
     @property
     def config_path(self) -> Path:
         return self.root / CONFIG_FILE
