@@ -213,12 +213,16 @@ def interpret(value: Any, num_classes: int, label_map: dict[str, int] | None = N
     raise ResponseError(f"answer {_describe(value)} is not a class")
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 def load_label_map(path: Path, num_classes: int) -> dict[str, int]:
     """A JSON object {label: index}, a JSON list of labels (index = position), or one label per line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read label map {path}: {exc.strerror}") from None
+    text = _read_text(path, "label map")
     try:
         doc = json.loads(text)
     except ValueError:
@@ -243,10 +247,7 @@ def load_label_map(path: Path, num_classes: int) -> dict[str, int]:
 
 
 def load_template(path: Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read request template {path}: {exc.strerror}") from None
+    text = _read_text(path, "request template")
     try:
         doc = json.loads(text)
     except ValueError as exc:
