@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import EXIT_ERROR, TracerError
 from ..workspace import Workspace, find_workspace
@@ -40,6 +41,12 @@ class State:
 STATE = State()
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """Progress bars on stderr, only on a terminal: pipes and logs get the results, not redraws."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, disable=not (enabled and err.is_terminal), transient=True)
 
 
 def workspace() -> Workspace:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TracerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, progress_bar, workspace
 
 HELP = (
     "Attack an issued copy the ways a leaker would (fine-tuning, pruning, quantization, input transformations, "
@@ -61,8 +60,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         ws.config  # a bad configuration fails before the passphrase is asked for
         keyring = ws.unlock()
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err, disable=json_out, transient=True)
+        progress = progress_bar(not json_out)
         with progress:
             bar = progress.add_task("attacks", total=len(names))
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import CustomerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, disable=not enabled, transient=True)
+from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, progress_bar, workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +30,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         rows = read_customer_list(customers) if customers is not None else None
         keyring = ws.unlock()
-        with _progress(not json_out) as progress:
+        with progress_bar(not json_out) as progress:
             load = progress.add_task("loading base model and data", total=None)
             issuer = Issuer(ws, keyring, out_dir=out_dir)
             progress.remove_task(load)
