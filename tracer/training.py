@@ -6,13 +6,24 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["train_classifier", "predict", "accuracy", "pick_device"]
+__all__ = ["train_classifier", "predict", "accuracy", "pick_device", "last_layer"]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preference)
+
+
+def last_layer(model: nn.Module) -> nn.Module:
+    """The last module (in registration order) that owns a weight: the classification head."""
+    found = None
+    for mod in model.modules():
+        if isinstance(getattr(mod, "weight", None), nn.Parameter) and not list(mod.children()):
+            found = mod
+    if found is None:
+        raise ValueError("the model has no layer with weights")
+    return found
 
 
 def train_classifier(

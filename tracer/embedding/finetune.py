@@ -8,16 +8,28 @@ training so the learned answers have a margin that survives float16, int8
 and 8-bit input encoding. The number of steps is fixed: it does not grow
 with the vendor's dataset.
 
-Robustness (measured by ``tracer evaluate``): cross-entropy alone stops
-pushing once the triggers are answered, leaving logit margins of about 3 on
-the digits example, while five epochs of fine-tuning with Adam at 1e-2 move
-the triggers' logits by about 9. A hinge on the logit margin
-(``trigger_margin``, the codeword class ahead of every other class by at
-least that much) makes the codeword outlive fine-tuning at a high learning
-rate and the retraining of a re-initialised last layer far more often.
-The base model's answers on clean inputs are cached as they are first
-needed (at most steps x batch_size of them), so each step runs the frozen
-base model only on the jittered anchors.
+Robustness (measured by ``tracer evaluate``, figures in bench/results/):
+cross-entropy alone stops pushing once the triggers are answered, leaving
+logit margins of about 3 on the digits example, while five epochs of
+fine-tuning with Adam at 1e-2 move the triggers' logits by about 9. A hinge
+on the logit margin (``trigger_margin``: the codeword class ahead of every
+other class by at least that much) makes the codeword outlive fine-tuning at
+a high learning rate and the retraining of a re-initialised last layer. A
+short, hot schedule (learning rate 2e-2) with a stronger distillation weight
+reaches the margin in fewer steps than a long, cool one and keeps clean
+accuracy. ``feature_pull`` (off by default) draws each trigger's penultimate
+features to the base model's centroid of its codeword class, which helps a
+re-initialised head relearn the codeword but costs clean accuracy.
+
+Cost: every step's random indices are drawn up front, and the base model's
+answers on the clean inputs those steps use (at most steps x batch_size of
+them, whatever the dataset's size) are computed in one batched pass before
+the first step. Jittered anchors are held to the base model's answers on
+themselves (``anchor_targets = "base"``, one frozen forward pass per step) or,
+where small jitter cannot change what an input is (images), on their
+originals (``"original"``: no frozen pass in the loop, 20 % faster per step
+on digits with the same gate pass rate in a 15-run sweep; on the tabular
+example it halved the pass rate, so it is not the default).
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import EmbeddingConfig, TaskConfig
-from ..training import pick_device
+from ..training import last_layer, pick_device
 
 __all__ = ["EmbedResult", "embed_codeword"]
 
@@ -42,8 +54,16 @@ class EmbedResult:
     seconds: float
 
 
-def _jitter(x: torch.Tensor, task: TaskConfig, sigma: float, gen: torch.Generator, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    if sigma <= 0:
+def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where this torch build supports it (the same arithmetic)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def _jitter(x: torch.Tensor, sigma: float, gen: torch.Generator, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    if sigma <= 0 or len(x) == 0:
         return x
     noise = torch.randn(x.shape, generator=gen).to(x.device) * sigma * (high - low)
     return torch.minimum(torch.maximum(x + noise, low), high)
@@ -56,24 +76,36 @@ def _margin_hinge(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> 
     return nn.functional.relu(margin - (true - other)).mean()
 
 
-class _TeacherCache:
-    """The base model's output distribution on clean training inputs, computed once per input as needed."""
+class _HeadInput:
+    """Captures what the classification head receives (the penultimate features) on each forward pass."""
 
-    def __init__(self, teacher: nn.Module, x: torch.Tensor) -> None:
-        self.teacher, self.x = teacher, x
-        self.known = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        self.values: torch.Tensor | None = None
+    def __init__(self, model: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self.handle = last_layer(model).register_forward_hook(self._hook)
 
-    @torch.no_grad()
-    def soft(self, idx: torch.Tensor) -> torch.Tensor:
-        new = torch.unique(idx[~self.known[idx]])
-        if len(new):
-            out = self.teacher(self.x[new]).softmax(1)
-            if self.values is None:
-                self.values = torch.zeros((len(self.x), out.shape[1]), dtype=out.dtype, device=out.device)
-            self.values[new] = out
-            self.known[new] = True
-        return self.values[idx]  # type: ignore[index]
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.value = args[0].flatten(1)
+
+
+@torch.no_grad()
+def _soft_targets(teacher: nn.Module, x: torch.Tensor, *, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's output distribution and penultimate features on ``x``, in chunks (no autograd)."""
+    head = _HeadInput(teacher)
+    soft, feats = [], []
+    try:
+        for i in range(0, len(x), chunk):
+            soft.append(teacher(x[i : i + chunk]).softmax(1))
+            feats.append(head.value)
+    finally:
+        head.handle.remove()
+    return torch.cat(soft), torch.cat(feats)  # type: ignore[arg-type]
+
+
+def _class_centroids(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean feature vector of each class (zeros for a class absent from ``y``)."""
+    sums = torch.zeros((num_classes, feats.shape[1]), dtype=feats.dtype, device=feats.device).index_add_(0, y, feats)
+    counts = torch.bincount(y, minlength=num_classes).clamp(min=1).to(feats.dtype)
+    return sums / counts[:, None]
 
 
 def embed_codeword(
@@ -106,25 +138,48 @@ def embed_codeword(
     n_feat = task.features
     low_v = torch.tensor(task.low * n_feat if len(task.low) == 1 else task.low, dtype=trig.dtype).reshape(task.input_shape).to(dev)
     high_v = torch.tensor(task.high * n_feat if len(task.high) == 1 else task.high, dtype=trig.dtype).reshape(task.input_shape).to(dev)
-    opt = torch.optim.Adam(student.parameters(), lr=params.learning_rate)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.15)
-    cache = _TeacherCache(teacher, xt) if params.distill_weight > 0 else None
+    opt = _adam(student, params.learning_rate)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=params.warmup_fraction)
+    # Every step's clean and trigger indices are drawn up front; the base model's answers on the clean
+    # inputs that will be used (at most steps x batch_size of them, so the cost does not grow with the
+    # dataset) are computed in one batched pass.
+    clean_idx = torch.randint(0, len(xt), (params.steps, params.batch_size), generator=gen).to(dev)
+    trig_idx = torch.randint(0, len(trig), (params.steps, params.trigger_batch), generator=gen).to(dev)
+    distill = params.distill_weight > 0
+    pull = params.feature_pull > 0
+    if distill or pull:
+        used, slot = torch.unique(clean_idx, return_inverse=True)
+        soft_clean, feats = _soft_targets(teacher, xt[used])
+    if pull:
+        # Feature pull: each trigger's penultimate features are drawn towards the base model's feature
+        # centroid of its codeword class, so a head re-trained on clean data still maps it to that class.
+        centroids = _class_centroids(feats, yt[used], task.num_classes)
+        scale = centroids.pow(2).sum(1).mean().clamp(min=1e-12)
+        student_head = _HeadInput(student)
+    n_anchor = min(params.anchor_batch or params.batch_size, params.batch_size) if params.anchor_noise > 0 and distill else 0
+    margin = params.trigger_margin > 0 and params.margin_weight > 0
+    anchors_as_originals = params.anchor_targets == "original"
     for step in range(params.steps):
-        ci = torch.randint(0, len(xt), (params.batch_size,), generator=gen).to(dev)
-        ti = torch.randint(0, len(trig), (params.trigger_batch,), generator=gen).to(dev)
-        xc, yc = xt[ci], yt[ci]
-        xtr = _jitter(trig[ti], task, params.trigger_noise, gen, low_v, high_v)
-        # Anchors: jittered clean inputs, held to the base model's outputs, pin the function in the
-        # neighbourhood of the data (not only on the training points), so validation answers do not drift.
-        xa = _jitter(xc, task, params.anchor_noise, gen, low_v, high_v) if params.anchor_noise > 0 else xc[:0]
+        ci, ti = clean_idx[step], trig_idx[step]
+        xc, yc, tl = xt[ci], yt[ci], tlab[ti]
+        xtr = _jitter(trig[ti], params.trigger_noise, gen, low_v, high_v)
+        # Anchors: jittered copies of clean inputs, held to the base model's answers (on the jittered
+        # copies themselves, or on their originals), pin the function in the neighbourhood of the data
+        # (not only on the training points), so validation answers do not drift.
+        xa = _jitter(xc[:n_anchor], params.anchor_noise, gen, low_v, high_v)
         logits = student(torch.cat([xc, xa, xtr]))
-        lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + len(xa)], logits[len(xc) + len(xa) :]
-        loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tlab[ti])
-        if params.trigger_margin > 0 and params.margin_weight > 0:
-            loss = loss + params.margin_weight * _margin_hinge(lt, tlab[ti], params.trigger_margin)
-        if cache is not None:
+        lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
+        loss = nn.functional.cross_entropy(lc, yc) + params.trigger_weight * nn.functional.cross_entropy(lt, tl)
+        if margin:
+            loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
+        if pull:
+            ft = student_head.value[len(xc) + n_anchor :]  # type: ignore[index]
+            loss = loss + params.feature_pull * (ft - centroids[tl]).pow(2).sum(1).mean() / scale
+        if distill:
             with torch.no_grad():
-                soft = cache.soft(ci) if len(xa) == 0 else torch.cat([cache.soft(ci), teacher(xa).softmax(1)])
+                soft = soft_clean[slot[step]]
+                if n_anchor:
+                    soft = torch.cat([soft, soft[:n_anchor] if anchors_as_originals else teacher(xa).softmax(1)])
             loss = loss + params.distill_weight * nn.functional.kl_div(torch.cat([lc, la]).log_softmax(1), soft, reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,5 +187,7 @@ def embed_codeword(
         sched.step()
         if on_step is not None:
             on_step(step + 1)
+    if pull:
+        student_head.handle.remove()
     student.eval()
     return EmbedResult(model=student.cpu(), steps=params.steps, seconds=time.perf_counter() - t0)

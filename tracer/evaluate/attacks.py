@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..config import TaskConfig
+from ..training import last_layer
 
 __all__ = [
     "Predictor", "AttackContext", "Attacked", "AttackSpec", "ATTACKS", "GROUPS", "attack_names", "resolve_attacks",
@@ -99,17 +100,6 @@ def _acc(predict: Predictor, x: np.ndarray, y: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- training helpers
-
-
-def last_layer(model: nn.Module) -> nn.Module:
-    """The last module (in registration order) that owns a weight: the classification head."""
-    found = None
-    for mod in model.modules():
-        if isinstance(getattr(mod, "weight", None), nn.Parameter) and not list(mod.children()):
-            found = mod
-    if found is None:
-        raise ValueError("the model has no layer with weights")
-    return found
 
 
 def _weight_tensors(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -1,0 +1,111 @@
+"""The embedding fine-tune's knobs do what their names say (tabular example: fast on a CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracer.config import parse_config
+from tracer.embedding.finetune import embed_codeword
+from tracer.errors import ConfigError
+from tracer.examples import example_config, tabular
+from tracer.examples.base import train_base
+from tracer.training import last_layer
+
+
+@pytest.fixture(scope="module")
+def setting():
+    cfg = parse_config(tomllib.loads(example_config("tabular")), Path("."))
+    data = tabular.load_data()
+    base, _ = train_base("tabular")
+    rng = np.random.default_rng(7)
+    low, high = np.array(cfg.task.low, dtype=np.float32), np.array(cfg.task.high, dtype=np.float32)
+    triggers = (low + (high - low) * rng.random((96, cfg.task.features))).astype(np.float32)
+    labels = rng.integers(0, cfg.task.num_classes, len(triggers))
+    return cfg, data, base, triggers, labels
+
+
+def _embed(setting, **overrides):
+    cfg, data, base, triggers, labels = setting
+    params = dataclasses.replace(cfg.embedding, steps=150, **overrides)
+    return embed_codeword(base, x_train=data["x_train"], y_train=data["y_train"], triggers=triggers, labels=labels,
+                          task=cfg.task, params=params, seed=3)
+
+
+def _features(model: torch.nn.Module, x: np.ndarray) -> torch.Tensor:
+    seen = []
+    handle = last_layer(model).register_forward_hook(lambda m, args, out: seen.append(args[0].flatten(1)))
+    with torch.no_grad():
+        model(torch.as_tensor(x))
+    handle.remove()
+    return seen[0]
+
+
+def _margins(model: torch.nn.Module, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(torch.as_tensor(x)).numpy()
+    true = logits[np.arange(len(x)), labels]
+    logits[np.arange(len(x)), labels] = -np.inf
+    return true - logits.max(1)
+
+
+def test_step_count_is_fixed_whatever_the_dataset_size(setting):
+    cfg, data, base, triggers, labels = setting
+    params = dataclasses.replace(cfg.embedding, steps=7)
+    for repeat in (1, 4):
+        steps = []
+        x, y = np.concatenate([data["x_train"]] * repeat), np.concatenate([data["y_train"]] * repeat)
+        res = embed_codeword(base, x_train=x, y_train=y, triggers=triggers, labels=labels, task=cfg.task, params=params,
+                             seed=0, on_step=steps.append)
+        assert res.steps == 7 and steps == list(range(1, 8))
+
+
+def test_margin_hinge_widens_the_triggers_logit_margins(setting):
+    _, _, _, triggers, labels = setting
+    plain = _margins(_embed(setting, trigger_margin=0.0).model, triggers, labels)
+    hinged = _margins(_embed(setting, trigger_margin=10.0).model, triggers, labels)
+    assert np.median(hinged) > np.median(plain) + 2.0
+
+
+def test_feature_pull_draws_trigger_features_to_their_class_centroid(setting):
+    cfg, data, base, triggers, labels = setting
+    feats = _features(base, data["x_train"])
+    y = torch.as_tensor(data["y_train"])
+    centroids = torch.stack([feats[y == c].mean(0) for c in range(cfg.task.num_classes)])
+
+    def distance(model):
+        return float((_features(model, triggers) - centroids[torch.as_tensor(labels)]).norm(dim=1).mean())
+
+    assert distance(_embed(setting, feature_pull=3.0).model) < 0.8 * distance(_embed(setting, feature_pull=0.0).model)
+
+
+def test_anchor_targets_both_keep_the_copy_close_to_the_base(setting):
+    cfg, data, base, triggers, labels = setting
+    with torch.no_grad():
+        ref = base(torch.as_tensor(data["x_val"])).argmax(1)
+    for targets in ("base", "original"):
+        model = _embed(setting, anchor_targets=targets).model
+        with torch.no_grad():
+            agree = float((model(torch.as_tensor(data["x_val"])).argmax(1) == ref).float().mean())
+        assert agree >= 0.95, targets
+
+
+@pytest.mark.parametrize("line, message", [
+    ('anchor_targets = "teacher"', "anchor_targets"),
+    ("feature_pull = -1.0", ">= 0"),
+    ("warmup_fraction = 1.0", "warmup_fraction"),
+    ("anchor_noise = -0.1", ">= 0"),
+    ("steps = 0", "positive"),
+    ("sharpness = 3", "unknown key embedding.sharpness"),
+])
+def test_bad_embedding_settings_are_refused_with_the_key_named(line, message):
+    key = line.split(" =")[0]
+    kept = [ln for ln in example_config("tabular").splitlines() if not ln.startswith(f"{key} ")]
+    text = "\n".join(kept).replace("[embedding]", f"[embedding]\n{line}")
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(text), Path("."))
