@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fixtures_issued import PASSPHRASE, issued_tabular, issued_tabular_copy, passphrase_env  # noqa: F401
+from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_tabular, issued_tabular_copy, passphrase_env  # noqa: F401
 from tracer.config import TaskConfig
 from tracer.evaluate import attacks as A
 from tracer.evaluate.attacks import ATTACKS, GROUPS, resolve_attacks
@@ -151,6 +151,17 @@ def test_suite_names_the_customer_after_benign_attacks_and_nobody_else(issued_ta
     doc = suite.to_json()
     json.dumps(doc)
     assert doc["summary"]["valid"] == 6 and doc["summary"]["false_accusations"] == []
+
+
+def test_margin_embedding_outlives_hot_finetuning_and_a_retrained_head(issued_digits):
+    """The regression guard for the margin hinge: before it, Adam at 1e-2 on all layers erased the digits codeword."""
+    from tracer.evaluate import run_suite
+
+    ws, keyring = _open(issued_digits)
+    suite = run_suite(ws, keyring, customer="initech", attacks="ft-all-1e-2,ft-reinit-1e-2")
+    for a in suite.attacks:
+        assert a.valid and a.named == ["initech"] and a.verdict == "survives", a
+        assert a.agreement > 0.25
 
 
 def test_attack_costing_more_than_five_points_is_not_valid(issued_tabular):
