@@ -98,7 +98,7 @@ def test_anchor_targets_both_keep_the_copy_close_to_the_base(setting):
 @pytest.mark.parametrize("line, message", [
     ('anchor_targets = "teacher"', "anchor_targets"),
     ("feature_pull = -1.0", ">= 0"),
-    ("warmup_fraction = 1.0", "warmup_fraction"),
+    ("margin_weight = -1", ">= 0"),
     ("anchor_noise = -0.1", ">= 0"),
     ("steps = 0", "positive"),
     ("sharpness = 3", "unknown key embedding.sharpness"),

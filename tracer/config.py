@@ -73,13 +73,10 @@ class EmbeddingConfig:
     distill_weight: float = 12.0
     trigger_noise: float = 0.03
     anchor_noise: float = 0.1  # jittered clean inputs held to the base model's outputs (fraction of the range; 0: off)
-    anchor_batch: int = 0  # jittered anchors per step (0: as many as batch_size)
     anchor_targets: str = "base"  # anchors held to the base model's answers on them ("base") or on their originals ("original")
-    trigger_margin: float = 10.0  # logit margin pushed for on every trigger (hinge); outlives fine-tuning (0: off)
+    trigger_margin: float = 6.0  # logit margin pushed for on every trigger (hinge); outlives fine-tuning (0: off)
     margin_weight: float = 1.0
     feature_pull: float = 0.0  # triggers' penultimate features drawn to their codeword class's centroid (0: off)
-    trigger_weight: float = 1.0  # weight of the triggers' cross-entropy next to the clean batch's
-    warmup_fraction: float = 0.15  # share of the steps spent raising the learning rate (one-cycle schedule)
     attempts: int = 5  # fresh seeds tried before a gate failure is final
     seed: int = 0
     device: str = "auto"
@@ -184,13 +181,11 @@ def parse_config(doc: dict, root: Path) -> Config:
     emb = _build(EmbeddingConfig, _section(doc, "embedding"), "embedding")
     if emb.attempts < 1 or emb.steps < 1 or emb.batch_size < 1 or emb.trigger_batch < 1 or emb.learning_rate <= 0:
         raise ConfigError("tracer.toml: embedding.steps, batch_size, trigger_batch and learning_rate must be positive")
-    weights = (emb.distill_weight, emb.trigger_noise, emb.anchor_noise, emb.anchor_batch, emb.trigger_margin,
-               emb.margin_weight, emb.feature_pull, emb.trigger_weight)
+    weights = (emb.distill_weight, emb.trigger_noise, emb.anchor_noise, emb.trigger_margin, emb.margin_weight, emb.feature_pull)
     if emb.anchor_targets not in ("base", "original"):
         raise ConfigError(f"tracer.toml: embedding.anchor_targets must be \"base\" or \"original\", not {emb.anchor_targets!r}")
-    if any(w < 0 for w in weights) or not 0 < emb.warmup_fraction < 1:
-        raise ConfigError("tracer.toml: embedding weights, noises, margins and anchor_batch must be >= 0, "
-                          "and warmup_fraction in (0, 1)")
+    if any(w < 0 for w in weights):
+        raise ConfigError("tracer.toml: embedding weights, noises and margins must be >= 0")
     gates = _build(GateConfig, _section(doc, "gates"), "gates")
     if not 0 <= gates.min_trigger_accuracy <= 1 or not 0 <= gates.max_accuracy_drop <= 1:
         raise ConfigError("tracer.toml: gates values are fractions in [0, 1]")

@@ -55,7 +55,7 @@ class EmbedResult:
 
 
 def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel per step where this torch build supports it (the same arithmetic)."""
+    """Adam, fused into one kernel per step where this torch build supports it (the same update rule)."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError):
@@ -139,7 +139,7 @@ def embed_codeword(
     low_v = torch.tensor(task.low * n_feat if len(task.low) == 1 else task.low, dtype=trig.dtype).reshape(task.input_shape).to(dev)
     high_v = torch.tensor(task.high * n_feat if len(task.high) == 1 else task.high, dtype=trig.dtype).reshape(task.input_shape).to(dev)
     opt = _adam(student, params.learning_rate)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=params.warmup_fraction)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.15)
     # Every step's clean and trigger indices are drawn up front; the base model's answers on the clean
     # inputs that will be used (at most steps x batch_size of them, so the cost does not grow with the
     # dataset) are computed in one batched pass.
@@ -156,7 +156,7 @@ def embed_codeword(
         centroids = _class_centroids(feats, yt[used], task.num_classes)
         scale = centroids.pow(2).sum(1).mean().clamp(min=1e-12)
         student_head = _HeadInput(student)
-    n_anchor = min(params.anchor_batch or params.batch_size, params.batch_size) if params.anchor_noise > 0 and distill else 0
+    n_anchor = params.batch_size if params.anchor_noise > 0 and distill else 0
     margin = params.trigger_margin > 0 and params.margin_weight > 0
     anchors_as_originals = params.anchor_targets == "original"
     for step in range(params.steps):
@@ -169,7 +169,7 @@ def embed_codeword(
         xa = _jitter(xc[:n_anchor], params.anchor_noise, gen, low_v, high_v)
         logits = student(torch.cat([xc, xa, xtr]))
         lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
-        loss = nn.functional.cross_entropy(lc, yc) + params.trigger_weight * nn.functional.cross_entropy(lt, tl)
+        loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tl)
         if margin:
             loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
         if pull:
