@@ -18,8 +18,10 @@ a high learning rate and the retraining of a re-initialised last layer. A
 short, hot schedule (learning rate 2e-2) with a stronger distillation weight
 reaches the margin in fewer steps than a long, cool one and keeps clean
 accuracy. ``feature_pull`` (off by default) draws each trigger's penultimate
-features to the base model's centroid of its codeword class, which helps a
-re-initialised head relearn the codeword but costs clean accuracy.
+features to the base model's centroid of its codeword class: on the tabular
+example a head re-fitted on clean data then keeps 0.91 of the codeword
+instead of 0.77, but after the further all-layer fine-tuning of the suite's
+re-initialisation attacks the gain was gone, so it is not on by default.
 
 Cost: every step's random indices are drawn up front, and the base model's
 answers on the clean inputs those steps use (at most steps x batch_size of
@@ -29,7 +31,8 @@ themselves (``anchor_targets = "base"``, one frozen forward pass per step) or,
 where small jitter cannot change what an input is (images), on their
 originals (``"original"``: no frozen pass in the loop, 20 % faster per step
 on digits with the same gate pass rate in a 15-run sweep; on the tabular
-example it halved the pass rate, so it is not the default).
+example, whose jitter is large next to the class boundary, it lowered the
+per-try pass rate from 43 to 37 of 50, so it is not the default).
 """
 
 from __future__ import annotations
