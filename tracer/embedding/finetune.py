@@ -19,8 +19,8 @@ short, hot schedule (learning rate 2e-2) with a stronger distillation weight
 reaches the margin in fewer steps than a long, cool one and keeps clean
 accuracy. ``feature_pull`` (off by default) draws each trigger's penultimate
 features to the base model's centroid of its codeword class: on the tabular
-example a head re-fitted on clean data then keeps 0.91 of the codeword
-instead of 0.77, but after the further all-layer fine-tuning of the suite's
+example a head re-fitted on clean data then keeps 0.96 of the codeword
+instead of 0.82, but after the further all-layer fine-tuning of the suite's
 re-initialisation attacks the gain was gone, so it is not on by default.
 
 Cost: every step's random indices are drawn up front, and the base model's
