@@ -77,7 +77,7 @@ class EmbeddingConfig:
     trigger_margin: float = 6.0  # logit margin pushed for on every trigger (hinge); outlives fine-tuning (0: off)
     margin_weight: float = 1.0
     feature_pull: float = 0.0  # triggers' penultimate features drawn to their codeword class's centroid (0: off)
-    attempts: int = 5  # fresh seeds tried before a gate failure is final
+    attempts: int = 5  # tries (fresh seed, each retry 50 % longer) before a gate failure is final
     seed: int = 0
     device: str = "auto"
 

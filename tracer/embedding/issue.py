@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -67,6 +67,17 @@ class IssueReport:
 
 def _seed(customer_id: str, attempt: int, base_seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"tracer-embed-seed/{base_seed}/{customer_id}/{attempt}".encode()).digest()[:4], "big")
+
+
+def attempt_steps(steps: int, attempt: int) -> int:
+    """Optimizer steps of try ``attempt`` (0-based): each retry trains half the configured steps longer.
+
+    A copy that misses a gate usually misses it by a validation sample or two; a new seed alone
+    leaves some customers' codewords failing try after try (one digits customer in 20 passed 0 of
+    5 same-length tries), while 300 steps passed it 4 times in 5. Longer retries cost nothing for
+    the customers that pass the first try.
+    """
+    return steps + (steps * attempt) // 2
 
 
 def recover_pending(ws: Workspace) -> list[str]:
@@ -163,8 +174,12 @@ class Issuer:
         for attempt in range(cfg.embedding.attempts):
             tried += 1
             seed = _seed(cid, attempt, cfg.embedding.seed)
+            steps = attempt_steps(cfg.embedding.steps, attempt)
+            # Progress is reported on the scale of the configured steps, whatever this try's length.
+            progress = None if on_step is None else (lambda s, n=steps: on_step(s * cfg.embedding.steps // n))
             res = embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
-                                 labels=labels, task=cfg.task, params=cfg.embedding, seed=seed, on_step=on_step)
+                                 labels=labels, task=cfg.task, params=replace(cfg.embedding, steps=steps), seed=seed,
+                                 on_step=progress)
             clean = accuracy(predict(res.model, self.data.x_val), self.data.y_val)
             trig = accuracy(predict(res.model, self.triggers), labels)
             ok = trig >= gates.min_trigger_accuracy and self.base_accuracy - clean <= gates.max_accuracy_drop + 1e-12
