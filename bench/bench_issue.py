@@ -6,7 +6,8 @@ that machine noise hits both sides alike; each ratio divides a customer's time
 by the fastest base training of the run (conservative: noise only ever slows
 the customer's side), and a paired ratio divides it by the base training that
 ran right after it. Timed per customer: the embedding
-fine-tune alone, and the whole issuance (all tries, gates, ONNX export and check,
+fine-tune alone (the try that landed; "steps" is its length, as retries train
+longer), and the whole issuance (all tries, gates, ONNX export and check,
 ledger record). Also printed: the embedding's step count (fixed: it does not
 grow with the dataset), the clean-accuracy drop and the trigger accuracy.
 
