@@ -53,13 +53,7 @@ def _leak(ws, keyring, console: Console) -> Path:
     tuned = finetune(copy, data.x_attack, data.y_attack, epochs=5, lr=1e-3)
     leaked = ws.root / "leaked" / "found-on-a-competitor-device.onnx"
     leaked.parent.mkdir(exist_ok=True)
-    import logging
-
-    logging.disable(logging.WARNING)  # onnxruntime.quantization's advice to pre-process is noise here
-    try:
-        leaked.write_bytes(onnx_int8_dynamic(export_onnx(tuned, ws.config.task)))
-    finally:
-        logging.disable(logging.NOTSET)
+    leaked.write_bytes(onnx_int8_dynamic(export_onnx(tuned, ws.config.task)))  # quiet: it mutes onnxruntime's advice
     return leaked
 
 
