@@ -56,10 +56,11 @@ probes_per_set = 0            # 0: automatic (64 at 10 classes, more for fewer c
 
 [embedding]
 steps = 200                   # optimizer steps; fixed, does not grow with the dataset
-learning_rate = 0.01
-distill_weight = 6.0          # keeps clean outputs close to the base model...
+learning_rate = 0.02          # peak of a one-cycle schedule (Adam)
+distill_weight = 12.0         # keeps clean outputs close to the base model...
 anchor_noise = 0.1            # ...on training points and on jittered copies of them
-attempts = 5                  # fresh seeds tried before a gate failure is final
+trigger_margin = 6.0          # codeword logit ahead of every other: outlives fine-tuning (`tracer evaluate`)
+attempts = 5                  # tries before a gate failure is final (fresh seed; each retry 50 % longer)
 
 [gates]
 min_trigger_accuracy = 0.95   # fraction of trigger probes the copy must answer with its codeword
