@@ -61,14 +61,14 @@ def bench(example: str, n_customers: int = 3) -> None:
     print(f"\n{example}: base model trained on {n_train} examples in {base_seconds:.2f} s (fastest of {len(base_times)}: "
           f"{', '.join(f'{t:.1f}' for t in base_times)}), validation accuracy {base_acc:.4f}; "
           f"{len(issuer.triggers)} triggers ({len(issuer.probe_sets)} probe sets x {issuer.probe_sets[0].size})")
-    print(f"{'customer':<10} {'steps':>5} {'tries':>5} {'embed s':>8} {'issue s':>8} {'embed/base':>10} {'issue/base':>10} "
+    print(f"{'customer':<10} {'steps':>5} {'tries':>5} {'polish':>6} {'weights':>7} {'embed s':>8} {'issue s':>8} {'embed/base':>10} {'issue/base':>10} "
           f"{'drop (pts)':>10} {'trigger acc':>11}")
     ratios = []
     for r in reports:
         cid = r.customer
         per_try = r.embed_seconds
         ratios.append((per_try / base_seconds, r.seconds / base_seconds))
-        print(f"{cid:<10} {r.steps:>5} {r.attempts:>5} {per_try:8.2f} {r.seconds:8.2f} {per_try / base_seconds:10.3f} "
+        print(f"{cid:<10} {r.steps:>5} {r.attempts:>5} {r.polish_steps:>6} {r.weights:>7} {per_try:8.2f} {r.seconds:8.2f} {per_try / base_seconds:10.3f} "
               f"{r.seconds / base_seconds:10.3f} {100 * (r.base_accuracy - r.clean_accuracy):10.2f} {r.trigger_accuracy:11.3f}")
     mean_embed = sum(a for a, _ in ratios) / len(ratios)
     mean_issue = sum(b for _, b in ratios) / len(ratios)

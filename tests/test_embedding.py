@@ -95,8 +95,75 @@ def test_anchor_targets_both_keep_the_copy_close_to_the_base(setting):
         assert agree >= 0.95, targets
 
 
+def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return float(sum((p - q).norm() for p, q in zip(a.parameters(), b.parameters())).detach())
+
+
+def test_a_polish_continues_from_the_given_copy(setting):
+    cfg, data, base, triggers, labels = setting
+    first = _embed(setting).model
+    params = dataclasses.replace(cfg.embedding, steps=5, learning_rate=cfg.embedding.learning_rate / 10)
+    polished = embed_codeword(base, x_train=data["x_train"], y_train=data["y_train"], triggers=triggers, labels=labels,
+                              task=cfg.task, params=params, seed=4, start=first).model
+    assert 0 < _distance(polished, first) < 0.2 * _distance(first, base)
+    assert float(np.mean(polished(torch.as_tensor(triggers)).argmax(1).numpy() == labels)) >= 0.9
+    assert _distance(base, train_base("tabular")[0]) == 0  # neither the base nor the start copy was modified in place
+
+
+def test_the_weight_average_is_a_second_candidate_between_the_last_steps(setting):
+    averaged = _embed(setting, weight_average=0.9)
+    assert [name for name, _ in averaged.candidates()] == ["final", "average"]
+    assert 0 < _distance(averaged.averaged, averaged.model) < 0.5 * _distance(averaged.model, setting[2])
+    off = _embed(setting, weight_average=0.0)
+    assert off.averaged is None and [name for name, _ in off.candidates()] == ["final"]
+
+
+class _ViewAfterConv(torch.nn.Module):
+    """A model whose code needs contiguous activations (``.view`` after a convolution)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        standard = x.clone(memory_format=torch.contiguous_format)  # (numpy's [:, None] gives torch channels-last strides)
+        return self.head(self.conv(standard).view(x.size(0), -1))  # .view fails on channels-last activations
+
+
+def test_image_models_train_channels_last_only_where_it_computes_the_same_answers():
+    from tracer.embedding.finetune import _channels_last_agrees
+    from tracer.examples.digits import make_model
+
+    x = torch.rand(8, 1, 8, 8)
+    assert _channels_last_agrees(make_model(), x)
+    assert not _channels_last_agrees(make_model(), x.reshape(8, 64))  # tabular inputs: standard layout
+    assert not _channels_last_agrees(_ViewAfterConv(), x)  # and it keeps the standard layout, see below
+
+
+def test_an_image_copy_comes_back_in_the_standard_layout_and_exports_whatever_layout_it_trained_in():
+    from tracer.embedding.export import check_onnx, export_onnx
+    from tracer.examples import digits
+
+    cfg = parse_config(tomllib.loads(example_config("digits")), Path("."))
+    data = digits.load_data()
+    torch.manual_seed(0)
+    base = digits.make_model().eval()
+    rng = np.random.default_rng(1)
+    triggers = rng.random((16, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, len(triggers))
+    for model_base in (base, _ViewAfterConv().eval()):
+        res = embed_codeword(model_base, x_train=data["x_train"], y_train=data["y_train"], triggers=triggers, labels=labels,
+                             task=cfg.task, params=dataclasses.replace(cfg.embedding, steps=3), seed=0)
+        for _, model in res.candidates():
+            assert all(p.is_contiguous() for p in model.parameters())
+            assert check_onnx(export_onnx(model, cfg.task), model, data["x_val"][:32]) < 1e-3
+
+
 @pytest.mark.parametrize("line, message", [
     ('anchor_targets = "teacher"', "anchor_targets"),
+    ("weight_average = 1.0", "weight_average"),
+    ("polish_steps = -1", "polish_steps"),
     ("feature_pull = -1.0", ">= 0"),
     ("margin_weight = -1", ">= 0"),
     ("anchor_noise = -0.1", ">= 0"),

@@ -117,19 +117,20 @@ def test_trigger_gate_refuses_a_sabotaged_configuration(issued_tabular_copy, run
     assert _snapshot_state(issued_tabular_copy) == before  # neither written nor recorded
 
 
-def test_each_retry_trains_longer_and_progress_stays_on_the_configured_scale(issued_tabular_copy):
+def test_each_retry_is_polished_then_trains_longer_and_progress_stays_on_the_configured_scale(issued_tabular_copy):
     from tracer.embedding.issue import Issuer, attempt_steps
     from tracer.errors import GateError
 
     assert [attempt_steps(200, a) for a in range(5)] == [200, 300, 400, 500, 600]
-    _set_config(issued_tabular_copy, "embedding", steps=4, attempts=3)
+    _set_config(issued_tabular_copy, "embedding", steps=4, attempts=3, polish_steps=2)
     _set_config(issued_tabular_copy, "gates", min_trigger_accuracy=1.0)  # unreachable in a few steps
     ws = Workspace(issued_tabular_copy)
     seen: list[int] = []
     with pytest.raises(GateError, match="after 3 attempts"):
         Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue("hooli", on_step=seen.append)
-    assert len(seen) == 4 + 6 + 8  # three tries, each half the configured steps longer than the one before
-    assert max(seen) == 4 and seen.count(4) == 3  # every try ends at 100 % of the configured scale
+    # three tries, each half the configured steps longer than the one before, each missed try polished for 2 steps
+    assert len(seen) == (4 + 2) + (6 + 2) + (8 + 2)
+    assert max(seen) == 4 and seen.count(4) == 6  # every run ends at 100 % of the configured scale
 
 
 def test_clean_accuracy_gate_refuses_a_sabotaged_configuration(issued_tabular_copy, run_cli):

@@ -33,6 +33,17 @@ originals (``"original"``: no frozen pass in the loop, 20 % faster per step
 on digits with the same gate pass rate in a 15-run sweep; on the tabular
 example, whose jitter is large next to the class boundary, it lowered the
 per-try pass rate from 43 to 37 of 50, so it is not the default).
+Image models train with channels-last activations where the model computes
+the same answers that way (checked on a few inputs first): oneDNN's
+convolutions and max-pooling are faster in that layout (digits: 11 % less
+time per try). The copy is handed back in the standard layout.
+
+Two candidates per run: the final weights, and an exponential moving average
+of the weights over the last steps (``weight_average``, the decay; 0: off).
+They differ on a few validation inputs, so when one misses the clean gate by a
+sample the other often passes (digits, 30 tries: 20 final, 23 average, 25
+either). A run can also start from an earlier copy (``start``) for a short
+polish at a low learning rate, which the issuer uses before a fresh retry.
 """
 
 from __future__ import annotations
@@ -52,9 +63,14 @@ __all__ = ["EmbedResult", "embed_codeword"]
 
 @dataclass
 class EmbedResult:
-    model: nn.Module
+    model: nn.Module  # the final weights
     steps: int
     seconds: float
+    averaged: nn.Module | None = None  # the moving average of the weights (None when weight_average is 0)
+
+    def candidates(self) -> list[tuple[str, nn.Module]]:
+        """The copies this run offers to the gates, in order of preference."""
+        return [("final", self.model)] + ([("average", self.averaged)] if self.averaged is not None else [])
 
 
 def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -70,6 +86,29 @@ def _jitter(x: torch.Tensor, sigma: float, gen: torch.Generator, low: torch.Tens
         return x
     noise = torch.randn(x.shape, generator=gen).to(x.device) * sigma * (high - low)
     return torch.minimum(torch.maximum(x + noise, low), high)
+
+
+def _channels_last_agrees(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether ``model`` gives the same answers on ``sample`` with channels-last weights and inputs.
+
+    Only 4-D (image) inputs; a model whose code needs contiguous activations (``.view`` after a
+    convolution, say) raises or disagrees here and keeps the standard layout.
+    """
+    if sample.dim() != 4 or sample.device.type != "cpu":
+        return False
+    trial = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            want = trial(sample)
+            trial = trial.to(memory_format=torch.channels_last)
+            got = trial(sample.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        return False
+    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
+
+
+def _standard_layout(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def _margin_hinge(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -122,8 +161,12 @@ def embed_codeword(
     params: EmbeddingConfig,
     seed: int,
     on_step=None,
+    start: nn.Module | None = None,
 ) -> EmbedResult:
-    """Return a fine-tuned copy of ``base`` that answers ``triggers`` with ``labels``."""
+    """Return a fine-tuned copy of ``base`` that answers ``triggers`` with ``labels``.
+
+    ``start``: continue from this copy instead of ``base`` (its outputs are still held to ``base``).
+    """
     import time
 
     t0 = time.perf_counter()
@@ -131,7 +174,7 @@ def embed_codeword(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     teacher = copy.deepcopy(base).to(dev).eval()
-    student = copy.deepcopy(base).to(dev).train()
+    student = copy.deepcopy(base if start is None else start).to(dev).train()
     for p in teacher.parameters():
         p.requires_grad_(False)
     xt = torch.as_tensor(x_train).to(dev)
@@ -141,6 +184,9 @@ def embed_codeword(
     n_feat = task.features
     low_v = torch.tensor(task.low * n_feat if len(task.low) == 1 else task.low, dtype=trig.dtype).reshape(task.input_shape).to(dev)
     high_v = torch.tensor(task.high * n_feat if len(task.high) == 1 else task.high, dtype=trig.dtype).reshape(task.input_shape).to(dev)
+    channels_last = _channels_last_agrees(student, xt[:8])
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
     opt = _adam(student, params.learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.15)
     # Every step's clean and trigger indices are drawn up front; the base model's answers on the clean
@@ -162,6 +208,8 @@ def embed_codeword(
     n_anchor = params.batch_size if params.anchor_noise > 0 and distill else 0
     margin = params.trigger_margin > 0 and params.margin_weight > 0
     anchors_as_originals = params.anchor_targets == "original"
+    weights = list(student.parameters())
+    averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None
     for step in range(params.steps):
         ci, ti = clean_idx[step], trig_idx[step]
         xc, yc, tl = xt[ci], yt[ci], tlab[ti]
@@ -170,7 +218,8 @@ def embed_codeword(
         # copies themselves, or on their originals), pin the function in the neighbourhood of the data
         # (not only on the training points), so validation answers do not drift.
         xa = _jitter(xc[:n_anchor], params.anchor_noise, gen, low_v, high_v)
-        logits = student(torch.cat([xc, xa, xtr]))
+        batch = torch.cat([xc, xa, xtr])
+        logits = student(batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
         lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
         loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tl)
         if margin:
@@ -188,9 +237,19 @@ def embed_codeword(
         loss.backward()
         opt.step()
         sched.step()
+        if averaged is not None:
+            with torch.no_grad():
+                for a, w in zip(averaged, weights):
+                    a.lerp_(w, 1.0 - params.weight_average)
         if on_step is not None:
             on_step(step + 1)
     if pull:
         student_head.handle.remove()
-    student.eval()
-    return EmbedResult(model=student.cpu(), steps=params.steps, seconds=time.perf_counter() - t0)
+    student = _standard_layout(student.eval().cpu())
+    average_copy = None
+    if averaged is not None:
+        average_copy = copy.deepcopy(student)
+        with torch.no_grad():
+            for w, a in zip(average_copy.parameters(), averaged):
+                w.copy_(a)
+    return EmbedResult(model=student, steps=params.steps, seconds=time.perf_counter() - t0, averaged=average_copy)
