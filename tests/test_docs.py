@@ -41,3 +41,21 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_second():
 def test_help_mentions_exit_codes():
     out = subprocess.run([sys.executable, "-m", "tracer", "--help"], capture_output=True, text=True).stdout
     assert "Exit codes" in out
+
+
+def test_documented_embedding_values_are_the_defaults():
+    """The README's annotated tracer.toml and the `tracer init` template show the defaults they claim to show."""
+    import dataclasses
+    import tomllib
+
+    from tracer.config import EmbeddingConfig
+    from tracer.workspace import GENERIC_CONFIG
+
+    readme_toml = re.search(r"```toml\n(.*?)```", README, flags=re.S)
+    assert readme_toml
+    defaults = dataclasses.asdict(EmbeddingConfig())
+    for source, text in (("README.md", readme_toml.group(1)), ("tracer init", GENERIC_CONFIG)):
+        shown = tomllib.loads(text)["embedding"]
+        assert {"weight_average", "polish_steps", "polishes", "attempts", "steps", "learning_rate"} <= set(shown), source
+        for key, value in shown.items():
+            assert value == defaults[key], f"{source}: embedding.{key} = {value!r}, default {defaults[key]!r}"

@@ -20,6 +20,7 @@ from tracer._files import sha256_file
 from tracer.data import load_dataset
 from tracer.fingerprint import codeword, make_probe_set, probe_set_ids, trigger_commitment
 from tracer.keys.keyring import load_public_key
+from tracer.training import predict
 from tracer.workspace import Workspace
 
 
@@ -122,15 +123,15 @@ def test_each_retry_is_polished_then_trains_longer_and_progress_stays_on_the_con
     from tracer.errors import GateError
 
     assert [attempt_steps(200, a) for a in range(5)] == [200, 300, 400, 500, 600]
-    _set_config(issued_tabular_copy, "embedding", steps=4, attempts=3, polish_steps=2)
+    _set_config(issued_tabular_copy, "embedding", steps=4, attempts=3, polish_steps=2, polishes=2)
     _set_config(issued_tabular_copy, "gates", min_trigger_accuracy=1.0)  # unreachable in a few steps
     ws = Workspace(issued_tabular_copy)
     seen: list[int] = []
     with pytest.raises(GateError, match="after 3 attempts"):
         Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue("hooli", on_step=seen.append)
-    # three tries, each half the configured steps longer than the one before, each missed try polished for 2 steps
-    assert len(seen) == (4 + 2) + (6 + 2) + (8 + 2)
-    assert max(seen) == 4 and seen.count(4) == 6  # every run ends at 100 % of the configured scale
+    # three tries, each half the configured steps longer than the one before, each missed try polished twice for 2 steps
+    assert len(seen) == (4 + 2 + 2) + (6 + 2 + 2) + (8 + 2 + 2)
+    assert max(seen) == 4 and seen.count(4) == 9  # every run ends at 100 % of the configured scale
 
 
 def test_clean_accuracy_gate_refuses_a_sabotaged_configuration(issued_tabular_copy, run_cli):
@@ -223,3 +224,33 @@ def test_sigterm_during_issuance_leaves_nothing(issued_tabular_copy):
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert _snapshot_state(issued_tabular_copy) == before
+
+
+def test_the_record_says_how_to_remake_the_copy(issued_tabular_copy):
+    """Replaying the recorded runs (the try, then any polishes, each keeping the recorded candidate) remakes the file."""
+    import dataclasses
+
+    from tracer.config import EmbeddingConfig
+    from tracer.embedding.basemodel import load_base_model
+    from tracer.embedding.finetune import embed_codeword
+
+    ws = Workspace(issued_tabular_copy)
+    keyring = ws.unlock(passphrase=PASSPHRASE, signing=False)
+    cfg, data, base = ws.config, load_dataset(ws.config), load_base_model(ws.config)
+    sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in probe_set_ids(cfg.fingerprint.probe_sets)]
+    triggers = np.concatenate([ps.inputs for ps in sets])
+    with ws.ledger() as ledger:
+        record = ledger.issuances("acme")[0].payload
+    labels = np.concatenate([codeword(keyring.master, "acme", ps.id, ps.size, cfg.task.num_classes) for ps in sets])
+    params = EmbeddingConfig(**record["parameters"]["embedding"])
+    runs = record["embedding"]["runs"]
+    assert runs[0]["seed"] == record["embedding"]["seed"] and runs[0]["steps"] == record["embedding"]["steps"]
+    model = None
+    for run in runs:
+        res = embed_codeword(base, x_train=data.x_train, y_train=data.y_train, triggers=triggers, labels=labels, task=cfg.task,
+                             params=dataclasses.replace(params, steps=run["steps"], learning_rate=run["learning_rate"]),
+                             seed=run["seed"], start=model)
+        model = dict(res.candidates())[run["weights"]]
+    x = np.concatenate([triggers, data.x_val])
+    remade = predict(model, x)
+    assert float(np.mean(remade == _onnx_predict(issued_tabular_copy / record["model_path"], x))) >= 0.99

@@ -78,6 +78,7 @@ class EmbeddingConfig:
     margin_weight: float = 1.0
     weight_average: float = 0.97  # decay of the moving average of the weights offered as a second candidate (0: off)
     polish_steps: int = 40  # a copy that misses a gate is first polished this long at a tenth of the learning rate (0: off)
+    polishes: int = 3  # polishes of a missed try (each from the best copy so far) before a fresh, longer try
     feature_pull: float = 0.0  # triggers' penultimate features drawn to their codeword class's centroid (0: off)
     attempts: int = 5  # tries (fresh seed, each retry 50 % longer) before a gate failure is final
     seed: int = 0
@@ -184,8 +185,8 @@ def parse_config(doc: dict, root: Path) -> Config:
     if emb.attempts < 1 or emb.steps < 1 or emb.batch_size < 1 or emb.trigger_batch < 1 or emb.learning_rate <= 0:
         raise ConfigError("tracer.toml: embedding.steps, batch_size, trigger_batch and learning_rate must be positive")
     weights = (emb.distill_weight, emb.trigger_noise, emb.anchor_noise, emb.trigger_margin, emb.margin_weight, emb.feature_pull)
-    if not 0 <= emb.weight_average < 1 or emb.polish_steps < 0:
-        raise ConfigError("tracer.toml: embedding.weight_average must be in [0, 1) and polish_steps >= 0")
+    if not 0 <= emb.weight_average < 1 or emb.polish_steps < 0 or emb.polishes < 0:
+        raise ConfigError("tracer.toml: embedding.weight_average must be in [0, 1), polish_steps and polishes >= 0")
     if emb.anchor_targets not in ("base", "original"):
         raise ConfigError(f"tracer.toml: embedding.anchor_targets must be \"base\" or \"original\", not {emb.anchor_targets!r}")
     if any(w < 0 for w in weights):

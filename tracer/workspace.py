@@ -60,6 +60,9 @@ learning_rate = 0.02          # peak of a one-cycle schedule (Adam)
 distill_weight = 12.0         # keeps clean outputs close to the base model...
 anchor_noise = 0.1            # ...on training points and on jittered copies of them
 trigger_margin = 6.0          # codeword logit ahead of every other: outlives fine-tuning (`tracer evaluate`)
+weight_average = 0.97         # the weights' moving average is a second candidate for the gates (0: off)
+polish_steps = 40             # a missed try is first polished this long at lr / 10 (0: off),
+polishes = 3                  # up to this many times, before a fresh, longer try
 attempts = 5                  # tries before a gate failure is final (fresh seed; each retry 50 % longer)
 
 [gates]

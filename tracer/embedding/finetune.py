@@ -107,6 +107,11 @@ def _channels_last_agrees(model: nn.Module, sample: torch.Tensor) -> bool:
     return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5))
 
 
+def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """What a weight average averages: the parameters and floating-point buffers (batch-norm statistics)."""
+    return [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+
+
 def _standard_layout(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.contiguous_format)
 
@@ -208,7 +213,7 @@ def embed_codeword(
     n_anchor = params.batch_size if params.anchor_noise > 0 and distill else 0
     margin = params.trigger_margin > 0 and params.margin_weight > 0
     anchors_as_originals = params.anchor_targets == "original"
-    weights = list(student.parameters())
+    weights = _state_tensors(student)
     averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None
     for step in range(params.steps):
         ci, ti = clean_idx[step], trig_idx[step]
@@ -250,6 +255,6 @@ def embed_codeword(
     if averaged is not None:
         average_copy = copy.deepcopy(student)
         with torch.no_grad():
-            for w, a in zip(average_copy.parameters(), averaged):
+            for w, a in zip(_state_tensors(average_copy), averaged):
                 w.copy_(a)
     return EmbedResult(model=student, steps=params.steps, seconds=time.perf_counter() - t0, averaged=average_copy)

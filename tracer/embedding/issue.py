@@ -80,18 +80,30 @@ def _scaled(on_step: Callable[[int], None] | None, steps: int, scale: int) -> Ca
 
 @dataclass
 class _Copy:
-    """A gated candidate copy and how it was made (what the ledger records of the one that lands)."""
+    """A gated candidate copy and the runs that made it (what the ledger records of the one that lands)."""
 
     score: tuple[bool, float]  # (passes both gates, minus how far it misses them): larger is better
     model: Any
     clean: float
     trigger: float
-    weights: str  # "final" or "average"
-    seed: int
-    steps: int
+    runs: list[dict]  # the try, then each polish: {seed, steps, learning_rate, weights}; replaying them remakes the copy
     seconds: float
-    polish_steps: int = 0
-    polish_seed: int | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.runs[0]["steps"]
+
+    @property
+    def seed(self) -> int:
+        return self.runs[0]["seed"]
+
+    @property
+    def polish_steps(self) -> int:
+        return sum(r["steps"] for r in self.runs[1:])
+
+    @property
+    def weights(self) -> str:
+        return self.runs[-1]["weights"]
 
 
 def attempt_steps(steps: int, attempt: int) -> int:
@@ -243,8 +255,7 @@ class Issuer:
                 "triggers": int(len(labels)),
                 "onnx_max_logit_difference": max_diff,
             },
-            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "weights": best.weights,
-                          "polish_steps": best.polish_steps, "polish_seed": best.polish_seed, "seconds": round(best.seconds, 3)},
+            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
             "onnx_opset": OPSET,
             "tracer_version": __version__,
             "derivation": "tracer/v1",
@@ -261,10 +272,11 @@ class Issuer:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
 
         Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`) that offers
-        its final and its averaged weights to the gates. When neither passes, the better one is first
-        polished (``polish_steps`` at a tenth of the learning rate, still held to the base model): a
-        miss is usually a validation sample or two, and on digits a 40-step polish repaired 6 of 10
-        missed tries at a fifth of a try's cost, where a fresh try costs a whole one.
+        its final and its averaged weights to the gates. When neither passes, the nearest miss is
+        polished (``polish_steps`` at a tenth of the learning rate, still held to the base model), up
+        to ``polishes`` times, each time from the best copy so far: a miss is usually a validation
+        sample or two, and on digits one 40-step polish repaired 6 of 10 missed tries at a fifth of
+        a try's cost, where a fresh try costs a whole one.
         """
         cfg, emb = self.config, self.config.embedding
         best: _Copy | None = None
@@ -274,15 +286,16 @@ class Issuer:
             res = embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
                                  labels=labels, task=cfg.task, params=replace(emb, steps=steps), seed=seed,
                                  on_step=_scaled(on_step, steps, emb.steps))
-            here = self._gate(res, labels, seed=seed, steps=steps, seconds=res.seconds)
-            if not here.score[0] and emb.polish_steps > 0:
-                polish_seed = _seed(cid, attempt, emb.seed, "polish")
+            here = self._gate(res, labels, runs=[], run={"seed": seed, "steps": steps, "learning_rate": emb.learning_rate}, seconds=res.seconds)
+            for polish in range(emb.polishes if emb.polish_steps > 0 else 0):
+                if here.score[0]:
+                    break
+                run = {"seed": _seed(cid, attempt, emb.seed, f"polish/{polish}"), "steps": emb.polish_steps, "learning_rate": emb.learning_rate / 10}
                 pol = embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
-                                     labels=labels, task=cfg.task, seed=polish_seed, start=here.model,
-                                     params=replace(emb, steps=emb.polish_steps, learning_rate=emb.learning_rate / 10),
+                                     labels=labels, task=cfg.task, seed=run["seed"], start=here.model,
+                                     params=replace(emb, steps=run["steps"], learning_rate=run["learning_rate"]),
                                      on_step=_scaled(on_step, emb.polish_steps, emb.steps))
-                polished = self._gate(pol, labels, seed=seed, steps=steps,
-                                      seconds=res.seconds + pol.seconds, polish_steps=emb.polish_steps, polish_seed=polish_seed)
+                polished = self._gate(pol, labels, runs=here.runs, run=run, seconds=here.seconds + pol.seconds)
                 here = max(here, polished, key=lambda c: c.score)
             if best is None or here.score > best.score:
                 best = here
@@ -291,8 +304,11 @@ class Issuer:
         assert best is not None
         return best, emb.attempts
 
-    def _gate(self, res, labels: np.ndarray, **how) -> _Copy:
-        """The run's candidate copy that best meets the gates (passing both first, then the nearest miss)."""
+    def _gate(self, res, labels: np.ndarray, *, runs: list[dict], run: dict, seconds: float) -> _Copy:
+        """The run's candidate copy that best meets the gates (passing both first, then the nearest miss).
+
+        ``runs`` made the copy this run started from; ``run`` is this run's settings.
+        """
         gates = self.config.gates
         found = None
         for weights, model in res.candidates():
@@ -300,7 +316,7 @@ class Issuer:
             trig = accuracy(predict(model, self.triggers), labels)
             short = min(trig - gates.min_trigger_accuracy, 0) + min(gates.max_accuracy_drop - (self.base_accuracy - clean), 0)
             ok = trig >= gates.min_trigger_accuracy and self.base_accuracy - clean <= gates.max_accuracy_drop + 1e-12
-            cand = _Copy(score=(ok, short), model=model, clean=clean, trigger=trig, weights=weights, **how)
+            cand = _Copy(score=(ok, short), model=model, clean=clean, trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds)
             if found is None or cand.score > found.score:
                 found = cand
         assert found is not None
