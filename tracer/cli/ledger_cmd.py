@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import LedgerError, LedgerTampered, TracerError
+from ..errors import LedgerError, LedgerTampered
 from ..keys.keyring import load_public_key
 from ..ledger import export_lines, make_checkpoint, verify_export
 from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace

@@ -7,7 +7,6 @@ with a probe -> verify the ledger -> write the HTML report and evidence.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time

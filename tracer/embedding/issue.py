@@ -21,9 +21,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from .. import __version__
 from .._files import atomic_write_bytes
@@ -37,7 +40,7 @@ from ..training import accuracy, predict
 from ..workspace import Workspace
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
-from .finetune import embed_codeword
+from .finetune import EmbedResult, embed_codeword
 
 __all__ = ["Issuer", "IssueReport", "recover_pending", "read_customer_list"]
 
@@ -83,7 +86,7 @@ class _Copy:
     """A gated candidate copy and the runs that made it (what the ledger records of the one that lands)."""
 
     score: tuple[bool, float]  # (passes both gates, minus how far it misses them): larger is better
-    model: Any
+    model: "nn.Module"
     clean: float
     trigger: float
     runs: list[dict]  # the try, then each polish: {seed, steps, learning_rate, weights}; replaying them remakes the copy
@@ -278,23 +281,17 @@ class Issuer:
         sample or two, and on digits one 40-step polish repaired 6 of 10 missed tries at a fifth of
         a try's cost, where a fresh try costs a whole one.
         """
-        cfg, emb = self.config, self.config.embedding
+        emb = self.config.embedding
         best: _Copy | None = None
         for attempt in range(emb.attempts):
-            seed = _seed(cid, attempt, emb.seed)
-            steps = attempt_steps(emb.steps, attempt)
-            res = embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
-                                 labels=labels, task=cfg.task, params=replace(emb, steps=steps), seed=seed,
-                                 on_step=_scaled(on_step, steps, emb.steps))
-            here = self._gate(res, labels, runs=[], run={"seed": seed, "steps": steps, "learning_rate": emb.learning_rate}, seconds=res.seconds)
+            run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, attempt), "learning_rate": emb.learning_rate}
+            res = self._run(labels, run, start=None, on_step=on_step)
+            here = self._gate(res, labels, runs=[], run=run, seconds=res.seconds)
             for polish in range(emb.polishes if emb.polish_steps > 0 else 0):
                 if here.score[0]:
                     break
                 run = {"seed": _seed(cid, attempt, emb.seed, f"polish/{polish}"), "steps": emb.polish_steps, "learning_rate": emb.learning_rate / 10}
-                pol = embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
-                                     labels=labels, task=cfg.task, seed=run["seed"], start=here.model,
-                                     params=replace(emb, steps=run["steps"], learning_rate=run["learning_rate"]),
-                                     on_step=_scaled(on_step, emb.polish_steps, emb.steps))
+                pol = self._run(labels, run, start=here.model, on_step=on_step)
                 polished = self._gate(pol, labels, runs=here.runs, run=run, seconds=here.seconds + pol.seconds)
                 here = max(here, polished, key=lambda c: c.score)
             if best is None or here.score > best.score:
@@ -304,7 +301,15 @@ class Issuer:
         assert best is not None
         return best, emb.attempts
 
-    def _gate(self, res, labels: np.ndarray, *, runs: list[dict], run: dict, seconds: float) -> _Copy:
+    def _run(self, labels: np.ndarray, run: dict, *, start: nn.Module | None, on_step: Callable[[int], None] | None) -> EmbedResult:
+        """One fine-tune with ``run``'s seed, steps and learning rate (from ``start``, or from the base model)."""
+        emb = self.config.embedding
+        return embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
+                              labels=labels, task=self.config.task, seed=run["seed"], start=start,
+                              params=replace(emb, steps=run["steps"], learning_rate=run["learning_rate"]),
+                              on_step=_scaled(on_step, run["steps"], emb.steps))
+
+    def _gate(self, res: EmbedResult, labels: np.ndarray, *, runs: list[dict], run: dict, seconds: float) -> _Copy:
         """The run's candidate copy that best meets the gates (passing both first, then the nearest miss).
 
         ``runs`` made the copy this run started from; ``run`` is this run's settings.

@@ -64,7 +64,7 @@ def render_html(ev: Evaluation) -> str:
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>tracer evaluation: {_e(s.customer)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Watermark robustness and false-accusation evaluation</h1>",
+        "<h1>Watermark robustness and false-accusation evaluation</h1>",
         f'<p class="box"><b>In one sentence:</b> the copy issued to {_e(s.display_name)} ({_e(s.customer)}) {_e(ev.verdict())}; '
         f"innocent customers named anywhere: {ev.false_accusations}.</p>",
         "<table>",
