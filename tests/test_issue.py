@@ -212,13 +212,28 @@ def test_hard_crash_leaves_no_orphan_after_recovery(point, issued_tabular_copy, 
     assert not list((issued_tabular_copy / ".tracer/pending").glob("*"))
 
 
+def _wait_for_cpu_seconds(proc: subprocess.Popen, seconds: float, *, limit: float = 300.0) -> None:
+    """Wait until ``proc`` has used ``seconds`` of CPU time (not wall time: a loaded machine starts it slowly)."""
+    stat = Path(f"/proc/{proc.pid}/stat")
+    if not stat.exists():  # no procfs: fall back to wall time
+        time.sleep(seconds)
+        return
+    tick = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= seconds:  # utime + stime
+            return
+        time.sleep(0.2)
+
+
 def test_sigterm_during_issuance_leaves_nothing(issued_tabular_copy):
     env = {**os.environ, "TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
     _set_config(issued_tabular_copy, "embedding", steps=100000)  # long enough to be interrupted mid-embedding
     before = _snapshot_state(issued_tabular_copy)
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "issue", "--customer", "hooli"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)
+    _wait_for_cpu_seconds(proc, 8.0)  # imports and loading take a few; by 8 CPU seconds it is fine-tuning
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
