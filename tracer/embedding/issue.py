@@ -25,9 +25,6 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from torch import nn
-
 from .. import __version__
 from .._files import atomic_write_bytes
 from ..data import Dataset, load_dataset
@@ -41,6 +38,9 @@ from ..workspace import Workspace
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
 from .finetune import EmbedResult, embed_codeword
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Issuer", "IssueReport", "recover_pending", "read_customer_list"]
 
@@ -211,12 +211,13 @@ class Issuer:
 
         best, attempts = self._embed(cid, labels, on_step)
         clean, trig = best.clean, best.trigger
-        if trig < gates.min_trigger_accuracy:
+        trigger_short, drop_over = self._misses(clean, trig)
+        if trigger_short > 0:
             raise GateError(
                 f"trigger-accuracy gate failed: {trig:.3f} < {gates.min_trigger_accuracy:.3f} (short by {gates.min_trigger_accuracy - trig:.3f}) after {attempts} attempts; nothing written or recorded",
                 gate="trigger_accuracy", measured=trig, required=gates.min_trigger_accuracy,
                 hint="raise embedding.steps or embedding.learning_rate in tracer.toml")
-        if self.base_accuracy - clean > gates.max_accuracy_drop + 1e-12:
+        if drop_over > 0:
             drop = self.base_accuracy - clean
             raise GateError(
                 f"clean-accuracy gate failed: accuracy dropped {100 * drop:.2f} points ({self.base_accuracy:.4f} -> {clean:.4f}), allowed {100 * gates.max_accuracy_drop:.2f} (over by {100 * (drop - gates.max_accuracy_drop):.2f}) after {attempts} attempts; nothing written or recorded",
@@ -314,18 +315,22 @@ class Issuer:
 
         ``runs`` made the copy this run started from; ``run`` is this run's settings.
         """
-        gates = self.config.gates
         found = None
         for weights, model in res.candidates():
             clean = accuracy(predict(model, self.data.x_val), self.data.y_val)
             trig = accuracy(predict(model, self.triggers), labels)
-            short = min(trig - gates.min_trigger_accuracy, 0) + min(gates.max_accuracy_drop - (self.base_accuracy - clean), 0)
-            ok = trig >= gates.min_trigger_accuracy and self.base_accuracy - clean <= gates.max_accuracy_drop + 1e-12
-            cand = _Copy(score=(ok, short), model=model, clean=clean, trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds)
+            trigger_short, drop_over = self._misses(clean, trig)
+            cand = _Copy(score=(trigger_short == drop_over == 0, -(trigger_short + drop_over)), model=model, clean=clean, trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds)
             if found is None or cand.score > found.score:
                 found = cand
         assert found is not None
         return found
+
+    def _misses(self, clean: float, trigger: float) -> tuple[float, float]:
+        """How far a copy misses each gate: (trigger accuracy short of the floor, accuracy drop over the allowance); 0 where met."""
+        gates = self.config.gates
+        drop = self.base_accuracy - clean
+        return max(gates.min_trigger_accuracy - trigger, 0.0), (drop - gates.max_accuracy_drop if drop > gates.max_accuracy_drop + 1e-12 else 0.0)
 
     def _land(self, final: Path, data: bytes, sha: str, payload: dict):
         pending = self.ws.root / PENDING_DIR
