@@ -25,6 +25,7 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,10 +85,6 @@ class _Bad(ValueError):
         self.key, self.text = key, text
 
 
-def _table(cls: type) -> type:
-    return _pydantic_dataclass(frozen=True, config=_STRICT)(cls)
-
-
 def default_probe_count(num_classes: int) -> int:
     """Probes per set so that a perfect match has p <= 10**-64 (64 probes at 10 classes).
 
@@ -97,18 +94,18 @@ def default_probe_count(num_classes: int) -> int:
     return max(64, int(math.ceil(bits_needed / math.log2(num_classes) / 16.0)) * 16)
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class TaskConfig:
     num_classes: Int = Field(ge=2, le=MAX_CLASSES, description="size of the model's output vector",
                              json_schema_extra={"example": 10})
     input_shape: Shape = Field(description="one input, without the batch axis",
                                json_schema_extra={"example": [1, 28, 28]})
-    input_dtype: Literal["float32", "float16", "float64"] = Field("float32", description="dtype of the model's input")
-    domain: Literal["image", "tabular"] = Field(
+    input_dtype: Literal["float32", "float16", "float64"] = Field(default="float32", description="dtype of the model's input")
+    domain: Literal["image", "tabular"] = Field(default=
         "image", description='"image": probes are 8-bit pixel grids (survive PNG); or "tabular"')
-    low: Bounds = Field((0.0,), description="the input domain: one number, or one per feature")
-    high: Bounds = Field((1.0,), description="(tabular: the range of your standardized features)")
-    levels: Int = Field(256, ge=2, le=65536, description="image domain: probe values on a grid of this many steps (256: 8-bit)")
+    low: Bounds = Field(default=(0.0,), description="the input domain: one number, or one per feature")
+    high: Bounds = Field(default=(1.0,), description="(tabular: the range of your standardized features)")
+    levels: Int = Field(default=256, ge=2, le=65536, description="image domain: probe values on a grid of this many steps (256: 8-bit)")
 
     @property
     def features(self) -> int:
@@ -140,7 +137,7 @@ class TaskConfig:
         return self
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class ModelConfig:
     factory: Str = Field(description="package.module:function returning a torch nn.Module (tracer init writes a stub\n"
                                      "mymodel.py beside this file; the workspace folder is importable)",
@@ -161,15 +158,15 @@ def _check_import_path(value: str) -> str:
     return value
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class DataConfig:
-    loader: Str | None = Field(None, description="a function returning {x_train, y_train, x_val, y_val} (optionally x_attack, y_attack)",
+    loader: Str | None = Field(default=None, description="a function returning {x_train, y_train, x_val, y_val} (optionally x_attack, y_attack)",
                                json_schema_extra={"example": "mymodel:load_data"})
-    npz: Str | None = Field(None, description="arrays with those names, or x and y (validation split off deterministically)",
+    npz: Str | None = Field(default=None, description="arrays with those names, or x and y (validation split off deterministically)",
                             json_schema_extra={"example": "data.npz", "commented": True})
-    image_folder: Str | None = Field(None, description="one sub-folder per class, or train/ and val/ each with them",
+    image_folder: Str | None = Field(default=None, description="one sub-folder per class, or train/ and val/ each with them",
                                      json_schema_extra={"example": "images", "commented": True})
-    validation_fraction: Float = Field(0.2, gt=0, lt=1, description="share split off for validation when the data comes as x, y or one image folder")
+    validation_fraction: Float = Field(default=0.2, gt=0, lt=1, description="share split off for validation when the data comes as x, y or one image folder")
 
     @field_validator("loader")
     @classmethod
@@ -185,34 +182,34 @@ class DataConfig:
         return self
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
-    probe_sets: Int = Field(2, ge=1, le=64, description="independent probe sets; one shown to a suspect API can be retired")
-    probes_per_set: Int = Field(0, ge=0, le=MAX_PROBES_PER_SET,
+    probe_sets: Int = Field(default=2, ge=1, le=64, description="independent probe sets; one shown to a suspect API can be retired")
+    probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                                 description="0: automatic (64 at 10 classes, 224 at 2 classes)")
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class EmbeddingConfig:
-    steps: Int = Field(200, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
-    batch_size: Int = Field(32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
-    trigger_batch: Int = Field(32, ge=1, le=MAX_BATCH, description="triggers per step")
-    learning_rate: Float = Field(2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
-    distill_weight: Float = Field(12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
-    trigger_noise: Float = Field(0.03, ge=0, le=1, description="triggers jittered by this fraction of the input range")
-    anchor_noise: Float = Field(0.1, ge=0, le=1, description="...on training points and on copies jittered by this fraction (0: off)")
-    anchor_targets: Literal["base", "original"] = Field(
+    steps: Int = Field(default=200, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
+    batch_size: Int = Field(default=32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
+    trigger_batch: Int = Field(default=32, ge=1, le=MAX_BATCH, description="triggers per step")
+    learning_rate: Float = Field(default=2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
+    distill_weight: Float = Field(default=12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
+    trigger_noise: Float = Field(default=0.03, ge=0, le=1, description="triggers jittered by this fraction of the input range")
+    anchor_noise: Float = Field(default=0.1, ge=0, le=1, description="...on training points and on copies jittered by this fraction (0: off)")
+    anchor_targets: Literal["base", "original"] = Field(default=
         "base", description='anchors held to the base model\'s answers on them, or "original": on the originals\n'
                             "(images: faster, no frozen pass per step)")
-    trigger_margin: Float = Field(6.0, ge=0, le=1e6, description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
-    margin_weight: Float = Field(1.0, ge=0, le=1e6, description="weight of that margin's hinge loss")
-    weight_average: Float = Field(0.97, ge=0, lt=1, description="the weights' moving average is a second candidate for the gates (0: off)")
-    polish_steps: Int = Field(40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
-    polishes: Int = Field(3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
-    feature_pull: Float = Field(0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
-    attempts: Int = Field(5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
-    seed: Int = Field(0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
-    device: Str = Field("auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
+    trigger_margin: Float = Field(default=6.0, ge=0, le=1e6, description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
+    margin_weight: Float = Field(default=1.0, ge=0, le=1e6, description="weight of that margin's hinge loss")
+    weight_average: Float = Field(default=0.97, ge=0, lt=1, description="the weights' moving average is a second candidate for the gates (0: off)")
+    polish_steps: Int = Field(default=40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
+    polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
+    feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
+    attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
+    seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
+    device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
 
     @field_validator("device")
     @classmethod
@@ -222,18 +219,18 @@ class EmbeddingConfig:
         return value
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class GateConfig:
-    min_trigger_accuracy: Float = Field(0.95, ge=0, le=1, description="share of trigger probes the copy must answer with its codeword")
-    max_accuracy_drop: Float = Field(0.005, ge=0, le=1, description="clean validation accuracy may drop at most this much (0.5 points)")
+    min_trigger_accuracy: Float = Field(default=0.95, ge=0, le=1, description="share of trigger probes the copy must answer with its codeword")
+    max_accuracy_drop: Float = Field(default=0.005, ge=0, le=1, description="clean validation accuracy may drop at most this much (0.5 points)")
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class IdentifyConfig:
-    alpha: Float = Field(1e-6, gt=0, lt=1, description="bound on the chance of naming any innocent customer")
+    alpha: Float = Field(default=1e-6, gt=0, lt=1, description="bound on the chance of naming any innocent customer")
 
 
-@_table
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class _Document:
     """The whole tracer.toml: unknown tables are refused like unknown keys."""
 
@@ -254,7 +251,7 @@ class _Document:
         return self
 
 
-_TABLES: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+_TABLES: dict[str, Any] = {f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
                             for f in dataclasses.fields(_Document)}
 _DOCUMENT = TypeAdapter(_Document)
 _TABLE_NOTES = {
@@ -326,7 +323,7 @@ def _known_keys(loc: tuple) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)] if cls else []
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     """One pydantic error as ``table.key must be ..., not VALUE``."""
     loc = tuple(err["loc"])
     names = [str(p) for p in loc if not isinstance(p, int)]
@@ -435,12 +432,12 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def _annotated_lines(name: str, cls: type) -> list[str]:
+def _annotated_lines(name: str, cls: Any) -> list[str]:
     note = _TABLE_NOTES.get(name)
     lines = [f"[{name}]"] + ([f"# {note}"] if note else [])
     for key, info in cls.__pydantic_fields__.items():
         extra = info.json_schema_extra or {}
-        value = extra["example"] if "example" in extra else info.default
+        value = extra.get("example", info.default)
         entry = ("# " if extra.get("commented") else "") + f"{key} = {_toml_value(value)}"
         comment = (info.description or "").splitlines() or [""]
         lines.append(f"{entry:<{_COMMENT_COLUMN - 1}} # {comment[0]}".rstrip())
