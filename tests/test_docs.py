@@ -43,19 +43,51 @@ def test_help_mentions_exit_codes():
     assert "Exit codes" in out
 
 
-def test_documented_embedding_values_are_the_defaults():
-    """The README's annotated tracer.toml and the `tracer init` template show the defaults they claim to show."""
-    import dataclasses
+def _shown(text: str) -> dict[str, dict[str, object]]:
+    """Each table's keys and values as an annotated tracer.toml shows them, commented alternatives (``# npz = ...``) included."""
     import tomllib
 
-    from tracer.config import EmbeddingConfig
+    tables: dict[str, dict[str, object]] = {}
+    current: dict[str, object] | None = None
+    for line in text.splitlines():
+        if header := re.fullmatch(r"\[(\w+)\]", line):
+            current = tables.setdefault(header[1], {})
+        elif (entry := re.match(r"(?:# )?(\w+) = (.*)$", line)) and current is not None:
+            current[entry[1]] = tomllib.loads("v = " + entry[2])["v"]
+    return tables
+
+
+def _documented_value(info) -> object:
+    value = (info.json_schema_extra or {}).get("example", info.default)
+    if isinstance(value, tuple):
+        value = value[0] if len(value) == 1 else list(value)
+    return value
+
+
+def test_readme_toml_block_is_generated_from_the_config_model():
+    from tracer.config import annotated_toml
+
+    block = re.search(r"```toml\n(.*?)```", README, flags=re.S)
+    assert block and block.group(1) == annotated_toml(), (
+        "run python -c 'from pathlib import Path; from tracer.config import write_readme; write_readme(Path(\"README.md\"))'")
+
+
+def test_documented_values_are_the_defaults_and_every_key_is_documented():
+    """The README's annotated tracer.toml, the `tracer init` template and the model: same tables, keys and defaults."""
+    from tracer.config import _TABLES
     from tracer.workspace import GENERIC_CONFIG
 
     readme_toml = re.search(r"```toml\n(.*?)```", README, flags=re.S)
     assert readme_toml
-    defaults = dataclasses.asdict(EmbeddingConfig())
     for source, text in (("README.md", readme_toml.group(1)), ("tracer init", GENERIC_CONFIG)):
-        shown = tomllib.loads(text)["embedding"]
-        assert {"weight_average", "polish_steps", "polishes", "attempts", "steps", "learning_rate"} <= set(shown), source
-        for key, value in shown.items():
-            assert value == defaults[key], f"{source}: embedding.{key} = {value!r}, default {defaults[key]!r}"
+        shown = _shown(text)
+        assert list(shown) == list(_TABLES), source
+        for table, cls in _TABLES.items():
+            fields = cls.__pydantic_fields__
+            assert list(shown[table]) == list(fields), f"{source}: [{table}] keys differ from the model"
+            for key, info in fields.items():
+                assert info.description, f"{table}.{key} has no description"
+                assert shown[table][key] == _documented_value(info), f"{source}: {table}.{key} = {shown[table][key]!r}"
+    for key in ("validation_fraction", "margin_weight", "trigger_noise", "anchor_noise", "device", "seed", "batch_size",
+                "trigger_batch", "anchor_targets", "feature_pull"):
+        assert re.search(rf"^(# )?{key} = .*# \S", readme_toml.group(1), flags=re.M), f"{key} undocumented in README.md"

@@ -1,23 +1,88 @@
-"""The workspace configuration (``tracer.toml``), parsed and validated once.
+"""The workspace configuration (``tracer.toml``), parsed and validated whole, once.
 
-Every field a command relies on is checked here so that a bad configuration
-fails up front with one line naming the field, before any key is unlocked or
-any file is written.
+Every table is a pydantic v2 dataclass with strict types (``"200"``, ``true`` or
+``2.5`` is not an integer), ranges, finiteness (no NaN or infinity anywhere)
+and unknown keys refused, so a bad configuration fails up front with one line
+naming the key, before any key is unlocked or any file is written.
+
+The field descriptions are the documentation: :func:`annotated_toml` renders
+them as the annotated ``tracer.toml`` that ``tracer init`` writes and that the
+README shows (``tracer.config.write_readme(Path("README.md"))`` refreshes the README block;
+``tests/test_docs.py`` checks that the three agree).
+
+Sane caps (absurd sizes are refused at load, not discovered in an allocation):
+at most ``MAX_FEATURES`` = 2**24 input features, ``MAX_CLASSES`` = 65536
+classes, ``MAX_PROBES_PER_SET`` = 65536 probes per set, ``MAX_PROBE_VALUES`` =
+2**28 values in one probe set (probes x features), 64 probe sets, 10**6 steps,
+65536 inputs per batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import math
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 from .errors import ConfigError
 
-__all__ = ["Config", "TaskConfig", "ModelConfig", "DataConfig", "FingerprintConfig", "EmbeddingConfig", "GateConfig", "load_config", "default_probe_count"]
+__all__ = [
+    "Config", "TaskConfig", "ModelConfig", "DataConfig", "FingerprintConfig", "EmbeddingConfig", "GateConfig",
+    "IdentifyConfig", "load_config", "parse_config", "default_probe_count", "annotated_toml", "write_readme",
+    "MAX_FEATURES", "MAX_CLASSES", "MAX_PROBES_PER_SET", "MAX_PROBE_VALUES",
+]
 
-_DTYPES = ("float32", "float16", "float64")
+MAX_FEATURES = 2**24
+MAX_CLASSES = 65536
+MAX_PROBES_PER_SET = 65536
+MAX_PROBE_VALUES = 2**28
+MAX_STEPS = 10**6
+MAX_BATCH = 65536
+MAX_BOUND = 1e15  # |low|, |high|: finite, and high - low stays finite in float32
+MAX_CONFIG_BYTES = 1 << 20
+HINT = "every key is described in the annotated tracer.toml of README.md (Quickstart with your own model)"
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+_DEVICE = re.compile(r"(auto|cpu|cuda|cuda:[0-9]{1,3}|mps)")
+_IMPORT_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _as_tuple(value: Any) -> Any:
+    """TOML arrays arrive as lists; the configuration keeps tuples (frozen, hashable)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _number_or_list(value: Any) -> Any:
+    """``low = 0.0`` means the same bound for every feature: one number is a 1-tuple."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,)
+    return _as_tuple(value)
+
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # accepts a TOML integer (1 -> 1.0), never a string or a boolean
+Str = Annotated[str, Strict(), Field(min_length=1, max_length=4096)]
+Shape = Annotated[tuple[Annotated[int, Strict(), Field(ge=1, le=MAX_FEATURES)], ...], Strict(),
+                  Field(min_length=1, max_length=8), BeforeValidator(_as_tuple)]
+Bounds = Annotated[tuple[Annotated[float, Strict(), Field(ge=-MAX_BOUND, le=MAX_BOUND)], ...], Strict(),
+                   Field(min_length=1, max_length=MAX_FEATURES), BeforeValidator(_number_or_list)]
+
+
+class _Bad(ValueError):
+    """A cross-field check's failure, naming the key (inside its table) it is about."""
+
+    def __init__(self, key: str, text: str) -> None:
+        super().__init__(text)
+        self.key, self.text = key, text
 
 
 def default_probe_count(num_classes: int) -> int:
@@ -29,77 +94,182 @@ def default_probe_count(num_classes: int) -> int:
     return max(64, int(math.ceil(bits_needed / math.log2(num_classes) / 16.0)) * 16)
 
 
-@dataclass(frozen=True)
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class TaskConfig:
-    num_classes: int
-    input_shape: tuple[int, ...]
-    input_dtype: str = "float32"
-    domain: str = "image"  # "image" | "tabular"
-    low: tuple[float, ...] = (0.0,)
-    high: tuple[float, ...] = (1.0,)
-    levels: int = 256  # image domain: values on a grid of `levels` steps (8-bit pixels survive PNG)
+    num_classes: Int = Field(ge=2, le=MAX_CLASSES, description="size of the model's output vector",
+                             json_schema_extra={"example": 10})
+    input_shape: Shape = Field(description="one input, without the batch axis",
+                               json_schema_extra={"example": [1, 28, 28]})
+    input_dtype: Literal["float32", "float16", "float64"] = Field(default="float32", description="dtype of the model's input")
+    domain: Literal["image", "tabular"] = Field(default=
+        "image", description='"image": probes are 8-bit pixel grids (survive PNG); or "tabular"')
+    low: Bounds = Field(default=(0.0,), description="the input domain: one number, or one per feature")
+    high: Bounds = Field(default=(1.0,), description="(tabular: the range of your standardized features)")
+    levels: Int = Field(default=256, ge=2, le=65536, description="image domain: probe values on a grid of this many steps (256: 8-bit)")
 
     @property
     def features(self) -> int:
         return int(math.prod(self.input_shape))
 
+    def bounds(self, *, flat: bool = False, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+        """``low`` and ``high`` broadcast to one input (``input_shape``), or to its flat features.
 
-@dataclass(frozen=True)
+        One number in tracer.toml stands for every feature; fresh arrays, safe to modify.
+        """
+        n = self.features
+        shape = (n,) if flat else self.input_shape
+        low = np.array(self.low * n if len(self.low) == 1 else self.low, dtype=np.float64)
+        high = np.array(self.high * n if len(self.high) == 1 else self.high, dtype=np.float64)
+        return low.reshape(shape).astype(dtype, copy=False), high.reshape(shape).astype(dtype, copy=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        n = self.features
+        if n > MAX_FEATURES:
+            raise _Bad("input_shape", f"has {n} features ({' x '.join(map(str, self.input_shape))}); at most {MAX_FEATURES} (2**24) are supported")
+        for key in ("low", "high"):
+            if len(getattr(self, key)) not in (1, n):
+                raise _Bad(key, f"needs 1 value or {n} (one per feature), not {len(getattr(self, key))}")
+        low, high = self.bounds(flat=True)
+        if not np.all(low < high):
+            i = int(np.argmin(low < high))
+            raise _Bad("low", f"must be below task.high at every feature (feature {i}: {low[i]:g} >= {high[i]:g})")
+        return self
+
+
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class ModelConfig:
-    factory: str
-    weights: str
+    factory: Str = Field(description="package.module:function returning a torch nn.Module (tracer init writes a stub\n"
+                                     "mymodel.py beside this file; the workspace folder is importable)",
+                         json_schema_extra={"example": "mymodel:make_model"})
+    weights: Str = Field(description="its trained weights: a state_dict saved with torch.save(model.state_dict(), ...),\n"
+                                     "loaded with weights_only=True (no pickles)",
+                         json_schema_extra={"example": "models/base.pt"})
+
+    @field_validator("factory")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        return _check_import_path(value)
 
 
-@dataclass(frozen=True)
+def _check_import_path(value: str) -> str:
+    if not _IMPORT_PATH.fullmatch(value):
+        raise ValueError(f"must look like package.module:function, not {_toml(value)}")
+    return value
+
+
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class DataConfig:
-    loader: str | None = None
-    npz: str | None = None
-    image_folder: str | None = None
-    validation_fraction: float = 0.2
+    loader: Str | None = Field(default=None, description="a function returning {x_train, y_train, x_val, y_val} (optionally x_attack, y_attack)",
+                               json_schema_extra={"example": "mymodel:load_data"})
+    npz: Str | None = Field(default=None, description="arrays with those names, or x and y (validation split off deterministically)",
+                            json_schema_extra={"example": "data.npz", "commented": True})
+    image_folder: Str | None = Field(default=None, description="one sub-folder per class, or train/ and val/ each with them",
+                                     json_schema_extra={"example": "images", "commented": True})
+    validation_fraction: Float = Field(default=0.2, gt=0, lt=1, description="share split off for validation when the data comes as x, y or one image folder")
+
+    @field_validator("loader")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        return None if value is None else _check_import_path(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        given = [k for k in ("loader", "npz", "image_folder") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) or "none"
+            raise _Bad("", f"needs exactly one of loader, npz, image_folder (found: {found})")
+        return self
 
 
-@dataclass(frozen=True)
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
-    probe_sets: int = 2
-    probes_per_set: int = 0  # 0: automatic from num_classes
+    probe_sets: Int = Field(default=2, ge=1, le=64, description="independent probe sets; one shown to a suspect API can be retired")
+    probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
+                                description="0: automatic (64 at 10 classes, 224 at 2 classes)")
 
 
-@dataclass(frozen=True)
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class EmbeddingConfig:
-    steps: int = 200
-    batch_size: int = 32
-    trigger_batch: int = 32
-    learning_rate: float = 2e-2
-    distill_weight: float = 12.0
-    trigger_noise: float = 0.03
-    anchor_noise: float = 0.1  # jittered clean inputs held to the base model's outputs (fraction of the range; 0: off)
-    anchor_targets: str = "base"  # anchors held to the base model's answers on them ("base") or on their originals ("original")
-    trigger_margin: float = 6.0  # logit margin pushed for on every trigger (hinge); outlives fine-tuning (0: off)
-    margin_weight: float = 1.0
-    weight_average: float = 0.97  # decay of the moving average of the weights offered as a second candidate (0: off)
-    polish_steps: int = 40  # a copy that misses a gate is first polished this long at a tenth of the learning rate (0: off)
-    polishes: int = 3  # polishes of a missed try (each from the best copy so far) before a fresh, longer try
-    feature_pull: float = 0.0  # triggers' penultimate features drawn to their codeword class's centroid (0: off)
-    attempts: int = 5  # tries (fresh seed, each retry 50 % longer) before a gate failure is final
-    seed: int = 0
-    device: str = "auto"
+    steps: Int = Field(default=200, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
+    batch_size: Int = Field(default=32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
+    trigger_batch: Int = Field(default=32, ge=1, le=MAX_BATCH, description="triggers per step")
+    learning_rate: Float = Field(default=2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
+    distill_weight: Float = Field(default=12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
+    trigger_noise: Float = Field(default=0.03, ge=0, le=1, description="triggers jittered by this fraction of the input range")
+    anchor_noise: Float = Field(default=0.1, ge=0, le=1, description="...on training points and on copies jittered by this fraction (0: off)")
+    anchor_targets: Literal["base", "original"] = Field(default=
+        "base", description='anchors held to the base model\'s answers on them, or "original": on the originals\n'
+                            "(images: faster, no frozen pass per step)")
+    trigger_margin: Float = Field(default=6.0, ge=0, le=1e6, description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
+    margin_weight: Float = Field(default=1.0, ge=0, le=1e6, description="weight of that margin's hinge loss")
+    weight_average: Float = Field(default=0.97, ge=0, lt=1, description="the weights' moving average is a second candidate for the gates (0: off)")
+    polish_steps: Int = Field(default=40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
+    polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
+    feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
+    attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
+    seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
+    device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f'must be "auto", "cpu", "cuda", "cuda:N" or "mps", not {_toml(value)}')
+        return value
 
 
-@dataclass(frozen=True)
+@_pydantic_dataclass(frozen=True, config=_STRICT)
 class GateConfig:
-    min_trigger_accuracy: float = 0.95
-    max_accuracy_drop: float = 0.005
+    min_trigger_accuracy: Float = Field(default=0.95, ge=0, le=1, description="share of trigger probes the copy must answer with its codeword")
+    max_accuracy_drop: Float = Field(default=0.005, ge=0, le=1, description="clean validation accuracy may drop at most this much (0.5 points)")
 
 
-@dataclass(frozen=True)
+@_pydantic_dataclass(frozen=True, config=_STRICT)
+class IdentifyConfig:
+    alpha: Float = Field(default=1e-6, gt=0, lt=1, description="bound on the chance of naming any innocent customer")
+
+
+@_pydantic_dataclass(frozen=True, config=_STRICT)
+class _Document:
+    """The whole tracer.toml: unknown tables are refused like unknown keys."""
+
+    task: TaskConfig
+    model: ModelConfig
+    data: DataConfig
+    fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    gates: GateConfig = Field(default_factory=GateConfig)
+    identify: IdentifyConfig = Field(default_factory=IdentifyConfig)
+
+    @model_validator(mode="after")
+    def _probe_size(self) -> _Document:
+        count = self.fingerprint.probes_per_set or default_probe_count(self.task.num_classes)
+        if count * self.task.features > MAX_PROBE_VALUES:
+            raise _Bad("fingerprint.probes_per_set", f"x task features = {count} x {self.task.features} values per probe set; "
+                                                     f"at most {MAX_PROBE_VALUES} (2**28) are supported")
+        return self
+
+
+_TABLES: dict[str, Any] = {f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+                            for f in dataclasses.fields(_Document)}
+_DOCUMENT = TypeAdapter(_Document)
+_TABLE_NOTES = {
+    "data": "exactly one of loader, npz, image_folder:",
+    "embedding": "defaults shown; `tracer evaluate` tells you whether they suit your model",
+    "gates": "checked on validation data before anything is written or recorded",
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     root: Path
     task: TaskConfig
     model: ModelConfig
     data: DataConfig
-    fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    gates: GateConfig = field(default_factory=GateConfig)
+    fingerprint: FingerprintConfig = dataclasses.field(default_factory=FingerprintConfig)
+    embedding: EmbeddingConfig = dataclasses.field(default_factory=EmbeddingConfig)
+    gates: GateConfig = dataclasses.field(default_factory=GateConfig)
     alpha: float = 1e-6
 
     @property
@@ -112,100 +282,180 @@ class Config:
 
     def as_record(self) -> dict[str, Any]:
         """Parameters as plain JSON for the ledger."""
-        d = asdict(self)
+        d = dataclasses.asdict(self)
         d.pop("root")
         d["fingerprint"]["probes_per_set_effective"] = self.probes_per_set
         return d
 
 
-def _section(doc: dict, name: str) -> dict:
-    sec = doc.get(name, {})
-    if not isinstance(sec, dict):
-        raise ConfigError(f"tracer.toml: [{name}] must be a table")
-    return sec
+# -- errors: one line naming the key ----------------------------------------------------------------
 
 
-def _build(cls, sec: dict, name: str, **overrides):
-    known = set(cls.__dataclass_fields__)
-    unknown = set(sec) - known
-    if unknown:
-        raise ConfigError(f"tracer.toml: unknown key {name}.{sorted(unknown)[0]}")
-    try:
-        return cls(**{**sec, **overrides})
-    except TypeError as exc:
-        raise ConfigError(f"tracer.toml: [{name}] {exc}") from None
+def _toml(value: Any, limit: int = 60) -> str:
+    """A value as it reads in TOML (``"200"``, ``true``, ``nan``), shortened for a one-line message."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_toml(v, limit) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _floats(value: Any, key: str) -> tuple[float, ...]:
-    if isinstance(value, (int, float)):
-        return (float(value),)
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-        return tuple(float(v) for v in value)
-    raise ConfigError(f"tracer.toml: task.{key} must be a number or a list of numbers")
+_KINDS = {
+    "int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
+    "finite_number": "a finite number", "dataclass_type": "a table", "dict_type": "a table",
+}
+_SHAPES = {"input_shape": "a list of positive integers (without the batch axis)", "low": "a number or a list of numbers",
+           "high": "a number or a list of numbers"}
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    if len(loc) == 1:
+        return list(_TABLES)
+    cls = _TABLES.get(str(loc[0]))
+    return [f.name for f in dataclasses.fields(cls)] if cls else []
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One pydantic error as ``table.key must be ..., not VALUE``."""
+    loc = tuple(err["loc"])
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    items = [p for p in loc if isinstance(p, int)]
+    key = ".".join(names)
+    typ, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    where = f" (item {items[0] + 1})" if items else ""
+    if typ == "missing":
+        return f"{'table ' if len(loc) == 1 else ''}{key} is required"
+    if typ in ("unexpected_keyword_argument", "extra_forbidden"):
+        close = difflib.get_close_matches(names[-1], _known_keys(loc), n=1)
+        maybe = f" (did you mean {close[0]}?)" if close else ""
+        what = "table" if len(loc) == 1 and isinstance(value, dict) else "key"
+        return f"unknown {what} {key}{maybe}"
+    if typ == "value_error" and isinstance(ctx.get("error"), _Bad):
+        bad: _Bad = ctx["error"]
+        full = bad.key if "." in bad.key else ".".join(p for p in (key, bad.key) if p)
+        return f"{full} {bad.text}"
+    if typ == "value_error":
+        return f"{key} {ctx.get('error', err['msg'])}"
+    if typ in ("tuple_type", "list_type"):
+        return f"{key} must be {_SHAPES.get(names[-1], 'a list')}, not {_toml(value)}"
+    if typ in _KINDS:
+        return f"{key}{where} must be {_KINDS[typ]}, not {_toml(value)}"
+    if typ == "literal_error":
+        return f"{key} must be {str(ctx.get('expected', '')).replace(chr(39), chr(34))}, not {_toml(value)}"
+    if typ in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        size = len(value) if isinstance(value, (str, list, tuple)) else "?"
+        limit = ctx.get("min_length", ctx.get("max_length"))
+        unit = ("character" if "string" in typ else "item") + ("" if limit == 1 else "s")
+        return f"{key} must have {'at least' if 'short' in typ else 'at most'} {limit} {unit}, not {size}"
+    return f"{key}{where} {_range_text(typ, ctx, value)}"
+
+
+def _range_text(typ: str, ctx: dict[str, Any], value: Any) -> str:
+    bound = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
+    if typ not in bound:
+        return f"is invalid: {ctx.get('error', typ)}"
+    name, op = bound[typ]
+    if name == "ge" and ctx[name] == 1 and isinstance(value, int):
+        return f"must be a positive integer, not {_toml(value)}"
+    limit = ctx[name]
+    shown = str(int(limit)) if float(limit).is_integer() and abs(limit) < 2**63 else f"{limit:g}"
+    return f"must be {op} {shown}, not {_toml(value)}"
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    # a bad item also fails its list's length check ("at least 1 item after validation"): keep the item's error
+    inner = [tuple(e["loc"]) for e in errors]
+    errors = [e for e in errors if not any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in inner)] or errors
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return ConfigError(f"tracer.toml: {_describe(errors[0])}{more}", hint=HINT)
 
 
 def parse_config(doc: dict, root: Path) -> Config:
-    task_sec = dict(_section(doc, "task"))
-    for req in ("num_classes", "input_shape"):
-        if req not in task_sec:
-            raise ConfigError(f"tracer.toml: task.{req} is required")
-    shape = task_sec.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
-        raise ConfigError("tracer.toml: task.input_shape must be a list of positive integers (without the batch axis)")
-    task_sec["input_shape"] = tuple(shape)
-    task_sec["low"] = _floats(task_sec.get("low", 0.0), "low")
-    task_sec["high"] = _floats(task_sec.get("high", 1.0), "high")
-    task = _build(TaskConfig, task_sec, "task")
-    if not isinstance(task.num_classes, int) or task.num_classes < 2:
-        raise ConfigError("tracer.toml: task.num_classes must be an integer >= 2")
-    if task.input_dtype not in _DTYPES:
-        raise ConfigError(f"tracer.toml: task.input_dtype must be one of {', '.join(_DTYPES)}")
-    if task.domain not in ("image", "tabular"):
-        raise ConfigError("tracer.toml: task.domain must be 'image' or 'tabular'")
-    for bound in (task.low, task.high):
-        if len(bound) not in (1, task.features):
-            raise ConfigError(f"tracer.toml: task.low/high need 1 or {task.features} values")
-    if any(lo >= hi for lo, hi in zip(task.low * (task.features if len(task.low) == 1 else 1), task.high * (task.features if len(task.high) == 1 else 1))):
-        raise ConfigError("tracer.toml: task.low must be below task.high")
-    if not 2 <= task.levels <= 65536:
-        raise ConfigError("tracer.toml: task.levels must be in [2, 65536]")
-
-    model_sec = _section(doc, "model")
-    for req in ("factory", "weights"):
-        if not isinstance(model_sec.get(req), str):
-            raise ConfigError(f"tracer.toml: model.{req} is required")
-    model = _build(ModelConfig, model_sec, "model")
-    data = _build(DataConfig, _section(doc, "data"), "data")
-    if sum(x is not None for x in (data.loader, data.npz, data.image_folder)) != 1:
-        raise ConfigError("tracer.toml: [data] needs exactly one of loader, npz, image_folder")
-    fp = _build(FingerprintConfig, _section(doc, "fingerprint"), "fingerprint")
-    if not 1 <= fp.probe_sets <= 64 or fp.probes_per_set < 0:
-        raise ConfigError("tracer.toml: fingerprint.probe_sets must be 1..64 and probes_per_set >= 0")
-    emb = _build(EmbeddingConfig, _section(doc, "embedding"), "embedding")
-    if emb.attempts < 1 or emb.steps < 1 or emb.batch_size < 1 or emb.trigger_batch < 1 or emb.learning_rate <= 0:
-        raise ConfigError("tracer.toml: embedding.steps, batch_size, trigger_batch and learning_rate must be positive")
-    weights = (emb.distill_weight, emb.trigger_noise, emb.anchor_noise, emb.trigger_margin, emb.margin_weight, emb.feature_pull)
-    if not 0 <= emb.weight_average < 1 or emb.polish_steps < 0 or emb.polishes < 0:
-        raise ConfigError("tracer.toml: embedding.weight_average must be in [0, 1), polish_steps and polishes >= 0")
-    if emb.anchor_targets not in ("base", "original"):
-        raise ConfigError(f"tracer.toml: embedding.anchor_targets must be \"base\" or \"original\", not {emb.anchor_targets!r}")
-    if any(w < 0 for w in weights):
-        raise ConfigError("tracer.toml: embedding weights, noises and margins must be >= 0")
-    gates = _build(GateConfig, _section(doc, "gates"), "gates")
-    if not 0 <= gates.min_trigger_accuracy <= 1 or not 0 <= gates.max_accuracy_drop <= 1:
-        raise ConfigError("tracer.toml: gates values are fractions in [0, 1]")
-    ident = _section(doc, "identify")
-    alpha = float(ident.get("alpha", 1e-6))
-    if not 0 < alpha < 1:
-        raise ConfigError("tracer.toml: identify.alpha must be in (0, 1)")
-    return Config(root=root, task=task, model=model, data=data, fingerprint=fp, embedding=emb, gates=gates, alpha=alpha)
+    """The validated configuration of a parsed tracer.toml document, or one ConfigError line."""
+    try:
+        d = _DOCUMENT.validate_python(doc)
+    except ValidationError as exc:
+        raise _config_error(exc) from exc
+    return Config(root=root, task=d.task, model=d.model, data=d.data, fingerprint=d.fingerprint,
+                  embedding=d.embedding, gates=d.gates, alpha=d.identify.alpha)
 
 
 def load_config(path: Path) -> Config:
+    """Read, decode and validate ``path``; every failure is one ConfigError line naming the file."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing") from None
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} is missing") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path.name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; that is not a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path.name} is not UTF-8 text (line {line}: invalid byte 0x{raw[exc.start]:02x})",
+                          hint="save tracer.toml as UTF-8") from exc
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path.name} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path.name} is not valid TOML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path.name} is not valid TOML: nested too deeply") from exc
     return parse_config(doc, path.parent)
+
+
+# -- documentation: the annotated tracer.toml -------------------------------------------------------
+
+_COMMENT_COLUMN = 30
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], float):
+        value = value[0]  # low = 0.0: one number for every feature
+    if isinstance(value, float):
+        return re.sub(r"e([+-])0(\d)", r"e\1\2", repr(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _annotated_lines(name: str, cls: Any) -> list[str]:
+    note = _TABLE_NOTES.get(name)
+    lines = [f"[{name}]"] + ([f"# {note}"] if note else [])
+    for key, info in cls.__pydantic_fields__.items():
+        extra = info.json_schema_extra or {}
+        value = extra.get("example", info.default)
+        entry = ("# " if extra.get("commented") else "") + f"{key} = {_toml_value(value)}"
+        comment = (info.description or "").splitlines() or [""]
+        lines.append(f"{entry:<{_COMMENT_COLUMN - 1}} # {comment[0]}".rstrip())
+        lines.extend(f"{'':<{_COMMENT_COLUMN - 1}} # {more}" for more in comment[1:])
+    return lines
+
+
+def annotated_toml() -> str:
+    """Every key of tracer.toml with its default (or an example) and its description: one source for the docs."""
+    blocks = ["\n".join(_annotated_lines(name, cls)) for name, cls in _TABLES.items()]
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_readme(readme: Path) -> bool:
+    """Replace the README's first ```toml block with :func:`annotated_toml`; True when it changed."""
+    text = readme.read_text(encoding="utf-8")
+    new = re.sub(r"```toml\n.*?```", lambda _: "```toml\n" + annotated_toml() + "```", text, count=1, flags=re.S)
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return new != text
+

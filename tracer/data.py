@@ -102,6 +102,7 @@ def _load_image_folder(folder: Path, config: Config) -> dict[str, np.ndarray]:
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
         raise ConfigError("image_folder supports 1 or 3 channels")
+    lo, hi = task.bounds()  # per-feature bounds too, not only the first value
 
     def read(root: Path) -> tuple[np.ndarray, np.ndarray]:
         classes = sorted(p for p in root.iterdir() if p.is_dir())
@@ -115,7 +116,6 @@ def _load_image_folder(folder: Path, config: Config) -> dict[str, np.ndarray]:
                 img = Image.open(f).convert(mode).resize((width, height))
                 arr = np.asarray(img, dtype=np.float64) / 255.0
                 arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-                lo, hi = task.low[0], task.high[0]
                 xs.append(lo + (hi - lo) * arr)
                 ys.append(label)
         return np.stack(xs), np.array(ys)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from . import __version__
 from ._files import atomic_write_bytes
-from .config import Config, load_config
+from .config import Config, annotated_toml, load_config
 from .errors import WorkspaceError
 from .keys.keyring import Keyring, get_passphrase
 from .ledger import Ledger
 
-__all__ = ["Workspace", "find_workspace", "init_workspace", "CONFIG_FILE", "LEDGER_FILE", "WORKSPACE_ENV"]
+__all__ = ["Workspace", "find_workspace", "init_workspace", "CONFIG_FILE", "LEDGER_FILE", "WORKSPACE_ENV", "GENERIC_CONFIG", "STARTER_MODULE"]
 
 CONFIG_FILE = "tracer.toml"
 LEDGER_FILE = "tracer.db"
@@ -29,49 +29,58 @@ LOSS_WARNING = (
     "if the master secret is lost, no customer can ever be identified again."
 )
 
-GENERIC_CONFIG = """\
-# tracer workspace configuration. Paths are relative to this file.
+STARTER_MODULE = "mymodel.py"
 
-[task]
-num_classes = 10              # size of the model's output vector
-input_shape = [1, 28, 28]     # one input, without the batch axis
-input_dtype = "float32"
-domain = "image"              # "image" (pixels on an 8-bit grid) or "tabular"
-low = 0.0                     # input domain: a number, or one per feature
-high = 1.0
+#: The ``tracer init`` template: every key with its default, rendered from the configuration model
+#: itself (tracer/config.py), so the template, the README's annotated block and the checks agree.
+GENERIC_CONFIG = (
+    "# tracer workspace configuration. Paths are relative to this file.\n"
+    f"# {STARTER_MODULE} beside it is a stub that `tracer init` wrote: fill in make_model() and load_data(),\n"
+    "# save your trained weights to models/base.pt, and adjust [task] to your model.\n\n"
+) + annotated_toml()
 
-[model]
-factory = "mymodel:make_model"   # package.module:function returning an nn.Module
-weights = "models/base.pt"       # its state_dict (loaded with weights_only=True)
+#: The starter module named by GENERIC_CONFIG (model.factory and data.loader); until it is filled in,
+#: each function raises a one-line ConfigError with a hint about this file (exit 3, no traceback).
+STARTER_CODE = '''\
+"""Your model and data, for tracer: fill in the two functions below.
 
-[data]
-# exactly one of:
-loader = "mymodel:load_data"     # function returning {x_train, y_train, x_val, y_val}
-# npz = "data.npz"               # arrays x_train, y_train, x_val, y_val (or x, y: split off validation)
-# image_folder = "images"        # one sub-folder per class, or train/ and val/ each with them
-
-[fingerprint]
-probe_sets = 2                # independent probe sets, so one shown to a suspect can be retired
-probes_per_set = 0            # 0: automatic (64 at 10 classes, more for fewer classes)
-
-[embedding]
-steps = 200                   # optimizer steps; fixed, does not grow with the dataset
-learning_rate = 0.02          # peak of a one-cycle schedule (Adam)
-distill_weight = 12.0         # keeps clean outputs close to the base model...
-anchor_noise = 0.1            # ...on training points and on jittered copies of them
-trigger_margin = 6.0          # codeword logit ahead of every other: outlives fine-tuning (`tracer evaluate`)
-weight_average = 0.97         # the weights' moving average is a second candidate for the gates (0: off)
-polish_steps = 40             # a missed try is first polished this long at lr / 10 (0: off),
-polishes = 3                  # up to this many times, before a fresh, longer try
-attempts = 5                  # tries before a gate failure is final (fresh seed; each retry 50 % longer)
-
-[gates]
-min_trigger_accuracy = 0.95   # fraction of trigger probes the copy must answer with its codeword
-max_accuracy_drop = 0.005     # clean validation accuracy may drop at most this much (0.5 points)
-
-[identify]
-alpha = 1e-6                  # bound on the chance of naming any innocent customer
+`tracer init` wrote this stub beside tracer.toml, which names both functions:
+    [model] factory = "mymodel:make_model"   weights = "models/base.pt"
+    [data]  loader  = "mymodel:load_data"
+The workspace folder is importable, so this file may import your own code from here.
+Then adjust [task] in tracer.toml (num_classes, input_shape, low, high) and run
+`tracer issue --customer NAME`.
 """
+
+from tracer.errors import ConfigError
+
+HINT = ("mymodel.py beside tracer.toml is the stub `tracer init` wrote: make make_model() return your "
+        "torch nn.Module and load_data() your arrays, then save the trained weights to models/base.pt")
+
+
+def make_model():
+    """Return your model's architecture, untrained: tracer loads models/base.pt into it.
+
+    Its input is [batch, *task.input_shape], its output [batch, task.num_classes] (logits).
+    Save the trained weights once with: torch.save(model.state_dict(), "models/base.pt")
+
+    Example:
+        from torch import nn
+        return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, 10))
+    """
+    raise ConfigError("fill me in: edit mymodel.py: make_model() must return your torch nn.Module", hint=HINT)
+
+
+def load_data():
+    """Return your data as numpy arrays: {"x_train", "y_train", "x_val", "y_val"}.
+
+    x_*: float inputs shaped [N, *task.input_shape] within [task.low, task.high];
+    y_*: integer class labels 0..num_classes-1. Optionally also "x_attack", "y_attack":
+    data the issued copies never saw, which `tracer evaluate` attacks with.
+    Or return {"x": ..., "y": ...}: data.validation_fraction of it becomes validation data.
+    """
+    raise ConfigError("fill me in: edit mymodel.py: load_data() must return your training and validation arrays", hint=HINT)
+'''
 
 
 @dataclass
@@ -143,10 +152,13 @@ def init_workspace(
     passphrase: str,
     config_text: str = GENERIC_CONFIG,
     scrypt: dict[str, int] | None = None,
+    starter: bool | None = None,
 ) -> Workspace:
     """Create a workspace: configuration, encrypted keys, and a ledger with its genesis entry.
 
-    Refuses to touch a folder that already holds a workspace or keys.
+    Refuses to touch a folder that already holds a workspace or keys. With the generic template
+    (or ``starter=True``) it also writes the stub ``mymodel.py`` that the template names, unless the
+    folder already has one (the vendor's own is never overwritten), and a ``models/`` folder.
     """
     root = Path(root).expanduser().resolve()
     for existing in (root / CONFIG_FILE, root / LEDGER_FILE, root / KEYS_DIR / "master.key"):
@@ -169,5 +181,16 @@ def init_workspace(
     finally:
         for suffix in ("", "-wal", "-shm"):
             Path(str(ledger_tmp) + suffix).unlink(missing_ok=True)
+    if starter is None:
+        starter = config_text is GENERIC_CONFIG
+    if starter:
+        _write_starter(root)
     atomic_write_bytes(root / CONFIG_FILE, config_text.encode("utf-8"))
     return Workspace(root)
+
+
+def _write_starter(root: Path) -> None:
+    """The stub model module beside tracer.toml, so a fresh workspace fails with "fill me in", not an ImportError."""
+    (root / "models").mkdir(exist_ok=True)
+    if not (root / STARTER_MODULE).exists():
+        atomic_write_bytes(root / STARTER_MODULE, STARTER_CODE.encode("utf-8"))

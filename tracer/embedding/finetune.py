@@ -186,9 +186,7 @@ def embed_codeword(
     yt = torch.as_tensor(y_train, dtype=torch.long).to(dev)
     trig = torch.as_tensor(triggers).to(dev)
     tlab = torch.as_tensor(labels, dtype=torch.long).to(dev)
-    n_feat = task.features
-    low_v = torch.tensor(task.low * n_feat if len(task.low) == 1 else task.low, dtype=trig.dtype).reshape(task.input_shape).to(dev)
-    high_v = torch.tensor(task.high * n_feat if len(task.high) == 1 else task.high, dtype=trig.dtype).reshape(task.input_shape).to(dev)
+    low_v, high_v = (torch.from_numpy(b).to(trig.dtype).to(dev) for b in task.bounds())
     channels_last = _channels_last_agrees(student, xt[:8])
     if channels_last:
         student = student.to(memory_format=torch.channels_last)

@@ -331,23 +331,16 @@ def weight_noise(model: nn.Module, sigma: float, *, seed: int = 0) -> nn.Module:
 # --------------------------------------------------------------------------- input transformations
 
 
-def _bounds(task: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
-    n = task.features
-    low = np.array(task.low * n if len(task.low) == 1 else task.low, dtype=np.float32).reshape(task.input_shape)
-    high = np.array(task.high * n if len(task.high) == 1 else task.high, dtype=np.float32).reshape(task.input_shape)
-    return low, high
-
-
 def input_noise(x: np.ndarray, task: TaskConfig, sigma: float, *, seed: int = 0) -> np.ndarray:
     """Gaussian noise of ``sigma`` times the input range, clipped to the domain."""
-    low, high = _bounds(task)
+    low, high = task.bounds(dtype=np.float32)
     rng = np.random.default_rng(seed)
     return np.clip(x + rng.standard_normal(x.shape).astype(np.float32) * sigma * (high - low), low, high).astype(x.dtype)
 
 
 def input_quantize(x: np.ndarray, task: TaskConfig, bits: int = 8) -> np.ndarray:
     """Bit-depth reduction (feature squeezing): each value rounded to ``2**bits`` levels over its range."""
-    low, high = _bounds(task)
+    low, high = task.bounds(dtype=np.float32)
     levels = 2**bits - 1
     q = np.round((np.clip(x, low, high) - low) / (high - low) * levels) / levels
     return (low + q * (high - low)).astype(x.dtype)
@@ -364,7 +357,7 @@ def input_jpeg(x: np.ndarray, task: TaskConfig, quality: int = 75) -> np.ndarray
     from PIL import Image
 
     _as_images(x, task)
-    low, high = _bounds(task)
+    low, high = task.bounds(dtype=np.float32)
     u8 = np.round((np.clip(x, low, high) - low) / (high - low) * 255).astype(np.uint8)
     out = np.empty_like(u8)
     for i, img in enumerate(u8):

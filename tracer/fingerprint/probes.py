@@ -52,20 +52,13 @@ class ProbeSet:
         return h.hexdigest()
 
 
-def _bounds(task: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
-    n = task.features
-    low = np.array(task.low * n if len(task.low) == 1 else task.low, dtype=np.float64)
-    high = np.array(task.high * n if len(task.high) == 1 else task.high, dtype=np.float64)
-    return low, high
-
-
 def make_probe_set(master: bytes, set_id: str, task: TaskConfig, count: int) -> ProbeSet:
     """The probe inputs of one set: uniform over the input domain's grid, from SHAKE-256."""
     key = probe_set_key(master, set_id)
     n = task.features
     steps = task.levels if task.domain == "image" else _TABULAR_STEPS
     grid = uniform_ints(key, f"inputs/{PROBE_STYLE}", count * n, steps).reshape(count, n).astype(np.float64)
-    low, high = _bounds(task)
+    low, high = task.bounds(flat=True)
     values = low + (high - low) * (grid / (steps - 1))
     return ProbeSet(set_id, values.reshape((count, *task.input_shape)).astype(task.input_dtype))
 

@@ -79,13 +79,6 @@ class MalformedResponse(EndpointError):
 # -- PNG ------------------------------------------------------------------------------------------
 
 
-def _bounds(task: TaskConfig, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    n = task.features
-    low = np.array(task.low * n if len(task.low) == 1 else task.low, dtype=np.float64).reshape(shape)
-    high = np.array(task.high * n if len(task.high) == 1 else task.high, dtype=np.float64).reshape(shape)
-    return low, high
-
-
 def _check_png_task(task: TaskConfig) -> tuple[int, int, int]:
     if task.domain != "image" or task.levels != 256 or len(task.input_shape) != 3 or task.input_shape[0] not in (1, 3):
         raise ConfigError(
@@ -101,7 +94,7 @@ def encode_png(x: np.ndarray, task: TaskConfig) -> bytes:
     from PIL import Image
 
     c, _, _ = _check_png_task(task)
-    low, high = _bounds(task, task.input_shape)
+    low, high = task.bounds()
     v = (np.asarray(x, dtype=np.float64).reshape(task.input_shape) - low) / (high - low) * 255.0
     pix = np.clip(np.rint(v), 0, 255).astype(np.uint8)
     img = Image.fromarray(pix[0], mode="L") if c == 1 else Image.fromarray(np.ascontiguousarray(pix.transpose(1, 2, 0)), mode="RGB")
@@ -121,7 +114,7 @@ def decode_png(data: bytes, task: TaskConfig) -> np.ndarray:
         raise ValueError(f"image is {img.size[0]}x{img.size[1]}, expected {w}x{h}")
     arr = np.asarray(img, dtype=np.float64)
     arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
-    low, high = _bounds(task, task.input_shape)
+    low, high = task.bounds()
     return (low + (high - low) * (arr / 255.0)).astype(task.input_dtype)
 
 
