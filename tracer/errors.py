@@ -4,7 +4,8 @@
     ├── WorkspaceError               no workspace, or refusing to overwrite one
     ├── ConfigError                  tracer.toml is missing a field or has a bad value
     ├── KeyFileError                 key file unreadable, truncated or tampered
-    │   └── WrongPassphrase          the passphrase does not open the key file
+    │   ├── WrongPassphrase          the passphrase does not open the key file
+    │   └── KeyMismatch              the keys are not the ones this workspace's ledger was made with
     ├── CustomerError                invalid customer id, unknown or already issued customer
     ├── LedgerError                  the ledger cannot be read or written
     │   └── LedgerTampered           verification found a bad entry (exit 1)
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "KeyFileError",
     "WrongPassphrase",
+    "KeyMismatch",
     "CustomerError",
     "LedgerError",
     "LedgerTampered",
@@ -72,6 +74,10 @@ class KeyFileError(TracerError):
 
 class WrongPassphrase(KeyFileError):
     """The passphrase does not open the key file."""
+
+
+class KeyMismatch(KeyFileError):
+    """The master secret or signing key does not belong to this ledger (copied in from another workspace?)."""
 
 
 class CustomerError(TracerError):

@@ -9,15 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from . import __version__
-from ._files import atomic_write_bytes
+from ._files import atomic_write_bytes, create_private_file, ensure_dir
 from .config import Config, annotated_toml, load_config
-from .errors import WorkspaceError
-from .keys.keyring import Keyring, get_passphrase
-from .ledger import Ledger
+from .errors import KeyMismatch, LedgerTampered, WorkspaceError
+from .keys.keyring import Keyring, get_passphrase, load_public_key
+from .ledger import Entry, Ledger
+from .ledger.entries import _ENTRY_DOMAIN, entry_hash, verify_blob
 
-__all__ = ["Workspace", "find_workspace", "init_workspace", "CONFIG_FILE", "LEDGER_FILE", "WORKSPACE_ENV", "GENERIC_CONFIG", "STARTER_MODULE"]
+__all__ = ["Workspace", "find_workspace", "init_workspace", "verify_master_matches", "CONFIG_FILE", "LEDGER_FILE",
+           "WORKSPACE_ENV", "MASTER_CHECK_SAMPLE", "GENERIC_CONFIG", "STARTER_MODULE"]
 
 CONFIG_FILE = "tracer.toml"
 LEDGER_FILE = "tracer.db"
@@ -115,14 +118,95 @@ class Workspace:
             self._config = load_config(self.config_path)
         return self._config
 
-    def ledger(self) -> Ledger:
-        return Ledger(self.ledger_path)
+    def ledger(self, *, readonly: bool = False) -> Ledger:
+        """The ledger; ``readonly`` for commands that only read (they then work on a read-only copy)."""
+        return Ledger(self.ledger_path, readonly=readonly)
 
     def unlock(self, *, passphrase: str | None = None, master: bool = True, signing: bool = True) -> Keyring:
-        return Keyring.open(self.keys_dir, passphrase=passphrase or get_passphrase(), master=master, signing=signing)
+        """Decrypt the keys and check that they are this ledger's, before anything is scored or appended.
+
+        The signing key must be the one the genesis entry names, and the master secret must
+        re-derive the trigger commitments of the issued customers (:func:`verify_master_matches`).
+        Raises :class:`KeyMismatch` (exit 3) otherwise.
+        """
+        keyring = Keyring.open(self.keys_dir, passphrase=passphrase or get_passphrase(), master=master, signing=signing)
+        if self.ledger_path.exists() and (master or signing):
+            public_key = keyring.public_key if signing else load_public_key(self.public_key_pem())
+            with self.ledger(readonly=True) as ledger:
+                ledger.check_bound_to(public_key)
+                if master:
+                    verify_master_matches(ledger, keyring, public_key=public_key)
+        return keyring
 
     def public_key_pem(self) -> bytes:
         return Keyring.public_key_pem(self.keys_dir)
+
+
+#: Issuance records checked by :func:`verify_master_matches` when there are more.
+MASTER_CHECK_SAMPLE = 16
+
+
+def _sample(items: list[int], k: int) -> list[int]:
+    """All of ``items`` if at most ``k``, else ``k`` of them evenly spread, first and last included."""
+    if len(items) <= k:
+        return items
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+class _RecordedSet:
+    """A probe set as an issuance record describes it (id, size, digest): enough to recompute a commitment."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.id, self.size, self._digest = str(doc["id"]), int(doc["size"]), str(doc["digest"])
+
+    def digest(self) -> str:
+        return self._digest
+
+
+def _commitment_matches(master: bytes, e: Entry, public_key: Any) -> bool:
+    """Recompute one issuance's trigger commitment from the master secret (after checking the record is signed)."""
+    from .fingerprint import trigger_commitment
+
+    if entry_hash(e.seq, e.kind, e.time, e.prev, e.payload) != e.hash or \
+            not verify_blob(public_key, _ENTRY_DOMAIN, bytes.fromhex(e.hash), e.signature):
+        raise LedgerTampered(f"issuance record {e.seq} is modified or not signed by this workspace's key", entry=e.seq,
+                             hint="run `tracer ledger verify`")
+    p = e.payload
+    sets = [_RecordedSet(d) for d in p["probe_sets"]]
+    num_classes = int(p["parameters"]["task"]["num_classes"])
+    return trigger_commitment(master, p["customer_id"], cast(list, sets), num_classes) == p["trigger_commitment"]
+
+
+def verify_master_matches(ledger: Ledger, keyring: Keyring, *, public_key: Any = None, sample: int = MASTER_CHECK_SAMPLE) -> int:
+    """Raise :class:`KeyMismatch` unless the master secret re-derives the recorded trigger commitments.
+
+    Checks every issuance record that carries a commitment when there are at most ``sample``
+    (16) of them, else ``sample`` records evenly spread over the ledger, first and last
+    included (deterministic). A wrong master key fails on the first record checked: with it,
+    identify would score every customer against codewords nobody was given and clear them
+    all. Each checked record's own hash and signature are verified first, so a tampered
+    record reads as tampering (LedgerTampered, exit 1), not as a wrong key. Returns the
+    number of records checked. ``public_key`` (default: the keyring's) checks the records' signatures.
+    """
+    public_key = keyring.public_key if public_key is None else public_key
+    seqs = ledger.issuance_seqs()
+    checked = 0
+    for seq in _sample(seqs, sample):
+        e = ledger.get(seq)
+        if "trigger_commitment" not in e.payload:
+            continue  # a record made before commitments existed
+        try:
+            ok = _commitment_matches(keyring.master, e, public_key)
+        except (KeyError, TypeError, ValueError):
+            raise LedgerTampered(f"issuance record {seq} is malformed", entry=seq, hint="run `tracer ledger verify`") from None
+        if not ok:
+            raise KeyMismatch(
+                f"keys/master.key is not the master secret this ledger's copies were issued with "
+                f"(issuance record {seq} of {e.payload.get('customer_id')!r} does not re-derive)",
+                hint="restore this workspace's own keys/master.key from your backup",
+            )
+        checked += 1
+    return checked
 
 
 def _is_workspace(path: Path) -> bool:
@@ -164,20 +248,22 @@ def init_workspace(
     for existing in (root / CONFIG_FILE, root / LEDGER_FILE, root / KEYS_DIR / "master.key"):
         if existing.exists():
             raise WorkspaceError(f"{existing} already exists; refusing to overwrite a workspace", hint="choose an empty folder")
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_dir(root)
     keyring = Keyring.create(root / KEYS_DIR, passphrase=passphrase, scrypt=scrypt)
-    (root / KEYS_DIR / ".gitignore").write_text("*\n!.gitignore\n")
+    atomic_write_bytes(root / KEYS_DIR / ".gitignore", b"*\n!.gitignore\n")
     ledger_tmp = root / (LEDGER_FILE + ".init")
     try:
-        with Ledger(ledger_tmp, create=True) as ledger:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(ledger_tmp) + suffix).unlink(missing_ok=True)
+        create_private_file(ledger_tmp)  # SQLite gives -wal and -shm the main file's mode
+        with Ledger(ledger_tmp, create=True) as ledger:  # WAL mode, set once here
             ledger.append("genesis", {
                 "tracer_version": __version__,
                 "derivation": "tracer/v1",
                 "public_key": Keyring.public_key_pem(root / KEYS_DIR).decode("ascii"),
             }, key=keyring.signing_key)
-            ledger.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            ledger.db.conn.execute("PRAGMA journal_mode = DELETE")
-        os.replace(ledger_tmp, root / LEDGER_FILE)
+            ledger.wal_checkpoint()
+        os.replace(ledger_tmp, root / LEDGER_FILE)  # closed: its -wal and -shm are gone
     finally:
         for suffix in ("", "-wal", "-shm"):
             Path(str(ledger_tmp) + suffix).unlink(missing_ok=True)
@@ -191,6 +277,6 @@ def init_workspace(
 
 def _write_starter(root: Path) -> None:
     """The stub model module beside tracer.toml, so a fresh workspace fails with "fill me in", not an ImportError."""
-    (root / "models").mkdir(exist_ok=True)
+    ensure_dir(root / "models")
     if not (root / STARTER_MODULE).exists():
         atomic_write_bytes(root / STARTER_MODULE, STARTER_CODE.encode("utf-8"))

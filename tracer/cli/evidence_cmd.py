@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from ..errors import EXIT_FAILED, KeyFileError, TracerError
+from .._json import JSONSyntaxError, StrictJSONError, loads_strict
+from ..errors import EXIT_FAILED, KeyFileError, LedgerTampered, TracerError
 from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json
 
 app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
@@ -20,9 +20,12 @@ def _read_evidence(path: Path) -> dict:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
         raise TracerError(f"cannot read evidence file {path}: {why}") from None
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise TracerError(f"evidence file {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
+        doc = loads_strict(text)
+    except JSONSyntaxError as exc:
+        raise TracerError(f"evidence file {path} is {exc}") from None
+    except StrictJSONError as exc:  # parsable, but crafted: a duplicate key could make readers disagree
+        raise LedgerTampered(f"evidence check failed: evidence file {path} was tampered with: {exc}",
+                             hint="the evidence file was modified; ask its sender for the original") from None
     if not isinstance(doc, dict):
         raise TracerError(f"evidence file {path} is not a tracer evidence document (not a JSON object)")
     return doc

@@ -10,35 +10,60 @@ import typer
 
 from ..errors import LedgerError, LedgerTampered
 from ..keys.keyring import load_public_key
-from ..ledger import export_lines, make_checkpoint, verify_export
+from ..ledger import export_lines, list_entries, make_checkpoint, parse_time, read_checkpoint, verify_export
 from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
 
 app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
 
 
-def _summary(payload: dict) -> str:
-    for key in ("customer_id", "subject", "suspect_sha256", "session"):
-        if key in payload:
-            return f"{key}={payload[key]}" + (f" verdict={payload['verdict']}" if "verdict" in payload else "")
-    return ""
+def _since(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
-@app.command("list", help="List ledger entries, oldest first.")
+def _customer(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ..errors import CustomerError
+    from ..keys.derive import normalize_customer_id
+
+    try:
+        return normalize_customer_id(value)
+    except CustomerError as exc:
+        raise typer.BadParameter(exc.message) from None
+
+
+@app.command("list", help="List ledger entries, oldest first. Per-query probe entries are hidden unless --all.")
 @handle_errors
-def list_(kind: str = typer.Option(None, "--kind", help="Only entries of this kind (issuance, identification, probe-result, ...)."), json_out: bool = JsonOpt) -> None:
-    with workspace().ledger() as ledger:
-        entries = list(ledger.entries(kind=kind))
+def list_(
+    kind: str = typer.Option(None, "--kind", help="Only entries of this kind (issuance, identification, probe-result, ...)."),
+    all_entries: bool = typer.Option(False, "--all", help="Also show the per-query entries of probes (probe-query, probe-failed)."),
+    since: str = typer.Option(None, "--since", callback=_since, metavar="TIME",
+                              help="Only entries at or after this ISO-8601 date or time (UTC unless it says otherwise)."),
+    limit: int = typer.Option(None, "--limit", min=1, metavar="N", help="Only the N most recent matching entries."),
+    customer: str = typer.Option(None, "--customer", callback=_customer, metavar="ID",
+                                 help="Only entries about this customer (its issuances, and verdicts naming it)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    with workspace().ledger(readonly=True) as ledger:
+        listing = list_entries(ledger, kind=kind, all_entries=all_entries, since=since, limit=limit, customer=customer)
     if json_out:
-        print_json([{"seq": e.seq, "kind": e.kind, "time": e.time, "hash": e.hash} for e in entries])
+        print_json(listing.rows())
         return
-    for e in entries:
-        out.print(f"{e.seq:>6}  {e.time}  {e.kind:<20} {_summary(e.payload)}", markup=False)
+    for row in listing.rows():
+        out.print(f"{row['seq']:>6}  {row['time']}  {row['kind']:<20} {row['summary']}", markup=False)
+    if listing.hidden:
+        err.print(f"({listing.hidden} per-query probe entries hidden; --all shows them)", markup=False)
 
 
 @app.command("show", help="Show one entry in full.")
 @handle_errors
 def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (seq)."), json_out: bool = JsonOpt) -> None:
-    with workspace().ledger() as ledger:
+    with workspace().ledger(readonly=True) as ledger:
         e = ledger.get(entry_id)
     if json_out:
         print_json(e.to_json())
@@ -46,11 +71,12 @@ def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (s
         out.print(json.dumps(e.to_json(), indent=2, ensure_ascii=False), markup=False)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_checkpoint(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LedgerError(f"cannot read {what} {path}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LedgerError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    return read_checkpoint(data, source=f"checkpoint {path}")
 
 
 @app.command("verify", help="Check every hash link and signature; exit 1 naming the first bad entry.")
@@ -61,7 +87,7 @@ def verify(
     public_key: Path = typer.Option(None, "--public-key", help="PEM public key to verify with (default: the workspace's)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    cp = _read_json(checkpoint, "checkpoint") if checkpoint else None
+    cp = _read_checkpoint(checkpoint) if checkpoint else None
     if public_key is not None:
         try:
             pem = public_key.read_bytes()
@@ -78,7 +104,7 @@ def verify(
                 raise LedgerError(f"cannot read export {export}: {exc.strerror}") from None
             count, head = verify_export(text.splitlines(), key, checkpoint=cp)
         else:
-            with workspace().ledger() as ledger:
+            with workspace().ledger(readonly=True) as ledger:
                 count, head = ledger.verify(key, checkpoint=cp)
     except LedgerTampered as exc:
         if json_out:
@@ -94,7 +120,7 @@ def verify(
 @app.command("export", help="Write all entries as JSON lines, verifiable offline with the public key alone.")
 @handle_errors
 def export(output: Path = typer.Option(None, "--output", "-o", help="File to write (default: stdout).")) -> None:
-    with workspace().ledger() as ledger:
+    with workspace().ledger(readonly=True) as ledger:
         lines = [line + "\n" for line in export_lines(ledger)]
     if output is None:
         sys.stdout.writelines(lines)
@@ -105,13 +131,15 @@ def export(output: Path = typer.Option(None, "--output", "-o", help="File to wri
         err.print(f"wrote {len(lines)} entries to {output}")
 
 
-@app.command("checkpoint", help="Print a signed head (entry count, head hash, time) to publish or file elsewhere.")
+@app.command("checkpoint", help=(
+    "Verify the ledger, then print a signed head (entry count, head hash, time) to publish or file elsewhere. "
+    "Refuses (exit 1) to sign a ledger that does not verify."))
 @handle_errors
 def checkpoint(output: Path = typer.Option(None, "--output", "-o", help="Also write it to this file.")) -> None:
     ws = workspace()
     keyring = ws.unlock(master=False, signing=True)
-    with ws.ledger() as ledger:
-        count, head = ledger.head()
+    with ws.ledger(readonly=True) as ledger:
+        count, head = ledger.verify(keyring.public_key)
     cp = make_checkpoint(count, head, keyring.signing_key)
     text = json.dumps(cp, indent=2) + "\n"
     if output is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from .. import __version__
-from .._files import atomic_write_bytes
+from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
 from ..errors import CustomerError, GateError
 from ..fingerprint import ProbeSet, codeword, make_probe_set, probe_set_ids, trigger_commitment
@@ -134,7 +134,7 @@ def recover_pending(ws: Workspace) -> list[str]:
             except (OSError, ValueError, KeyError):
                 marker.unlink(missing_ok=True)
                 continue
-            recorded = ledger.db.execute("SELECT count(*) FROM issuances WHERE model_sha256 = ?", [sha]).fetchone()[0]
+            recorded = ledger.count_issuances_with_sha(sha)
             if recorded and tmp.exists():
                 os.replace(tmp, final)
                 done.append(f"completed {final.name}")
@@ -230,7 +230,7 @@ class Issuer:
         max_diff = check_onnx(onnx_bytes, model, sample)
         sha = hashlib.sha256(onnx_bytes).hexdigest()
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.out_dir)
         number = len(previous) + 1
         final = (self.out_dir / (f"{cid}.onnx" if number == 1 else f"{cid}.{number}.onnx")).resolve()
         if final.exists():
@@ -334,7 +334,7 @@ class Issuer:
 
     def _land(self, final: Path, data: bytes, sha: str, payload: dict):
         pending = self.ws.root / PENDING_DIR
-        pending.mkdir(parents=True, exist_ok=True)
+        ensure_dir(pending)
         tmp = final.with_name(f".{final.name}.{sha[:16]}.pending")
         marker = pending / f"{sha}.json"
         atomic_write_bytes(marker, json.dumps({"tmp": str(tmp), "final": str(final), "sha256": sha}).encode())

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_bytes, ensure_dir
 from ..keys.derive import hkdf_key
 from .probes import codewords
 
@@ -54,7 +54,7 @@ def _store(path: Path, key: bytes, header: dict, ids: list[str], matrix: np.ndar
     plain = struct.pack(">I", len(raw_ids)) + raw_ids + matrix.astype(">i2").tobytes()
     nonce = os.urandom(12)
     ct = AESGCM(key).encrypt(nonce, plain, json.dumps(header, sort_keys=True).encode())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     atomic_write_bytes(path, _MAGIC + nonce + ct, mode=0o600)
 
 

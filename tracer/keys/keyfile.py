@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from .._json import StrictJSONError, loads_strict
 from ..errors import KeyFileError, WrongPassphrase
 from .._files import atomic_write_bytes
 
@@ -92,14 +93,11 @@ def encrypt_secret(
 def decrypt_secret(data: bytes, *, passphrase: str, kind: str, source: str = "key file") -> bytes:
     """Open a key file's bytes. Raises :class:`WrongPassphrase` or :class:`KeyFileError`."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-        if not isinstance(doc, dict):
-            raise ValueError
-    except (UnicodeDecodeError, ValueError):
-        raise KeyFileError(
-            f"{source} is truncated or corrupt (not a tracer key file)",
-            hint="restore it from your backup",
-        ) from None
+        doc = loads_strict(data)
+    except StrictJSONError as exc:
+        raise KeyFileError(f"{source} is truncated, corrupt or tampered with ({exc})", hint="restore it from your backup") from None
+    if not isinstance(doc, dict):
+        raise KeyFileError(f"{source} is truncated or corrupt (not a tracer key file)", hint="restore it from your backup")
     if doc.get("digest") != _digest(doc):
         raise KeyFileError(f"{source} has been tampered with or corrupted (digest mismatch)", hint="restore it from your backup")
     try:

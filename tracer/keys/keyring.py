@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_bytes, ensure_dir
 from ..errors import KeyFileError, WorkspaceError
 from .keyfile import read_key_file, write_key_file
 
@@ -96,8 +96,7 @@ class Keyring:
     @classmethod
     def create(cls, folder: Path, *, passphrase: str, scrypt: dict[str, int] | None = None) -> "Keyring":
         """Generate fresh keys from the OS CSPRNG and write them encrypted (mode 0600)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = ensure_dir(Path(folder))
         for name in (MASTER_FILE, SIGNING_FILE):
             if (folder / name).exists():
                 raise WorkspaceError(f"{folder / name} already exists; refusing to overwrite keys")

@@ -27,6 +27,7 @@ __all__ = ["Entry", "GENESIS_PREV", "canonical", "entry_hash", "sign_entry", "ve
 
 GENESIS_PREV = "0" * 64
 _ENTRY_DOMAIN = b"tracer-ledger-entry/v1\0"
+ENTRY_FIELDS = frozenset({"seq", "kind", "time", "prev", "payload", "hash", "signature"})
 
 
 def utc_now() -> str:
@@ -57,10 +58,29 @@ class Entry:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Entry":
-        return cls(
-            seq=int(doc["seq"]), kind=str(doc["kind"]), time=str(doc["time"]), prev=str(doc["prev"]),
-            payload=doc["payload"], hash=str(doc["hash"]), signature=str(doc["signature"]),
-        )
+        """Read an entry exactly as :meth:`to_json` wrote it; raise ValueError otherwise.
+
+        Strict on purpose: ``seq`` must be an integer (not a bool, float or string), the
+        other fields strings, ``payload`` an object, and no field may be added, since
+        nobody signed it and a reader could be misled by it.
+        """
+        if not isinstance(doc, dict):
+            raise ValueError("a ledger entry must be a JSON object")
+        extra, missing = set(doc) - ENTRY_FIELDS, ENTRY_FIELDS - set(doc)
+        if missing:
+            raise ValueError(f"field {sorted(missing)[0]!r} is missing")
+        if extra:
+            raise ValueError(f"field {sorted(extra)[0][:40]!r} is not part of a signed entry")
+        seq = doc["seq"]
+        if type(seq) is not int:
+            raise ValueError(f"seq must be an integer, not {type(seq).__name__}")
+        for name in ("kind", "time", "prev", "hash", "signature"):
+            if not isinstance(doc[name], str):
+                raise ValueError(f"{name} must be a string")
+        if not isinstance(doc["payload"], dict):
+            raise ValueError("payload must be a JSON object")
+        return cls(seq=seq, kind=doc["kind"], time=doc["time"], prev=doc["prev"],
+                   payload=doc["payload"], hash=doc["hash"], signature=doc["signature"])
 
 
 def entry_hash(seq: int, kind: str, time: str, prev: str, payload: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""JSON-lines export of the ledger, verifiable offline with the public key alone."""
+"""JSON-lines export of the ledger, verifiable offline with the public key alone.
+
+Lines are read strictly (``tracer._json``): a duplicate key, a ``seq`` that is not an
+integer, or a field that is not part of a signed entry makes the line tampered.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .._json import loads_strict
 from ..errors import LedgerTampered
 from .entries import Entry, verify_chain
 from .store import Ledger, verify_checkpoint
@@ -25,9 +30,9 @@ def read_export(lines: Iterable[str]) -> list[Entry]:
         if not line.strip():
             continue
         try:
-            out.append(Entry.from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
-            raise LedgerTampered(f"line {n} of the export is not a ledger entry", entry=n) from None
+            out.append(Entry.from_json(loads_strict(line)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LedgerTampered(f"line {n} of the export is not a ledger entry ({exc})", entry=n) from None
     return out
 
 

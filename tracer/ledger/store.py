@@ -5,25 +5,40 @@
 same transaction) so that queries stay simple; ``verify`` rebuilds them from
 the chain and compares, so editing an index is detected as well.
 
-Concurrency: WAL mode, a busy timeout, and ``BEGIN IMMEDIATE`` around
-read-head/sign/insert, so several processes can append at once and every
-entry still links to its true predecessor.
+Concurrency: WAL mode (set once, when the file is created: opening never
+changes the journal mode, so concurrent first opens cannot race on it), a busy
+timeout, and ``BEGIN IMMEDIATE`` around read-head/sign/insert, so several
+processes can append at once and every entry still links to its true predecessor.
+
+Binding: every append first checks that the genesis entry names the public key
+of the signing key in hand and is signed by it, so nothing is ever appended to a
+ledger copied in from another workspace.
+
+Read-only opening (``readonly=True``) never writes: a live workspace is opened
+with SQLite's ``mode=ro``; a copy nobody can write (no write permission bit on
+the file or its folder, or a read-only file system) and without a ``-wal`` file
+is opened ``immutable``, so not even ``-wal``/``-shm`` files are created there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import sqlite_utils
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import LedgerError, LedgerTampered
-from .entries import GENESIS_PREV, Entry, canonical, sign_blob, sign_entry, utc_now, verify_blob, verify_chain
+from .._json import JSONSyntaxError, StrictJSONError, loads_strict
+from ..errors import KeyMismatch, LedgerError, LedgerTampered
+from .entries import _ENTRY_DOMAIN, GENESIS_PREV, Entry, canonical, entry_hash, sign_blob, sign_entry, utc_now, verify_blob, verify_chain
 
-__all__ = ["Ledger", "Checkpoint", "make_checkpoint", "verify_checkpoint"]
+__all__ = ["Ledger", "Checkpoint", "make_checkpoint", "verify_checkpoint", "read_checkpoint"]
 
 BUSY_TIMEOUT_MS = 60_000
 _CHECKPOINT_DOMAIN = b"tracer-ledger-checkpoint/v1\0"
@@ -67,6 +82,28 @@ def _index_rows(e: Entry) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+def _payload(seq: int, text: Any) -> dict[str, Any]:
+    """A stored payload, parsed strictly: a duplicate key is tampering even if the hash would match."""
+    try:
+        payload = loads_strict(text)
+    except (StrictJSONError, TypeError) as exc:
+        raise LedgerTampered(f"entry {seq} has a payload that is not JSON (modified): {exc}", entry=seq) from None
+    if not isinstance(payload, dict):
+        raise LedgerTampered(f"entry {seq} has a payload that is not a JSON object (modified)", entry=seq)
+    return payload
+
+
+def _signable(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as it will read back: refuses NaN/inf, non-JSON values and what the strict reader refuses."""
+    try:
+        out = loads_strict(canonical(payload))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise LedgerError(f"cannot record a {kind!r} entry: its payload is not canonical JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(out, dict):
+        raise LedgerError(f"cannot record a {kind!r} entry: its payload is not a JSON object")
+    return out
+
+
 class Checkpoint(dict):
     """A signed ledger head: {"format", "entries", "head", "time", "signature"}."""
 
@@ -76,36 +113,78 @@ def make_checkpoint(count: int, head: str, key: Ed25519PrivateKey) -> Checkpoint
     return Checkpoint({**body, "signature": sign_blob(key, _CHECKPOINT_DOMAIN, canonical(body))})
 
 
+CHECKPOINT_FIELDS = frozenset({"format", "entries", "head", "time", "signature"})
+
+
 def verify_checkpoint(cp: dict[str, Any], public_key: Ed25519PublicKey, entries: list[Entry]) -> None:
     """Raise LedgerTampered unless the checkpoint is authentic and the ledger still contains its head."""
-    try:
-        body = {k: cp[k] for k in ("format", "entries", "head", "time")}
-        sig = cp["signature"]
-    except (KeyError, TypeError):
-        raise LedgerTampered("the checkpoint file is malformed") from None
+    if not isinstance(cp, dict) or set(cp) != CHECKPOINT_FIELDS:
+        raise LedgerTampered("the checkpoint file is malformed (missing fields, or fields nobody signed)")
+    body = {k: cp[k] for k in ("format", "entries", "head", "time")}
+    n, sig = body["entries"], cp["signature"]
+    if type(n) is not int or n < 0 or not all(isinstance(cp[k], str) for k in ("format", "head", "time", "signature")):
+        raise LedgerTampered("the checkpoint file is malformed (a field has the wrong type)")
     if not verify_blob(public_key, _CHECKPOINT_DOMAIN, canonical(body), sig):
         raise LedgerTampered("the checkpoint's signature is invalid (not made with this workspace's key)")
-    n = int(body["entries"])
     if len(entries) < n:
         raise LedgerTampered(f"the ledger has {len(entries)} entries but the checkpoint of {body['time']} saw {n}: entries were truncated", entry=len(entries) + 1)
     if n and entries[n - 1].hash != body["head"]:
         raise LedgerTampered(f"entry {n} differs from the checkpointed head", entry=n)
 
 
-class Ledger:
-    """Open (and create) the ledger at ``path``."""
+def read_checkpoint(text: str | bytes, *, source: str = "the checkpoint file") -> dict[str, Any]:
+    """Parse a checkpoint strictly: not JSON is LedgerError (exit 3); duplicate keys, odd numbers or deep nesting are LedgerTampered (exit 1)."""
+    try:
+        doc = loads_strict(text)
+    except JSONSyntaxError as exc:
+        raise LedgerError(f"cannot read {source}: {exc}") from None
+    except StrictJSONError as exc:
+        raise LedgerTampered(f"{source} was tampered with: {exc}") from None
+    if not isinstance(doc, dict):
+        raise LedgerTampered(f"{source} is malformed (not a JSON object)")
+    return doc
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _read_only_copy(path: Path) -> bool:
+    """True for a ledger nobody writes: no write bit on the file or folder, or a read-only file system."""
+    try:
+        modes = [os.stat(p).st_mode for p in (path, path.parent)]
+    except OSError:
+        return False
+    if any(not (m & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) for m in modes):
+        return True
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    if not readonly:
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    wal = Path(str(path) + "-wal")
+    immutable = _read_only_copy(path) and not (wal.exists() and wal.stat().st_size > 0)
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+
+
+class Ledger:
+    """Open the ledger at ``path``: ``create`` makes a new one (in WAL mode), ``readonly`` never writes."""
+
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly and not create
         if not create and not self.path.exists():
             raise LedgerError(f"ledger {self.path} is missing", hint="run `tracer init` or pass --workspace")
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn = _connect(self.path, readonly=self.readonly)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            if not self.readonly:
+                conn.execute("PRAGMA synchronous = FULL")
             self.db = sqlite_utils.Database(conn)
             if create:
+                conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file: set once, here only
                 self._create_schema()
             missing = [t for t in _TABLES if not self.db[t].exists()]
         except sqlite3.DatabaseError as exc:
@@ -139,15 +218,18 @@ class Ledger:
         return self.append_many([(kind, payload)], key=key)[0]
 
     def append_many(self, items: list[tuple[str, dict[str, Any]]], *, key: Ed25519PrivateKey) -> list[Entry]:
+        """Append several entries in one transaction, after checking the ledger is bound to ``key``."""
+        items = [(kind, _signable(kind, payload)) for kind, payload in items]
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
                 seq, prev = (row[0], row[1]) if row else (0, GENESIS_PREV)
+                if row:
+                    self.check_bound_to(key.public_key())
                 out = []
                 for kind, payload in items:
-                    payload = json.loads(canonical(payload))  # reject NaN/inf and non-JSON values up front
                     seq += 1
                     e = sign_entry(key, seq=seq, kind=kind, time=utc_now(), prev=prev, payload=payload)
                     conn.execute(
@@ -171,11 +253,8 @@ class Ledger:
 
     @staticmethod
     def _entry(row: dict[str, Any]) -> Entry:
-        try:
-            payload = json.loads(row["payload"])
-        except (TypeError, ValueError):
-            raise LedgerTampered(f"entry {row['seq']} has a payload that is not JSON (modified)", entry=row["seq"]) from None
-        return Entry(row["seq"], row["kind"], row["time"], row["prev"], payload, row["hash"], row["signature"])
+        return Entry(row["seq"], row["kind"], row["time"], row["prev"], _payload(row["seq"], row["payload"]),
+                     row["hash"], row["signature"])
 
     def entries(self, *, kind: str | None = None) -> Iterator[Entry]:
         sql, args = "SELECT * FROM entries", []
@@ -209,9 +288,78 @@ class Ledger:
     def issued_customer_ids(self) -> list[str]:
         return [r["customer_id"] for r in self.db.query("SELECT customer_id FROM customers ORDER BY entry")]
 
+    def issuance_seqs(self) -> list[int]:
+        """Entry numbers of every issuance, oldest first."""
+        return [r[0] for r in self.db.execute("SELECT entry FROM issuances ORDER BY entry").fetchall()]
+
+    def has_issuance(self, customer_id: str) -> bool:
+        """True if ``customer_id`` (already normalized) has at least one issuance."""
+        return self.db.execute("SELECT 1 FROM issuances WHERE customer_id = ? LIMIT 1", [customer_id]).fetchone() is not None
+
+    def count_issuances_with_sha(self, sha256: str) -> int:
+        """How many issuances recorded a copy with this SHA-256 (crash recovery: was it committed?)."""
+        return self.db.execute("SELECT count(*) FROM issuances WHERE model_sha256 = ?", [sha256]).fetchone()[0]
+
+    def issued_customers(self) -> list[tuple[str, str, frozenset[str]]]:
+        """(customer id, display name, ids of every probe set its copies carry), in order of first issuance.
+
+        One SQL query; each distinct probe-set document is parsed once, since most customers share one.
+        """
+        rows = self.db.execute(
+            "SELECT c.customer_id, c.display_name, group_concat(i.probe_sets, char(10)) FROM customers c "
+            "JOIN issuances i ON i.customer_id = c.customer_id GROUP BY c.customer_id ORDER BY c.entry"
+        ).fetchall()
+        parsed: dict[str, frozenset[str]] = {}
+        out = []
+        for cid, name, docs in rows:
+            if docs not in parsed:
+                parsed[docs] = frozenset(ps["id"] if isinstance(ps, dict) else str(ps)
+                                         for doc in docs.split("\n") for ps in json.loads(doc))
+            out.append((cid, name, parsed[docs]))
+        return out
+
+    def session_entries(self, session: str, kind: str) -> list[dict[str, Any]]:
+        """Payloads of the ``kind`` entries of one probe session, oldest first."""
+        if kind == "probe-query":
+            rows = self.db.execute("SELECT e.seq, e.payload FROM probe_queries q JOIN entries e ON e.seq = q.entry "
+                                   "WHERE q.session = ? ORDER BY q.entry", [session]).fetchall()
+            return [_payload(seq, text) for seq, text in rows]
+        return [e.payload for e in self.entries(kind=kind) if e.payload.get("session") == session]
+
     def probe_answers(self, session: str) -> dict[int, Any]:
         return {r["idx"]: json.loads(r["response"]) for r in self.db.query(
             "SELECT idx, response FROM probe_queries WHERE session = ? ORDER BY idx", [session])}
+
+    def wal_checkpoint(self) -> None:
+        """Move the WAL's content into the main file and empty the WAL (before copying or renaming it)."""
+        self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def check_bound_to(self, public_key: Ed25519PublicKey) -> None:
+        """Raise :class:`KeyMismatch` unless the genesis entry names ``public_key`` and is signed by it.
+
+        A ledger copied in from another workspace fails here, before anything is appended to it.
+        """
+        rows = list(self.db.query("SELECT * FROM entries WHERE seq = 1"))
+        hint = "the ledger and keys/ come from different workspaces; restore the matching tracer.db or keys/"
+        if not rows:
+            if self.count():
+                raise KeyMismatch(f"ledger {self.path} has no genesis entry", hint=hint)
+            return
+        g = self._entry(rows[0])
+        try:
+            pem = g.payload["public_key"]
+            recorded = serialization.load_pem_public_key(pem.encode("ascii"))
+            same = isinstance(recorded, Ed25519PublicKey) and _raw_public(recorded) == _raw_public(public_key)
+        except (KeyError, AttributeError, ValueError, UnicodeEncodeError):
+            same = False
+        if g.kind != "genesis" or not same:
+            raise KeyMismatch(f"ledger {self.path} was made with another signing key than the one in keys/", hint=hint)
+        try:
+            intact = entry_hash(g.seq, g.kind, g.time, g.prev, g.payload) == g.hash
+        except Exception:
+            intact = False
+        if not (intact and verify_blob(public_key, _ENTRY_DOMAIN, bytes.fromhex(g.hash), g.signature)):
+            raise KeyMismatch(f"the genesis entry of ledger {self.path} is not signed by the key in keys/", hint=hint)
 
     # -- verification ----------------------------------------------------------------------------
 

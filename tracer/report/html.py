@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._files import atomic_write_bytes
+from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
 from ..fingerprint.stats import binomial_tails
 from ..identify.result import Candidate, IdentificationResult
@@ -82,7 +82,7 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
     html_path = Path(html_path)
     evidence_path = evidence_path_for(html_path)
     try:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(html_path.parent)
     except OSError as exc:
         raise TracerError(f"cannot create the report folder {html_path.parent}: {exc.strerror}") from None
     try:
