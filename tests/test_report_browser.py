@@ -110,7 +110,11 @@ _PROBE = r"""
     var r = el.getBoundingClientRect();
     if (r.right > document.documentElement.clientWidth + 1 && !el.closest('.scroll')) wide.push(el.tagName + ': ' + (el.textContent || '').slice(0, 40));
   });
-  var res = {scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+  var broken = [];  // numbers, p-values and names in tables are never split across lines
+  document.querySelectorAll('.n, table.grid td code').forEach(function (el) {
+    if (el.getClientRects().length > 1) broken.push(el.textContent);
+  });
+  var res = {broken: broken, scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
              overlaps: overlaps, wide: wide.slice(0, 10)};
   var pre = document.createElement('pre'); pre.id = 'layout-check'; pre.textContent = JSON.stringify(res);
   document.body.appendChild(pre);
@@ -150,6 +154,7 @@ def test_page_fits_the_width_and_chart_labels_do_not_overlap(pages, name, width,
     assert res["scrollWidth"] <= res["clientWidth"], f"{name} overflows at {width}px: {res['wide']}"
     assert not res["wide"], res["wide"]
     assert not res["overlaps"], res["overlaps"]
+    assert not res["broken"], f"split across lines: {res['broken']}"
 
 
 @needs_browser

@@ -41,6 +41,7 @@ th{color:#3e4c59;font-weight:600}
 table.kv th{width:30%}
 table.grid{font-size:.86em}
 table.grid th{white-space:nowrap}
+table.grid code{white-space:nowrap;overflow-wrap:normal}
 td.num,td.n{text-align:right}
 tr.named td{background:#fbeeed;font-weight:600}
 tr.untested td{color:#616e7c}
