@@ -139,7 +139,7 @@ def _checked_copy(page: Path, tmp: Path) -> Path:
 
 def _layout(page: Path, tmp: Path, width: int) -> dict:
     r = _chromium(f"--window-size={width},900", "--virtual-time-budget=3000", "--dump-dom", _checked_copy(page, tmp).as_uri(), tmp=tmp)
-    m = re.search(r'<pre id="layout-check">(.*?)</pre>', r.stdout, re.S)
+    m = re.search(r'<pre id="layout-check">(.*?)</pre>', r.stdout, re.DOTALL)
     assert m, f"chromium did not run the check: {r.stderr[-800:]}"
     import html as htmllib
 

@@ -20,8 +20,8 @@ several; ``closest_customer_counts`` and ``customers_below_0.05`` show that.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

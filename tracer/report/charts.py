@@ -14,8 +14,8 @@ Every piece of text is escaped; the SVG carries a <title> and <desc> for screen 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..identify.result import Candidate
 from ._page import escape, format_p, odds_text, superscript
