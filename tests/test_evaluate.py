@@ -237,3 +237,30 @@ def test_cli_evaluate_bad_arguments(issued_tabular_copy, passphrase_env, cli, ar
     assert res.exit_code == code
     assert text in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) <= 2  # one line, plus a hint
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_evaluation_page_shares_the_report_shell_and_says_what_decided():
+    import html as htmllib
+    import re
+
+    from tests.test_report_browser import sample_evaluation
+    from tracer.evaluate.html import render_html
+    from tracer.evaluate.tables import false_accusation_table
+    from tracer.report._page import CSP
+
+    ev = sample_evaluation()
+    page = render_html(ev)
+    assert f'content="{CSP}"' in page and "default-src 'none'" in page and "<script" not in page.lower()
+    text = re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<(style|svg)\b.*?</\1>", " ", page, flags=re.S))))
+    assert "Holm's step-down over 3 issued customers" in text and "Bonferroni" not in page
+    assert "3.3 × 10⁻⁷" in text and "1.3 × 10⁻¹³⁰" in text and not re.search(r"\d\.\de-\d", text)  # one p-value format, as on the identify page
+    assert "naming needs" not in text and "+</text>" not in page  # no clipped bars labelled "129.9+"
+    # 9 of 9 below 0.05 against at most 1.35 on average: explained, with the customer they all lean to
+    assert "9 of 9 models had some customer with a p-value below 0.05" in text and "at most 1.35 of 9" in text
+    assert "share one codeword's luck" in text and "8 of the 9 models were closest to the same customer, globex" in text
+    doc = ev.false_accusation.to_json()
+    assert doc["closest_customer_counts"] == {"globex": 8, "acme": 1} and doc["customers_below_0.05"] == ["acme", "globex"]
+    assert "closest customers globex 8, acme 1" in false_accusation_table(ev.false_accusation)

@@ -111,6 +111,8 @@ def test_report_is_self_contained_and_states_the_verdict(reported):
     # method in plain words, and how to verify independently
     assert "the chance that tracer names any innocent customer is at most alpha" in text
     assert "null hypothesis" in text and "Holm" in text and "cannot detect" in text
+    assert "Bonferroni" not in text and "e-value" not in text  # a model file is decided by the fixed-size Holm test
+    assert "Decision rule: holm-binomial" in text and "Technical appendix" in text
     assert "tracer evidence verify report.evidence.json --public-key key.pem" in text
     # every customer is in the chart, the named one highlighted and labelled
     for name in ("ACME Corp.", "Globex Corporation", "Initech"):
@@ -421,3 +423,60 @@ def test_chart_scales_to_many_customers():
     assert "customers with 12 matches" in page  # too many for dots: a histogram of customers
     assert "more customers, all less likely, are in the evidence file" in page
     assert len(page) < 2_000_000
+
+
+# -- a real probe's report: the e-process with Bonferroni decided, and the page says so ------------
+
+
+@pytest.fixture
+def probed(issued_digits, tmp_path, monkeypatch):  # noqa: F811
+    """A real probe over loopback HTTP of globex's copy, in a workspace where one more customer's copy lacks ps1."""
+    from tests.servers import ModelServer
+    from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_endpoint
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    ws = Workspace(shutil.copytree(issued_digits, tmp_path / "ws"))
+    keyring = ws.unlock(passphrase=PASSPHRASE)
+    with ws.ledger() as ledger:  # a signed issuance of a copy that embeds probe set ps2 only
+        payload = copy.deepcopy(ledger.issuances("acme")[0].payload)
+        payload.update(customer_id="hooli", display_name="Hooli XYZ", new_customer=True,
+                       probe_sets=[ps for ps in payload["probe_sets"] if ps["id"] == "ps2"])
+        ledger.append("issuance", payload, key=keyring.signing_key)
+    task = ws.config.task
+    with ModelServer(ws.root / "models" / "issued" / "globex.onnx", task, "kserve-v1", label_only=True) as srv:
+        result = probe_endpoint(ws, keyring, srv.url, make_format("kserve-v1", task), ProbeOptions(client=ClientOptions(concurrency=1)))
+    html_path, _ = write_report(ws, keyring, result, tmp_path / "probe.html")
+    return result, html_path.read_text(encoding="utf-8")
+
+
+def test_probe_report_describes_the_sequential_test_that_decided(probed):
+    from tracer.report.html import EPROCESS, decision_of
+
+    result, page = probed
+    url = result.extra["endpoint"]
+    assert url.startswith("http://127.0.0.1:")
+    _assert_self_contained(page.replace(url, "ENDPOINT"))  # the service's own address is the only URL in it
+    assert result.customers == ["globex"] and result.probe_sets == ["ps1"]
+    assert [c.customer for c in result.candidates if c.trials == 0] == ["hooli"]
+    dec = decision_of(result)
+    assert dec.rule == EPROCESS and dec.family_size == 3 and dec.threshold == pytest.approx(3 / result.alpha)
+    text = _text(page)
+    assert "Holm" not in page and "binomial-holm" not in page
+    assert "e-value" in text and "Bonferroni" in text and "Ville" in text
+    # the threshold N / alpha, in words and as the dashed line of the e-value chart
+    assert "a customer is named once its e-value reaches 3 / alpha = 3.0 × 10⁶" in text
+    assert "naming threshold: e-value 3.0 × 10⁶ = 3 / alpha" in page
+    assert "largest e-value reached" in page and "Decision rule: e-process-bonferroni" in text
+    named = next(c for c in result.candidates if c.named)
+    assert "Its e-value (the evidence against chance, which starts at 1) reached" in text and f"{named.matches} of {named.trials}" in text
+    # the customer whose copy lacks the probe set is not plotted or ranked as a candidate, but is named as not tested
+    charts_part = page[page.index("Every customer against chance"):page.index("Scores of the customers")]
+    assert "Hooli" not in charts_part
+    scores = page[page.index("Scores of the customers"):page.index("How the decision was made")]
+    assert "Not tested (1): Hooli XYZ" in _text(scores) and "<code>hooli</code>" not in scores
+    assert "1 more issued customer(s) were not tested: their copies do not carry the probe set used" in text
+    # the probe's own rows are explained
+    for row in ("Customers tested (family size) 3", "Naming threshold (e-value) 3.0 × 10⁶", "Query budget",
+                "Decoy accuracy", "the share of decoys the service answered correctly", "Why the probe stopped named"):
+        assert row in text, row

@@ -7,14 +7,21 @@ The vendor's base model is scored too. Each is identified exactly as a
 suspect would be (Holm over every issued customer at alpha); we report how
 often any customer is named and the distribution of each model's smallest
 p-value. Under the null every customer's p-value is super-uniform, so the
-smallest of N is below t with probability at most N*t.
+smallest of N is below t with probability at most N*t, and over M models at
+most M*N*t are expected on average ("expected_below_0.05_at_most").
+
+That count is not binomial: the models are trained on similar data and answer
+the same secret probes much alike, so against one fixed set of codewords their
+p-values rise and fall together (they share one codeword's luck). Several
+models below 0.05 that are all closest to the same customer are one event, not
+several; ``closest_customer_counts`` and ``customers_below_0.05`` show that.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -60,6 +67,13 @@ class FalseAccusationResult:
     def named_count(self) -> int:
         return sum(bool(m.named) for m in self.models)
 
+    def closest_counts(self) -> dict[str, int]:
+        """How many models were closest to each customer (correlated models pile up on one)."""
+        out: dict[str, int] = {}
+        for m in self.models:
+            out[m.best_customer] = out.get(m.best_customer, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_json(self) -> dict:
         logs = sorted(m.log10_smallest_p for m in self.models)
         ps = sorted(m.smallest_p for m in self.models)
@@ -75,6 +89,8 @@ class FalseAccusationResult:
             "smallest_p_values": ps,
             "below_0.05": sum(p <= 0.05 for p in ps),
             "expected_below_0.05_at_most": round(len(ps) * min(1.0, n * 0.05), 3),
+            "closest_customer_counts": self.closest_counts(),
+            "customers_below_0.05": sorted({m.best_customer for m in self.models if m.smallest_p <= 0.05}),
             "architectures": sorted({m.architecture for m in self.models}),
             "details": [asdict(m) for m in self.models],
             "seconds": round(self.seconds, 2),

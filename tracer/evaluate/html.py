@@ -1,129 +1,167 @@
-"""A self-contained HTML report of an evaluation: tables and inline SVG charts, no scripts, no downloads."""
+"""A self-contained HTML report of an evaluation: tables and inline SVG charts, no scripts, no downloads.
+
+It uses the same page shell as the identification report (:mod:`tracer.report._page`: the
+Content-Security-Policy, the CSS, escaping, one p-value format) and the same charts module.
+Identification inside an evaluation is `tracer identify`'s own: exact binomial p-values and
+Holm's step-down over every issued customer (:mod:`.suite`, :mod:`.false_accusation`).
+"""
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
 from .._files import atomic_write_bytes
+from ..report import charts
+from ..report._page import escape, format_p, kv_table, num, page
 from .evaluation import Evaluation
-from .suite import VERDICTS
-from .tables import format_p
+from .false_accusation import FalseAccusationResult
+from .suite import VERDICTS, AttackResult, SuiteResult
 
 __all__ = ["write_html", "render_html"]
 
 _COLORS = {"survives": "#2e7d32", "partly survives": "#9e9d24", "erased": "#c62828", "not a valid attack": "#9e9e9e",
            "FALSE ACCUSATION": "#6a1b9a", "skipped": "#bdbdbd", "error": "#ef6c00"}
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.45}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.88em;margin:.8em 0}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left}
-th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums}.verdict{font-weight:600}
-.box{background:#f7f9fc;border:1px solid #dde4ee;padding:.8em 1em;border-radius:4px}code{font-size:.92em}
-"""
+_e = escape
 
 
-def _e(x) -> str:
-    return html.escape(str(x), quote=True)
+def _p_of_log(log10_p: float) -> str:
+    return format_p(10 ** log10_p, log10_p)
 
 
-def _bar_chart(items: list[tuple[str, float, str]], *, threshold: float | None, title: str, xlabel: str, cap: float) -> str:
-    """Horizontal bars (label, value, colour) with an optional vertical threshold line."""
-    row, left, width = 18, 150, 600
-    h = row * len(items) + 50
-    scale = width / cap if cap > 0 else 1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{h}" role="img" aria-label="{_e(title)}">',
-             f'<text x="{left}" y="14" font-size="13" font-weight="600">{_e(title)}</text>']
-    for i, (label, value, color) in enumerate(items):
-        y = 24 + i * row
-        v = max(0.0, min(value, cap))
-        parts.append(f'<text x="{left - 6}" y="{y + 12}" font-size="11" text-anchor="end">{_e(label)}</text>')
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{v * scale:.1f}" height="{row - 5}" fill="{color}"/>')
-        shown = f"{value:.1f}" + ("+" if value > cap else "")
-        parts.append(f'<text x="{left + v * scale + 4:.1f}" y="{y + 12}" font-size="10">{shown}</text>')
-    if threshold is not None:
-        x = left + min(threshold, cap) * scale
-        parts.append(f'<line x1="{x:.1f}" y1="20" x2="{x:.1f}" y2="{h - 22}" stroke="#000" stroke-dasharray="4 3"/>')
-    parts.append(f'<text x="{left}" y="{h - 6}" font-size="11">{_e(xlabel)}</text></svg>')
-    return "".join(parts)
+def _level(s: SuiteResult) -> float:
+    """alpha / N: the p-value below which a customer is named for certain (Holm's strictest step)."""
+    return s.alpha / max(s.issued_customers, 1)
+
+
+def _facts(ev: Evaluation) -> str:
+    s = ev.suite
+    base = "-" if s.base_accuracy is None else f"{s.base_accuracy:.4f}"
+    rows = [
+        ("Copy", f"<code>{_e(s.model_path)}</code>"),
+        ("SHA-256", f'<span class="hash">{_e(s.model_sha256)}</span>'),
+        ("Clean accuracy", f"{num(f'{s.copy_accuracy:.4f}')} (base model {num(base)}) on {num(s.validation_size)} held-out inputs"),
+        ("Attacker's data", f"{num(s.attacker_size)} inputs: {_e(s.attacker_data)}"),
+        ("Identification", f"exact binomial p-values, Holm's step-down over {num(s.issued_customers)} issued customers at "
+                           f"alpha {num(f'{s.alpha:g}')}: a customer is named for certain when its p-value is below "
+                           f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}"),
+        ("Ledger entry", num(ev.ledger_entry if ev.ledger_entry is not None else "-")),
+    ]
+    return kv_table(rows)
+
+
+def _attack_charts(s: SuiteResult) -> str:
+    rows = [s.reference] + s.attacks
+    level = _level(s)
+    evidence = [(a.name, -a.log10_p, f"p = {format_p(a.p_value, a.log10_p)}", _COLORS.get(a.verdict, "#777"))
+                for a in rows if a.log10_p is not None]
+    drops = [(a.name, 100 * (a.accuracy_drop or 0.0), f"{100 * (a.accuracy_drop or 0.0):+.1f} points",
+              "#c62828" if (a.accuracy_drop or 0) > s.budget else "#1565c0") for a in rows if a.accuracy_drop is not None]
+    ev_svg = charts.bar_chart(
+        evidence, threshold=-math.log10(level), threshold_label=f"named for certain below p = {format_p(level, math.log10(level))}",
+        title="Evidence against the attacked customer after each attack",
+        xlabel="longer bar = smaller p-value (bars drawn to scale of -log10 p)")
+    drop_svg = charts.bar_chart(drops, threshold=100 * s.budget, threshold_label=f"validity budget: {100 * s.budget:g} points",
+                                title="Clean-accuracy cost of each attack", xlabel="accuracy points lost (negative: none lost)")
+    return (f"<figure>{ev_svg}<figcaption>Each bar is the p-value of the attacked customer after the attack: green, the "
+            "watermark survives; red, erased; grey, not a valid attack. Past the dashed line the customer is named whatever "
+            "the other customers score (Holm may also name a customer a little short of it).</figcaption></figure>"
+            f"<figure>{drop_svg}<figcaption>How many points of clean accuracy each attack cost. An attack that costs more "
+            "than the budget ruins what the leaker wanted to steal, so it does not count as a valid attack.</figcaption></figure>")
+
+
+def _attack_row(a: AttackResult) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in a.params.items())
+    verdict = f'<td style="color:{_COLORS.get(a.verdict, "#777")};font-weight:600">{_e(a.verdict)}</td>'
+    head = f"<tr><td><code>{_e(a.name)}</code></td><td>{_e(a.description)}</td><td>{_e(settings)}</td>"
+    if a.clean_accuracy is None:
+        return head + f"<td colspan=5>{_e(a.note)}</td>{verdict}</tr>"
+    return (head + f"<td class=n>{a.clean_accuracy:.4f}</td><td class=n>{100 * (a.accuracy_drop or 0):+.1f}</td>"
+            f"<td class=n>{a.matches}/{a.trials}</td><td class=n>{_e(format_p(a.p_value, a.log10_p))}</td>"
+            f"<td>{_e(', '.join(a.named) or '-')}</td>{verdict}</tr>")
+
+
+def _attacks(ev: Evaluation) -> str:
+    s, summary = ev.suite, ev.suite.to_json()["summary"]
+    table = ('<div class="scroll"><table class="grid"><tr><th>attack</th><th>what the leaker did</th><th>settings</th>'
+             "<th>clean acc</th><th>drop (pts)</th><th>agreement</th><th>p-value</th><th>named</th><th>verdict</th></tr>"
+             + "".join(_attack_row(a) for a in [s.reference] + s.attacks) + "</table></div>")
+    verdicts = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in VERDICTS.items())
+    return ("<h2>Attacks</h2>"
+            f"<p>Valid attacks: {summary['valid']} of {summary['attacks']}; the watermark survived {summary['survived']}. "
+            f"Erased by: {_e(', '.join(summary['erased']) or 'none')}. Not valid (cost more than {100 * s.budget:g} accuracy "
+            f"points): {_e(', '.join(summary['not_valid']) or 'none')}.</p>"
+            + _attack_charts(s) + table + f'<h3 class="keep">What the verdicts mean</h3><dl class="appendix">{verdicts}</dl>')
+
+
+def _luck_text(f: FalseAccusationResult, fd: dict) -> str:
+    """The per-model count below 0.05, read correctly: correlated models share one codeword's luck."""
+    below, bound = fd["below_0.05"], fd["expected_below_0.05_at_most"]
+    text = (f"{below} of {fd['models']} models had some customer with a p-value below 0.05. For one model this happens with "
+            f"a chance of at most {fd['issued_customers']} customers × 0.05, so on average at most {bound:g} of "
+            f"{fd['models']} would. ")
+    if below <= bound:
+        return text + "That is what chance predicts."
+    closest = fd.get("closest_customer_counts", {})
+    top = max(closest.items(), key=lambda kv: kv[1]) if closest else None
+    text += ("More did here, and it is not a sign of a fault: that bound is an average over the random draw of the customers' "
+             "secret answers, and these models are not independent draws. Trained on the same kind of data, they give largely "
+             "the same answers to the secret probes, so if one customer's secret answers happen to resemble those natural "
+             "answers, every model agrees with that customer a little more than average at once: they share one codeword's luck. ")
+    if top is not None and top[1] > 1:
+        text += f"Here {top[1]} of the {fd['models']} models were closest to the same customer, {_e(top[0])}. "
+    reached = f"{fd['named']} of them reached it" if fd["named"] else "none of them reached it"
+    return text + f"What protects customers is the naming bar, and {reached}."
+
+
+def _false_accusations(f: FalseAccusationResult, s: SuiteResult) -> str:
+    fd = f.to_json()
+    level = _level(s)
+    bars = [(m.label, -m.log10_smallest_p, f"p = {format_p(m.smallest_p, m.log10_smallest_p)}", "#c62828" if m.named else "#1565c0")
+            for m in f.models]
+    svg = charts.bar_chart(bars, threshold=-math.log10(level), threshold_label=f"naming bar: p = {format_p(level, math.log10(level))}",
+                           title="Independent models: the smallest p-value over all customers",
+                           xlabel="longer bar = smaller p-value (bars drawn to scale of -log10 p)")
+    rows = "".join(
+        f"<tr><td><code>{_e(m.label)}</code></td><td>{_e(m.architecture)}</td><td>{_e(m.data)}</td><td class=n>{m.clean_accuracy:.4f}</td>"
+        f"<td>{_e(m.best_customer)}</td><td class=n>{m.matches}/{m.trials}</td><td class=n>{_e(format_p(m.smallest_p, m.log10_smallest_p))}</td>"
+        f"<td>{_e(', '.join(m.named) or '-')}</td></tr>" for m in f.models)
+    smallest = "-" if fd["log10_smallest_p"] is None else _p_of_log(fd["log10_smallest_p"])
+    return ("<h2>False accusations</h2>"
+            f"<p>{fd['models']} models that owe nothing to any issued copy (the base model and independently trained models: "
+            f"{_e(', '.join(fd['architectures']))}; vendor or attacker data; several seeds) were identified like any suspect. "
+            f"<b>{fd['named']}</b> of them named a customer. The smallest p-value any of them reached was {num(smallest)}; "
+            f"a customer is named only below {num(format_p(level, math.log10(level)))} (alpha / {s.issued_customers} customers).</p>"
+            f"<p>{_luck_text(f, fd)}</p>"
+            f"<figure>{svg}</figure>"
+            '<div class="scroll"><table class="grid"><tr><th>model</th><th>architecture</th><th>data</th><th>clean acc</th>'
+            "<th>closest customer</th><th>matches</th><th>smallest p</th><th>named</th></tr>" + rows + "</table></div>")
+
+
+_METHOD = (
+    '<h2>Method</h2><p>Each issued copy answers a set of secret probe inputs with its customer\'s secret labels. A model not derived '
+    "from a customer's copy agrees with that customer's labels on each probe with probability exactly 1/C (C classes), independently, "
+    "so the number of agreements has an exact binomial distribution and its tail is a p-value that needs no calibration. "
+    "Holm's step-down procedure over all issued customers bounds the chance of naming any innocent customer by alpha; "
+    "its strictest step, alpha / N, is the dashed line in the evidence charts. "
+    "The attacks use only what a leaker holds: the copy (and, for collusion, other copies) and its own share of data; "
+    "where an attack has a strength setting, the strongest one that keeps the leaker's own accuracy estimate within budget is used.</p>"
+)
 
 
 def render_html(ev: Evaluation) -> str:
+    """The whole page (pure)."""
     s = ev.suite
-    doc = ev.to_json()
-    summary = doc["summary"]
-    n = max(s.issued_customers, 1)
-    threshold = -math.log10(s.alpha / n)  # Bonferroni bound: naming needs at least this much evidence
-    cap = max(40.0, threshold * 2)
-    rows = [s.reference] + s.attacks
-    evidence = [(a.name, -(a.log10_p or 0.0), _COLORS.get(a.verdict, "#777")) for a in rows if a.log10_p is not None]
-    drops = [(a.name, 100 * (a.accuracy_drop or 0.0), "#c62828" if (a.accuracy_drop or 0) > s.budget else "#1565c0")
-             for a in rows if a.accuracy_drop is not None]
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        f"<title>tracer evaluation: {_e(s.customer)}</title><style>{_CSS}</style></head><body>",
-        "<h1>Watermark robustness and false-accusation evaluation</h1>",
-        f'<p class="box"><b>In one sentence:</b> the copy issued to {_e(s.display_name)} ({_e(s.customer)}) {_e(ev.verdict())}; '
-        f"innocent customers named anywhere: {ev.false_accusations}.</p>",
-        "<table>",
-        f"<tr><th>copy</th><td>{_e(s.model_path)}</td></tr><tr><th>sha256</th><td><code>{_e(s.model_sha256)}</code></td></tr>",
-        f"<tr><th>clean accuracy</th><td>{s.copy_accuracy:.4f} (base model {s.base_accuracy if s.base_accuracy is None else f'{s.base_accuracy:.4f}'}) on {s.validation_size} held-out inputs</td></tr>",
-        f"<tr><th>attacker's data</th><td>{s.attacker_size} inputs: {_e(s.attacker_data)}</td></tr>",
-        f"<tr><th>identification</th><td>exact binomial p-values, Holm over {s.issued_customers} issued customers at alpha {s.alpha:g}</td></tr>",
-        f"<tr><th>ledger entry</th><td>{ev.ledger_entry if ev.ledger_entry is not None else '-'}</td></tr></table>",
-        "<h2>Attacks</h2>",
-        f"<p>Valid attacks: {summary['valid']} of {summary['attacks']}; the watermark survived {summary['survived']}. "
-        f"Erased by: {_e(', '.join(summary['erased']) or 'none')}. Not valid (cost more than {100 * s.budget:.0f} accuracy points): "
-        f"{_e(', '.join(summary['not_valid']) or 'none')}.</p>",
-        _bar_chart(evidence, threshold=threshold, cap=cap, title="Evidence against the attacked customer: -log10 p-value",
-                   xlabel=f"dashed line: the evidence needed to name a customer (alpha/{n}); bars: green survives, red erased, grey not a valid attack"),
-        _bar_chart(drops, threshold=100 * s.budget, cap=max(10.0, max((d for _, d, _ in drops), default=0) + 1),
-                   title="Clean-accuracy cost of each attack (points)", xlabel="dashed line: the 5-point validity budget"),
-        "<table><tr><th>attack</th><th>what the leaker did</th><th>settings</th><th>clean acc</th><th>drop (pts)</th>"
-        "<th>agreement</th><th>p-value</th><th>named</th><th>verdict</th></tr>",
-    ]
-    for a in rows:
-        settings = ", ".join(f"{k}={v}" for k, v in a.params.items())
-        if a.clean_accuracy is None:
-            parts.append(f"<tr><td>{_e(a.name)}</td><td>{_e(a.description)}</td><td>{_e(settings)}</td><td colspan=5>{_e(a.note)}</td>"
-                         f'<td class="verdict" style="color:{_COLORS.get(a.verdict)}">{_e(a.verdict)}</td></tr>')
-            continue
-        parts.append(
-            f"<tr><td>{_e(a.name)}</td><td>{_e(a.description)}</td><td>{_e(settings)}</td><td class=n>{a.clean_accuracy:.4f}</td>"
-            f"<td class=n>{100 * (a.accuracy_drop or 0):+.1f}</td><td class=n>{a.matches}/{a.trials}</td>"
-            f"<td class=n>{_e(format_p(a.p_value, a.log10_p))}</td><td>{_e(', '.join(a.named) or '-')}</td>"
-            f'<td class="verdict" style="color:{_COLORS.get(a.verdict)}">{_e(a.verdict)}</td></tr>')
-    parts.append("</table><p>" + "<br>".join(f"<b>{_e(k)}</b>: {_e(v)}" for k, v in VERDICTS.items()) + "</p>")
+    body = ["<h1>Watermark robustness and false-accusation evaluation</h1>",
+            f'<p class="box"><b>In one sentence:</b> the copy issued to {_e(s.display_name)} (<code>{_e(s.customer)}</code>) '
+            f"{_e(ev.verdict())}; innocent customers named anywhere: {ev.false_accusations}.</p>",
+            _facts(ev), _attacks(ev)]
     if ev.false_accusation is not None:
-        f = ev.false_accusation
-        fd = f.to_json()
-        parts += [
-            "<h2>False accusations</h2>",
-            f"<p>{fd['models']} models that owe nothing to any issued copy (the base model and independently trained models: "
-            f"{_e(', '.join(fd['architectures']))}; vendor or attacker data; several seeds) were identified like any suspect. "
-            f"<b>{fd['named']}</b> of them named a customer. The smallest p-value any of them reached was "
-            f"{_e(format_p(fd['smallest_p'], fd['log10_smallest_p']))}; naming needs about 1e{-threshold:.1f}.</p>",
-            _bar_chart([(m.label, -m.log10_smallest_p, "#c62828" if m.named else "#1565c0") for m in f.models], threshold=threshold,
-                       cap=max(threshold * 1.2, 3.0), title="Independent models: -log10 of the smallest p-value over all customers",
-                       xlabel="dashed line: the evidence needed to name a customer"),
-            "<table><tr><th>model</th><th>architecture</th><th>data</th><th>clean acc</th><th>closest customer</th><th>matches</th><th>smallest p</th><th>named</th></tr>",
-        ]
-        for m in f.models:
-            parts.append(f"<tr><td>{_e(m.label)}</td><td>{_e(m.architecture)}</td><td>{_e(m.data)}</td><td class=n>{m.clean_accuracy:.4f}</td>"
-                         f"<td>{_e(m.best_customer)}</td><td class=n>{m.matches}/{m.trials}</td><td class=n>{_e(format_p(m.smallest_p, m.log10_smallest_p))}</td>"
-                         f"<td>{_e(', '.join(m.named) or '-')}</td></tr>")
-        parts.append("</table>")
-    parts.append(
-        "<h2>Method</h2><p>Each issued copy answers a set of secret probe inputs with its customer's secret labels. A model not derived "
-        "from a customer's copy agrees with that customer's labels on each probe with probability exactly 1/C (C classes), independently, "
-        "so the number of agreements has an exact binomial distribution and its tail is a p-value that needs no calibration. "
-        "Holm's procedure over all issued customers bounds the chance of naming any innocent customer by alpha. "
-        "The attacks use only what a leaker holds: the copy (and, for collusion, other copies) and its own share of data; "
-        "where an attack has a strength setting, the strongest one that keeps the leaker's own accuracy estimate within budget is used.</p>"
-        "</body></html>")
-    return "".join(parts)
+        body.append(_false_accusations(ev.false_accusation, s))
+    body.append(_METHOD)
+    return page(f"tracer evaluation: {s.customer}", "".join(body), wide=True,
+                footer="Identification: exact binomial test with Holm's correction, as in <code>tracer identify</code>.")
 
 
 def write_html(ev: Evaluation, path: Path) -> Path:

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
+from ..report._page import format_p
 from .false_accusation import FalseAccusationResult
 from .suite import AttackResult, SuiteResult
 
 __all__ = ["format_p", "suite_table", "false_accusation_table"]
-
-
-def format_p(p: float | None, log10_p: float | None) -> str:
-    if p is None or log10_p is None:
-        return "-"
-    if p > 0 and log10_p > -300:
-        return f"{p:.1e}"
-    return f"1e{math.floor(log10_p)}" if math.isfinite(log10_p) else "0"
 
 
 def _row(a: AttackResult) -> list[str]:
@@ -71,9 +62,11 @@ def false_accusation_table(f: FalseAccusationResult) -> str:
     rows = [[m.label, m.architecture, m.data, f"{m.clean_accuracy:.4f}", m.best_customer, f"{m.matches}/{m.trials}",
              format_p(m.smallest_p, m.log10_smallest_p), ", ".join(m.named) or "-"] for m in f.models]
     doc = f.to_json()
+    closest = ", ".join(f"{c} {k}" for c, k in doc["closest_customer_counts"].items()) or "none"
     summary = (
         f"\n\nfalse accusations: {doc['named']} of {doc['models']} independent models named a customer "
         f"(Holm over {doc['issued_customers']} customers at alpha {doc['alpha']:g}); smallest p-value {format_p(doc['smallest_p'], doc['log10_smallest_p'])}, "
-        f"median {doc['median_smallest_p']:.2f}; {doc['below_0.05']} below 0.05 (under the null at most {doc['expected_below_0.05_at_most']} expected)"
+        f"median {doc['median_smallest_p']:.2f}; {doc['below_0.05']} below 0.05 (on average at most {doc['expected_below_0.05_at_most']:g} "
+        f"if unrelated; models trained alike share one customer's luck: closest customers {closest})"
     )
     return _render(header, rows, {3, 5, 6}) + summary

@@ -5,10 +5,14 @@ customers' issuance records, the record of this identification), checks their
 signatures with the workspace's public key, writes the signed evidence file
 (:mod:`.evidence`) and then the page, both atomically.
 
-The page has no script, no external stylesheet, font or image: inline CSS, inline
-SVG charts (:mod:`.charts`), and a Content-Security-Policy that forbids loading
-anything. Every piece of text goes through :func:`html.escape`. It contains no
+The page has no script, no external stylesheet, font or image: the shared page shell
+(:mod:`._page`: inline CSS, a Content-Security-Policy that forbids loading anything),
+inline SVG charts (:mod:`.charts`). Every piece of text is escaped. It contains no
 secret: no master secret, no codeword, no probe input.
+
+The page describes the test that actually decided (:func:`decision_of`): the fixed-size
+exact binomial test with Holm's correction for a model file, or the anytime-valid
+e-process with Bonferroni at N / alpha for a probed service.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import json
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,10 @@ from ..keys.keyring import Keyring, load_public_key
 from ..ledger.entries import Entry, utc_now
 from ..workspace import Workspace
 from . import charts
+from ._page import escape, format_p, kv_table, num, odds_text, page, plain_count
 from .evidence import EvidenceCheck, _check_entry, build_evidence, key_fingerprint, safe_extra
 
-__all__ = ["write_report", "render_html", "evidence_path_for", "ReportData"]
+__all__ = ["write_report", "render_html", "evidence_path_for", "ReportData", "Decision", "decision_of"]
 
 MAX_TABLE_ROWS = 20
 MAX_STRENGTH_ROWS = 10
@@ -131,42 +135,65 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
     return html_path, evidence_path
 
 
+# -- the decision rule -----------------------------------------------------------------------------
+
+HOLM = "holm-binomial"
+EPROCESS = "e-process-bonferroni"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The test that decided, as the page must describe it."""
+
+    rule: str  # HOLM or EPROCESS
+    family_size: int  # customers the correction runs over
+    alpha: float
+    threshold: float | None  # EPROCESS: the e-value a customer must reach (family_size / alpha)
+
+    @property
+    def sequential(self) -> bool:
+        return self.rule == EPROCESS
+
+    @property
+    def level(self) -> float:
+        """The p-value a customer must reach: alpha / N (Holm's strictest step; the whole Bonferroni rule)."""
+        return self.alpha / max(self.family_size, 1)
+
+
+def decision_of(r: IdentificationResult) -> Decision:
+    """The rule and family behind ``r``: its fields, or (results made before they existed) the probe's extras."""
+    extra = r.extra or {}
+    tested = sum(1 for c in r.candidates if c.trials > 0)
+    if r.decision_rule == EPROCESS or (r.decision_rule == HOLM and "threshold_e_value" in extra):
+        family = r.family_size or int(extra.get("family_size") or tested)
+        threshold = r.threshold if r.threshold is not None else extra.get("threshold_e_value")
+        return Decision(EPROCESS, family, r.alpha, float(threshold) if threshold is not None else family / r.alpha)
+    return Decision(HOLM, r.family_size or len(r.candidates), r.alpha, None)
+
+
+def _tested(r: IdentificationResult) -> list[Candidate]:
+    """Customers the suspect was actually scored against (a probe skips copies without its probe set)."""
+    return [c for c in r.candidates if c.trials > 0]
+
+
+def _untested(r: IdentificationResult) -> list[Candidate]:
+    return [c for c in r.candidates if c.trials == 0]
+
+
+def _e_threshold_count(t: int, num_classes: int, threshold: float) -> int | None:
+    """Smallest match count k out of t whose e-value reaches ``threshold`` (None: not even t of t)."""
+    import numpy as np
+
+    from ..probing.sequential import mixture_log_e
+
+    ks = np.arange(t + 1)
+    reached = mixture_log_e(ks, np.full(t + 1, t), num_classes) >= math.log(threshold) - 1e-12
+    return int(ks[reached][0]) if reached.any() else None
+
+
 # -- rendering -------------------------------------------------------------------------------------
 
-_CSS = """
-:root{color-scheme:light}
-body{margin:0;background:#f5f7fa;color:#1f2933;font:16px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif}
-main{max-width:900px;margin:0 auto;padding:24px 20px 48px;background:#fff}
-h1{font-size:1.5em;margin:0 0 4px}
-h2{font-size:1.2em;margin:2em 0 .5em;padding-bottom:.2em;border-bottom:1px solid #e3e7eb}
-h3{font-size:1.02em;margin:1.2em 0 .3em}
-.sub{color:#616e7c;margin:0 0 18px;font-size:.92em}
-.verdict{border-left:6px solid #616e7c;background:#f0f2f5;padding:14px 18px;margin:16px 0;font-size:1.18em}
-.verdict.match{border-color:#b3261e;background:#fbeeed}
-.verdict p{margin:.3em 0}
-.verdict .small{font-size:.78em;color:#3e4c59}
-code,.hash{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.86em;overflow-wrap:anywhere;word-break:break-all}
-table{border-collapse:collapse;width:100%;margin:.5em 0 1em;font-size:.93em}
-th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e3e7eb;vertical-align:top}
-th{color:#3e4c59;font-weight:600;white-space:nowrap}
-table.kv th{width:30%}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.named td{background:#fbeeed;font-weight:600}
-.ok{color:#1e7b34;font-weight:600}
-.bad{color:#b3261e;font-weight:700}
-.note{color:#616e7c;font-size:.9em}
-figure{margin:1em 0}
-figcaption{color:#3e4c59;font-size:.9em;margin-top:.4em}
-pre{background:#1f2933;color:#f5f7fa;padding:12px 14px;border-radius:4px;overflow-x:auto;font-size:.88em}
-ul{padding-left:1.3em}
-li{margin:.25em 0}
-footer{margin-top:3em;color:#616e7c;font-size:.85em}
-@media print{body{background:#fff}main{padding:0}pre{background:#fff;color:#000;border:1px solid #999}}
-"""
-
-
-def _e(value: Any) -> str:
-    return escape(str(value), quote=True)
+_e = escape
 
 
 def _date(iso: str) -> str:
@@ -182,6 +209,10 @@ def _when(iso: str) -> str:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).strftime("%-d %B %Y, %H:%M:%S UTC")
     except ValueError:
         return iso
+
+
+def _p(c: Candidate) -> str:
+    return num(format_p(c.p_value, c.log10_p))
 
 
 def _suspect(result: IdentificationResult, extra: dict[str, Any]) -> tuple[str, str, str]:
@@ -216,50 +247,103 @@ def _copy_phrase(c: Candidate, entries: list[Entry], suspect_sha: str | None) ->
     return f"the copy issued to {who} on {when}"
 
 
-def _verdict(d: ReportData, extra: dict[str, Any]) -> str:
+def _named_line(c: Candidate, r: IdentificationResult, dec: Decision) -> str:
+    """One named customer's evidence in a sentence, worded for the test that decided."""
+    head = (f'<p class="small">{_e(c.display_name)}: the suspect gave that customer\'s secret answer on '
+            f"<strong>{c.matches} of {c.trials}</strong> secret probes; a model not derived from its copy would "
+            f"get {plain_count(c.trials / r.num_classes)} by chance. ")
+    if dec.sequential:
+        return head + (f"Its e-value (the evidence against chance, which starts at 1) reached "
+                       f"{num(charts.format_e(-c.log10_p))}, at or above the naming threshold of {num(charts.format_e(math.log10(dec.threshold)))}. "
+                       f"A model unrelated to its copy reaches that much evidence, at any point of a probe, with a chance of at most "
+                       f"{_e(odds_text(c.p_value, c.log10_p))} (p = {_p(c)}).</p>")
+    return head + (f"Matching {c.matches} or more by coincidence has a chance of "
+                   f"{_e(odds_text(c.p_value, c.log10_p))} (p = {_p(c)}).</p>")
+
+
+def _verdict_match(d: ReportData, dec: Decision, subject: str, verb: str, kind: str) -> str:
     r = d.result
-    subject, verb, kind = _suspect(r, extra)
     entries = [ci.entry for ci in d.issuances]
     named = [c for c in r.candidates if c.named]
-    n_cust = len(r.candidates)
+    copies = _join([_copy_phrase(c, entries, r.model_sha256) for c in named])
+    lines = [f"<p><strong>{subject} {verb} {copies}.</strong></p>"] + [_named_line(c, r, dec) for c in named]
+    if kind == "file":
+        if any(ci.entry.payload.get("model_sha256") == r.model_sha256 for ci in d.issuances):
+            lines.append('<p class="small">The suspect file is byte-for-byte identical to the issued copy.</p>')
+        else:
+            lines.append('<p class="small">The suspect file is not byte-for-byte identical to any issued copy: it was changed '
+                         "after issuance (for example fine-tuned, pruned, converted or quantized) but still carries the "
+                         "customer's fingerprint.</p>")
+    if len(named) > 1:
+        lines.append('<p class="small">Several customers are named: the suspect carries the fingerprint of each of their '
+                     "copies (for example a model averaged or merged from several copies).</p>")
+    return '<section class="verdict match">' + "".join(lines) + "</section>"
+
+
+def _verdict(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
+    r = d.result
+    subject, verb, kind = _suspect(r, extra)
     if r.matched:
-        copies = _join([_copy_phrase(c, entries, r.model_sha256) for c in named])
-        lines = [f"<p><strong>{subject} {verb} {copies}.</strong></p>"]
-        for c in named:
-            expected = c.trials / r.num_classes
-            lines.append(
-                f'<p class="small">{_e(c.display_name)}: the suspect gave that customer\'s secret answer on '
-                f"<strong>{c.matches} of {c.trials}</strong> secret probes; a model not derived from its copy would "
-                f"match about {expected:.1f} by chance. Matching {c.matches} or more by coincidence has a chance of "
-                f"{_e(charts.odds_text(c.p_value, c.log10_p))} (p = {_e(charts.format_p(c.p_value, c.log10_p))}).</p>"
-            )
-        if kind == "file":
-            identical = [ci.entry for ci in d.issuances if ci.entry.payload.get("model_sha256") == r.model_sha256]
-            if identical:
-                lines.append('<p class="small">The suspect file is byte-for-byte identical to the issued copy.</p>')
-            else:
-                lines.append('<p class="small">The suspect file is not byte-for-byte identical to any issued copy: it was changed '
-                             "after issuance (for example fine-tuned, pruned, converted or quantized) but still carries the "
-                             "customer's fingerprint.</p>")
-        if len(named) > 1:
-            lines.append('<p class="small">Several customers are named: the suspect carries the fingerprint of each of their '
-                         "copies (for example a model averaged or merged from several copies).</p>")
-        return '<section class="verdict match">' + "".join(lines) + "</section>"
-    best = r.candidates[0] if r.candidates else None
+        return _verdict_match(d, dec, subject, verb, kind)
+    tested = _tested(r)
+    who = (f"{dec.family_size} customers whose copies carry the probe set used" if dec.sequential
+           else f"{len(r.candidates)} issued customers")
     lines = [f"<p><strong>No issued customer can be named: {subject[0].lower() + subject[1:]} does not match any of the "
-             f"{n_cust} issued customers' secret fingerprints more than chance explains at the chosen error bound "
-             f"(alpha = {_e(f'{r.alpha:g}')}).</strong></p>"]
-    if best is not None:
-        expected = best.trials / r.num_classes
+             f"{who}' secret fingerprints more than chance explains at the chosen error bound "
+             f"(alpha = {num(f'{r.alpha:g}')}).</strong></p>"]
+    if tested:
+        best = tested[0]
         lines.append(f'<p class="small">The closest customer, {_e(best.display_name)} (<code>{_e(best.customer)}</code>), '
-                     f"matched {best.matches} of {best.trials} secret probes, where about {expected:.1f} are expected by "
-                     f"chance (p = {_e(charts.format_p(best.p_value, best.log10_p))}).</p>")
+                     f"matched {best.matches} of {best.trials} secret probes; chance alone gives {plain_count(best.trials / r.num_classes)} "
+                     f"(p = {_p(best)}).</p>")
     lines.append('<p class="small">This does not prove the suspect is unrelated to an issued copy; see '
                  "“What this method cannot detect” below.</p>")
     return '<section class="verdict">' + "".join(lines) + "</section>"
 
 
-def _facts(d: ReportData, extra: dict[str, Any]) -> str:
+_STOPPED = {
+    "named": "a customer's evidence reached the naming threshold",
+    "futility": "no customer could reach the naming threshold any more, even if every remaining secret probe matched",
+    "budget spent": "the query budget was used up before a decision",
+    "schedule exhausted": "every secret probe of the set had been asked",
+}
+
+
+def _extra_rows(extra: dict[str, Any], dec: Decision) -> list[tuple[str, str]]:
+    """The probe's own facts, each with a plain explanation (the rest of ``extra`` as plain rows)."""
+    explained: dict[str, tuple[str, Any]] = {
+        "trigger_queries": ("Of which secret probes", lambda v: f"{num(v)}"),
+        "decoy_queries": ("Of which decoys", lambda v: f"{num(v)}<span class=explain>ordinary inputs mixed in among the secret "
+                          "probes so that the service cannot tell them apart; they are never scored</span>"),
+        "decoy_accuracy": ("Decoy accuracy", lambda v: f"{num(f'{100 * float(v):.0f}%')}<span class=explain>the share of decoys "
+                           "the service answered correctly: it shows the service really runs a model for this task</span>"),
+        "failed_queries": ("Questions that failed", lambda v: f"{num(v)}<span class=explain>requests the service did not "
+                           "answer, even after retrying; nothing is concluded from them</span>"),
+        "budget": ("Query budget", lambda v: f"{num(v)}<span class=explain>the most requests this probe was allowed to send "
+                   "to the service</span>"),
+        "stopped": ("Why the probe stopped", lambda v: f"{_e(v)}<span class=explain>{_e(_STOPPED.get(str(v), ''))}</span>"),
+        "format": ("Wire format", lambda v: f"<code>{_e(v)}</code><span class=explain>how the questions were encoded for "
+                   "the service's interface</span>"),
+    }
+    if dec.sequential:
+        explained["family_size"] = ("Customers tested (family size)", lambda v: f"{num(v)}<span class=explain>the customers "
+                                    "whose copies carry the probe set used; the error bound is shared among them</span>")
+        explained["threshold_e_value"] = ("Naming threshold (e-value)", lambda v: f"{num(charts.format_e(math.log10(float(v))))}"
+                                          f"<span class=explain>a customer is named once its evidence reaches family size / "
+                                          f"alpha = {num(dec.family_size)} / {num(f'{dec.alpha:g}')}</span>")
+    rows = []
+    for key, value in extra.items():
+        if key in ("endpoint", "session", "model_path", "subject") or isinstance(value, (dict, list)) or value is None:
+            continue
+        if key in explained:
+            label, fmt = explained[key]
+            rows.append((label, fmt(value)))
+        elif key not in ("family_size", "threshold_e_value"):
+            rows.append((_e(key.replace("_", " ").capitalize()), _e(value)))
+    return rows
+
+
+def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
     r = d.result
     rows: list[tuple[str, str]] = []
     if extra.get("endpoint"):
@@ -271,60 +355,78 @@ def _facts(d: ReportData, extra: dict[str, Any]) -> str:
     if isinstance(extra.get("model_path"), str):
         rows.append(("Suspect file name", f"<code>{_e(Path(extra['model_path']).name)}</code>"))
     rows.append(("Verdict", "match: " + _e(", ".join(r.customers)) if r.matched else "no match"))
-    rows.append(("Questions sent to the suspect", f"{r.queries:,}"))
-    if extra.get("trigger_queries") is not None:
-        rows.append(("Of which secret probes", _e(extra["trigger_queries"])))
+    rows.append(("Questions sent to the suspect", num(f"{r.queries:,}")))
+    counts = ("trigger_queries", "decoy_queries")
+    rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
     rows.append(("Probe sets used", _e(", ".join(r.probe_sets) or "none")))
-    rows.append(("Issued customers checked", f"{len(r.candidates):,}"))
-    rows.append(("Possible answers per question (C)", str(r.num_classes)))
-    rows.append(("Error bound alpha", f"{_e(f'{r.alpha:g}')}: the chance that tracer names any innocent customer is at most alpha"))
-    for key, value in extra.items():
-        if key in ("endpoint", "session", "model_path", "trigger_queries", "subject") or isinstance(value, (dict, list)):
-            continue
-        rows.append((key.replace("_", " ").capitalize(), _e(value)))
+    untested = _untested(r)
+    checked = num(f"{len(r.candidates) - len(untested):,}")
+    if untested:
+        checked += (f"<span class=explain>{len(untested):,} more issued customer(s) were not tested: their copies do not carry "
+                    "the probe set used</span>")
+    rows.append(("Issued customers checked", checked))
+    rows.append(("Possible answers per question (C)", num(r.num_classes)))
+    rows.append(("Error bound alpha", f"{num(f'{r.alpha:g}')}: the chance that tracer names any innocent customer is at most alpha"))
+    rows += _extra_rows({k: v for k, v in extra.items() if k not in counts}, dec)
     rows.append(("Report made", _e(_when(d.created))))
-    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
-    return f'<h2>The suspect</h2><table class="kv">{body}</table>'
+    return "<h2>The suspect</h2>" + kv_table(rows)
 
 
-def _charts(d: ReportData) -> str:
-    r = d.result
-    n_cust = len(r.candidates)
-    if not n_cust:
-        return "<h2>Every customer against chance</h2><p>No customer has been issued a copy yet: nothing to compare.</p>"
-    level = r.alpha / n_cust
-    parts = ["<h2>Every customer against chance</h2>"]
-    by_trials: dict[int, list[Candidate]] = {}
-    for c in r.candidates:
-        if c.trials > 0:
-            by_trials.setdefault(c.trials, []).append(c)
-    for n, group in sorted(by_trials.items(), key=lambda kv: -len(kv[1])):
-        tails = binomial_tails(n, r.num_classes)
-        m_star = charts.threshold_count(list(tails), level)
-        svg = charts.null_chart(n, r.num_classes, group, threshold=m_star, threshold_label="named from here on")
-        if m_star is None:
-            thr = (f"With only {n} probes no customer could be named at alpha = {r.alpha:g}: even {n} matches out of {n} "
-                   "would not be unlikely enough.")
-        else:
-            thr = (f"The red dashed line marks {m_star} matches: a customer with {m_star} or more is named for certain "
-                   f"(p ≤ alpha / {n_cust:,} customers). Holm's procedure may also name customers a little to its left once "
-                   "the stronger ones are named.")
-        parts.append(
-            f"<figure>{svg}<figcaption>The grey bars show how many of the {n} secret probes a model that was "
+def _null_figure(r: IdentificationResult, dec: Decision, n: int, group: list[Candidate]) -> str:
+    """One null chart (customers scored on ``n`` probes) and its caption, with this rule's threshold."""
+    tails = binomial_tails(n, r.num_classes)
+    if dec.sequential:
+        m_star = _e_threshold_count(n, r.num_classes, dec.threshold or dec.family_size / r.alpha)
+        label = "e-value reaches the threshold"
+    else:
+        m_star = charts.threshold_count(list(tails), dec.level)
+        label = "named from here on"
+    svg = charts.null_chart(n, r.num_classes, group, threshold=m_star, threshold_label=label)
+    if m_star is None:
+        thr = (f"With only {n} probes no customer could be named at alpha = {r.alpha:g}: even {n} matches out of {n} "
+               "would not be unlikely enough.")
+    elif dec.sequential:
+        thr = (f"The red dashed line marks {m_star} matches: after these {n} secret probes, a customer with {m_star} or more "
+               f"has an e-value of at least {charts.format_e(math.log10(dec.threshold or 1))} (family size {dec.family_size} / alpha) "
+               "and is named. The probe stopped as soon as one customer got there.")
+    else:
+        thr = (f"The red dashed line marks {m_star} matches: a customer with {m_star} or more is named for certain "
+               f"(p ≤ alpha / {dec.family_size:,} customers). Holm's procedure may also name customers a little to its left once "
+               "the stronger ones are named.")
+    return (f"<figure>{svg}<figcaption>The grey bars show how many of the {n} secret probes a model that was "
             f"<em>not</em> derived from a given customer's copy would match, by pure chance: each answer agrees with "
-            f"probability 1 in {r.num_classes}, so about {n / r.num_classes:.1f} matches are expected and more than "
-            f"{_q(tails, 1e-3)} almost never happen. Below the axis, every issued customer "
+            f"probability 1 in {r.num_classes}, so chance alone gives {plain_count(n / r.num_classes)}, and more than "
+            f"{_q(tails, 1e-3)} almost never happen. Below the axis, every tested customer "
             f"({len(group):,} here) is placed at its actual match count (one dot each, or dark bars counting customers when "
-            f"there are many); named customers are red dots. {thr}</figcaption></figure>"
-        )
-    top = r.candidates[:MAX_STRENGTH_ROWS]
-    thr_log = -math.log10(level) if level > 0 else None
-    svg = charts.strength_chart(top, threshold_log10=thr_log, threshold_label=f"naming threshold (alpha / {n_cust:,})")
-    parts.append(f"<figure>{svg}<figcaption>The {len(top)} closest customers: for each, the chance that a model unrelated to "
-                 "its copy would agree with it this often. A customer is named only when this chance is below the dashed "
-                 "line (the strictest step of Holm's procedure), or below a slightly looser line once the stronger "
-                 "customers were named.</figcaption></figure>")
-    return "".join(parts)
+            f"there are many); named customers are red. {thr}</figcaption></figure>")
+
+
+def _charts(d: ReportData, dec: Decision) -> str:
+    r = d.result
+    tested = _tested(r)
+    head = "<h2>Every customer against chance</h2>"
+    if not tested:
+        return head + "<p>No customer was scored against the suspect: nothing to compare.</p>"
+    by_trials: dict[int, list[Candidate]] = {}
+    for c in tested:
+        by_trials.setdefault(c.trials, []).append(c)
+    parts = [_null_figure(r, dec, n, group) for n, group in sorted(by_trials.items(), key=lambda kv: -len(kv[1]))]
+    top = tested[:MAX_STRENGTH_ROWS]
+    if dec.sequential:
+        thr = dec.threshold or dec.family_size / r.alpha
+        svg = charts.strength_chart(top, threshold_log10=math.log10(thr), e_scale=True,
+                                    threshold_label=f"naming threshold: e-value {charts.format_e(math.log10(thr))} = {dec.family_size} / alpha")
+        cap = (f"The {len(top)} closest customers: for each, the largest e-value its match count reached during the probe. "
+               "An e-value is a running measure of evidence that starts at 1 and stays small, whatever the service does, for "
+               f"a customer whose copy it does not use. A customer is named once it crosses the dashed line, at {dec.family_size} "
+               f"customers / alpha (Bonferroni's correction over the {dec.family_size} customers tested).")
+    else:
+        svg = charts.strength_chart(top, threshold_log10=-math.log10(dec.level),
+                                    threshold_label=f"naming threshold (alpha / {dec.family_size:,})")
+        cap = (f"The {len(top)} closest customers: for each, the chance that a model unrelated to its copy would agree with it "
+               "this often. A customer is named only when this chance is below the dashed line (the strictest step of Holm's "
+               "procedure), or below a slightly looser line once the stronger customers were named.")
+    return head + "".join(parts) + f"<figure>{svg}<figcaption>{cap}</figcaption></figure>"
 
 
 def _q(tails, level: float) -> int:
@@ -337,25 +439,29 @@ def _q(tails, level: float) -> int:
 
 def _scores(d: ReportData) -> str:
     r = d.result
-    if not r.candidates:
+    tested = _tested(r)
+    if not tested:
         return ""
     # best first: every named customer, then the closest others
-    n_named = sum(1 for c in r.candidates if c.named)
-    shown = list(r.candidates[: max(MAX_TABLE_ROWS, n_named)])
+    n_named = sum(1 for c in tested if c.named)
+    shown = tested[: max(MAX_TABLE_ROWS, n_named)]
     rows = []
     for i, c in enumerate(shown, start=1):
         cls = ' class="named"' if c.named else ""
         rows.append(
             f"<tr{cls}><td class=num>{i}</td><td><code>{_e(c.customer)}</code></td><td>{_e(c.display_name)}</td>"
             f"<td class=num>{c.matches} of {c.trials}</td><td class=num>{c.trials / r.num_classes:.1f}</td>"
-            f"<td class=num>{_e(charts.format_p(c.p_value, c.log10_p))}</td><td>{'named' if c.named else 'not named'}</td></tr>"
+            f"<td class=num>{_e(format_p(c.p_value, c.log10_p))}</td><td>{'named' if c.named else 'not named'}</td></tr>"
         )
-    more = len(r.candidates) - len(shown)
+    more = len(tested) - len(shown)
     note = f'<p class="note">{more:,} more customers, all less likely, are in the evidence file.</p>' if more > 0 else ""
-    return ("<h2>Scores of the customers</h2><table><tr><th>Rank</th><th>Customer</th><th>Name</th><th>Matches</th>"
-            "<th>Expected by chance</th><th>p-value</th><th>Decision</th></tr>" + "".join(rows) + "</table>" + note)
-
-
+    untested = _untested(r)
+    if untested:
+        names = ", ".join(_e(c.display_name) for c in untested[:10]) + (" and others" if len(untested) > 10 else "")
+        note += (f'<p class="note">Not tested ({len(untested):,}): {names}. Their copies do not carry the probe set used, '
+                 "so the suspect's answers say nothing about them either way.</p>")
+    return ('<h2>Scores of the customers</h2><div class="scroll"><table class="grid"><tr><th>Rank</th><th>Customer</th><th>Name</th>'
+            "<th>Matches</th><th>Expected by chance</th><th>p-value</th><th>Decision</th></tr>" + "".join(rows) + "</table></div>" + note)
 def _sig(ci: CheckedEntry) -> str:
     cls = "ok" if ci.valid else "bad"
     mark = "✔" if ci.valid else "✘ INVALID:"
@@ -402,29 +508,51 @@ def _records(d: ReportData) -> str:
     return "".join(parts)
 
 
-def _method(d: ReportData) -> str:
-    r = d.result
-    c = r.num_classes
-    n_cust = len(r.candidates)
-    return f"""<h2>How tracer decided, in plain words</h2>
+def _method_common(c: int) -> str:
+    return f"""<h2>How the decision was made, in plain words</h2>
 <p>Every copy of the model that the vendor issues is slightly different: it was trained to give a secret, customer-specific
 answer to a set of secret test inputs (<em>probes</em>) that only the vendor can produce. For each probe and each customer, that
-secret answer was drawn at random among the {c} possible answers. tracer asked the suspect the probes and counted, for every
-issued customer, on how many probes the suspect gave that customer's secret answer.</p>
-<h3>The question asked for each customer</h3>
+secret answer was drawn at random among the {c} possible answers. The suspect was asked the probes, and for every
+issued customer we counted on how many probes the suspect gave that customer's secret answer.</p>
+<h3 class="keep">The question asked for each customer</h3>
 <p>The starting assumption (the <em>null hypothesis</em>) is: “the suspect was <strong>not</strong> derived from this customer's
 copy”. If that is true, the suspect knows nothing about the customer's secret answers. Because those answers were drawn at random,
 the suspect then agrees with each of them with probability exactly 1 in {c}, independently of how the suspect was built, so
-its match count follows the binomial distribution shown by the grey bars. The <em>p-value</em> is the exact chance of
-matching at least as many probes as observed under that assumption. A tiny p-value means the assumption is not credible: the
-suspect must descend from that customer's copy.</p>
-<h3>What alpha means</h3>
-<p>tracer names a customer only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
-customer is at most alpha</strong> (here {_e(f"{r.alpha:g}")}), however many customers were checked ({n_cust:,} here). To achieve this it
-uses Holm's correction: it sorts the customers by p-value and compares the smallest with alpha / {n_cust:,}, the next with
-alpha / {max(n_cust - 1, 1):,}, and so on, stopping at the first customer that does not clear its bar. Several customers can be
-named, for example when a model was merged from several copies.</p>
-<h3>What the method relies on</h3>
+its match count follows the binomial distribution shown by the grey bars.</p>"""
+
+
+def _method_holm(r: IdentificationResult, dec: Decision) -> str:
+    n = dec.family_size
+    return f"""<p>The <em>p-value</em> is the exact chance of matching at least as many probes as observed under that assumption.
+A tiny p-value means the assumption is not credible: the suspect must descend from that customer's copy.</p>
+<h3 class="keep">What alpha means</h3>
+<p>A customer is named only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
+customer is at most alpha</strong> (here {num(f"{r.alpha:g}")}), however many customers were checked ({n:,} here). To achieve this,
+the customers are sorted by p-value (Holm's correction): the smallest is compared with alpha / {n:,}, the next with
+alpha / {max(n - 1, 1):,}, and so on, stopping at the first customer that does not clear its bar. Several customers can be
+named, for example when a model was merged from several copies.</p>"""
+
+
+def _method_eprocess(r: IdentificationResult, dec: Decision) -> str:
+    n = dec.family_size
+    thr = charts.format_e(math.log10(dec.threshold or n / r.alpha))
+    return f"""<h3 class="keep">A test that may stop at any moment</h3>
+<p>A prediction service is asked one secret probe at a time, and the probe stops as soon as the answer is clear. A fixed-size
+test would not stay exact under such early stopping, so the service was judged by a <em>sequential</em> test. For each customer
+it keeps an <em>e-value</em>: a running measure of evidence that starts at 1, grows with every answer that matches the customer's
+secret answer and shrinks with every answer that does not. While the service is not derived from that customer's copy, the
+chance that this e-value <strong>ever</strong> reaches a level L, however long the probe runs and whenever it stops, is at most
+1 / L (Ville's inequality). The reported p-value, 1 / (largest e-value reached), keeps that meaning.</p>
+<h3 class="keep">What alpha means</h3>
+<p>A customer is named only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
+customer is at most alpha</strong> (here {num(f"{r.alpha:g}")}). Only the {n:,} customers whose copies carry the probe set used
+can be tested; the error bound is shared equally among them (Bonferroni's correction): a customer is named once its e-value
+reaches {n:,} / alpha = {num(thr)}, the dashed line in the charts. Customers whose copies do not carry that probe set are not
+tested and are never named.</p>"""
+
+
+def _method_limits() -> str:
+    return """<h3 class="keep">What the method relies on</h3>
 <ul>
 <li>The vendor's master secret stayed secret, so nobody else could know or compute the customers' secret answers.</li>
 <li>Each issued copy was recorded in the signed ledger when it was issued, together with a commitment to its secret fingerprint,
@@ -432,16 +560,51 @@ so the fingerprint was fixed before the suspect was found and was not chosen to 
 <li>The suspect's answers were recorded as it gave them; the calculation itself needs no assumption about how the suspect was
 built, trained or modified.</li>
 </ul>
-<h3>What this method cannot detect</h3>
+<h3 class="keep">What this method cannot detect</h3>
 <ul>
 <li>A model trained independently, or rebuilt from scratch (for example by imitating a copy's answers on ordinary inputs only),
 may carry no fingerprint; heavy retraining can also erase it. “No match” therefore means “not proven”, never “proven unrelated”.</li>
 <li>A leak of the vendor's own original model (not a customer's copy) cannot be attributed to any customer.</li>
-<li>tracer identifies whose copy the suspect descends from, not who leaked it: a copy stolen from a customer is still that
+<li>The method identifies whose copy the suspect descends from, not who leaked it: a copy stolen from a customer is still that
 customer's copy.</li>
 </ul>"""
 
 
+def _method(d: ReportData, dec: Decision) -> str:
+    r = d.result
+    rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
+    return _method_common(r.num_classes) + rule + _method_limits()
+
+
+_GLOSSARY_COMMON = [
+    ("Null hypothesis (H0)", "the assumption under test for one customer: “the suspect was not derived from this customer's copy”."),
+    ("Codeword", "a customer's secret answers to the probes, drawn at random from the master secret; never shown in a report."),
+    ("Family-wise error rate (FWER)", "the chance of naming at least one innocent customer among all those tested; it is kept "
+     "at or below alpha."),
+    ("Family size", "the number of customers the error bound alpha is shared among."),
+]
+_GLOSSARY_HOLM = [("Holm's step-down procedure", "compare the smallest p-value with alpha / N, the next with alpha / (N - 1), "
+                   "and so on; it controls the family-wise error rate at alpha for any dependence between customers.")]
+_GLOSSARY_EPROCESS = [
+    ("E-value, e-process", "a running measure of evidence (here the average of likelihood ratios over a grid of possible match "
+     "rates); under H0 it is a test martingale with mean 1, so by Ville's inequality it ever reaches L with chance at most 1 / L."),
+    ("Threshold e-value", "family size / alpha: the e-value a customer must reach to be named (Bonferroni's correction)."),
+    ("Budget", "the most requests the probe may send to the service."),
+    ("Decoys, decoy accuracy", "ordinary inputs with known answers, mixed in at random so that the service cannot single out the "
+     "secret probes; the share answered correctly shows it is a working classifier for the task. They are never scored."),
+]
+
+
+def _appendix(r: IdentificationResult, dec: Decision) -> str:
+    """Technical terms and the exact method string, for an expert reader."""
+    terms = _GLOSSARY_COMMON + (_GLOSSARY_EPROCESS if dec.sequential else _GLOSSARY_HOLM)
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in terms)
+    rule = ("anytime-valid e-process, Bonferroni over the customers whose copies carry the probe set" if dec.sequential
+            else "exact binomial tail, Holm's step-down over all issued customers")
+    return (f'<h2>Technical appendix</h2><p>Decision rule: <code>{_e(dec.rule)}</code> '
+            f"({_e(rule)}); family size {num(dec.family_size)}"
+            + (f"; threshold e-value {num(charts.format_e(math.log10(dec.threshold)))}" if dec.threshold else "")
+            + f'.</p><dl class="appendix">{items}</dl><p class="note">Method, as recorded: {_e(r.method)}.</p>')
 def _verify(d: ReportData) -> str:
     name = d.evidence_name
     return f"""<h2>How to check this evidence independently</h2>
@@ -469,16 +632,10 @@ def render_html(d: ReportData) -> str:
     d = replace(d, result=replace(d.result, candidates=list(d.result.candidates)))
     r = d.result
     extra = safe_extra(r.extra)
-    title = "tracer identification report"
-    head = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
-    )
+    dec = decision_of(r)
     intro = (f"<h1>Identification report</h1><p class=\"sub\">Made by tracer {_e(__version__)} on {_e(_when(d.created))}"
              + (f", ledger entry {r.ledger_entry}" if r.ledger_entry is not None else "") + ".</p>")
-    body = [intro, _verdict(d, extra), _facts(d, extra), _charts(d), _records(d), _scores(d), _method(d), _verify(d)]
-    footer = (f"<footer>Method: {_e(r.method)}.<br>This page is self-contained: it loads nothing from the network.</footer>")
-    return head + "".join(body) + footer + "</main></body></html>\n"
+    body = [intro, _verdict(d, extra, dec), _facts(d, extra, dec), _charts(d, dec), _records(d), _scores(d), _method(d, dec),
+            _verify(d), _appendix(r, dec)]
+    rule = "sequential e-process with Bonferroni" if dec.sequential else "exact binomial test with Holm's correction"
+    return page("tracer identification report", "".join(body), footer=f"Decided by the {_e(rule)}; details in the technical appendix.")
