@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import EXIT_FAILED, KeyFileError, TracerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json
+from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, out, print_json
 
-app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
+app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_SEE, no_args_is_help=True)
 
 
 def _read_evidence(path: Path) -> dict:
@@ -18,11 +19,11 @@ def _read_evidence(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise TracerError(f"cannot read evidence file {path}: {why}") from None
+        raise TracerError(f"cannot read evidence file {path}: {why}") from exc
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise TracerError(f"evidence file {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
+        raise TracerError(f"evidence file {path} is not JSON ({exc.msg}, line {exc.lineno})") from exc
     if not isinstance(doc, dict):
         raise TracerError(f"evidence file {path} is not a tracer evidence document (not a JSON object)")
     return doc
@@ -46,7 +47,7 @@ def verify(
     try:
         pem = public_key.read_bytes()
     except OSError as exc:
-        raise KeyFileError(f"cannot read public key {public_key}: {exc.strerror}") from None
+        raise KeyFileError(f"cannot read public key {public_key}: {exc.strerror}") from exc
     key = load_public_key(pem)
     doc = _read_evidence(file)
     check = check_evidence(doc, key)
@@ -72,5 +73,5 @@ def verify(
         out.print(f"verdict: {result.get('verdict')} ({named}), suspect sha256 {result.get('model_sha256')}", markup=False)
     if not check.ok:
         if not json_out:
-            err.print(f"[bold red]error:[/] evidence check failed: {'; '.join(check.failed)}", markup=True)
+            err.print(f"[bold red]error:[/] {escape('evidence check failed: ' + '; '.join(check.failed))}")
         raise typer.Exit(EXIT_FAILED)

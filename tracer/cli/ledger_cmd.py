@@ -11,9 +11,9 @@ import typer
 from ..errors import LedgerError, LedgerTampered
 from ..keys.keyring import load_public_key
 from ..ledger import export_lines, make_checkpoint, verify_export
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, say, workspace
 
-app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
+app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_SEE, no_args_is_help=True)
 
 
 def _summary(payload: dict) -> str:
@@ -25,7 +25,8 @@ def _summary(payload: dict) -> str:
 
 @app.command("list", help="List ledger entries, oldest first.")
 @handle_errors
-def list_(kind: str = typer.Option(None, "--kind", help="Only entries of this kind (issuance, identification, probe-result, ...)."), json_out: bool = JsonOpt) -> None:
+def list_(kind: str = typer.Option(None, "--kind", help="Only entries of this kind (issuance, identification, probe-result, ...)."), json_out: bool = JsonOpt,
+          _workspace: str = WorkspaceOpt) -> None:
     with workspace().ledger() as ledger:
         entries = list(ledger.entries(kind=kind))
     if json_out:
@@ -37,7 +38,8 @@ def list_(kind: str = typer.Option(None, "--kind", help="Only entries of this ki
 
 @app.command("show", help="Show one entry in full.")
 @handle_errors
-def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (seq)."), json_out: bool = JsonOpt) -> None:
+def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (seq)."), json_out: bool = JsonOpt,
+         _workspace: str = WorkspaceOpt) -> None:
     with workspace().ledger() as ledger:
         e = ledger.get(entry_id)
     if json_out:
@@ -50,7 +52,7 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise LedgerError(f"cannot read {what} {path}: {exc}") from None
+        raise LedgerError(f"cannot read {what} {path}: {exc}") from exc
 
 
 @app.command("verify", help="Check every hash link and signature; exit 1 naming the first bad entry.")
@@ -60,13 +62,14 @@ def verify(
     export: Path = typer.Option(None, "--export", help="Verify an exported JSON-lines file instead of the workspace ledger."),
     public_key: Path = typer.Option(None, "--public-key", help="PEM public key to verify with (default: the workspace's)."),
     json_out: bool = JsonOpt,
+    _workspace: str = WorkspaceOpt,
 ) -> None:
     cp = _read_json(checkpoint, "checkpoint") if checkpoint else None
     if public_key is not None:
         try:
             pem = public_key.read_bytes()
         except OSError as exc:
-            raise LedgerError(f"cannot read public key {public_key}: {exc.strerror}") from None
+            raise LedgerError(f"cannot read public key {public_key}: {exc.strerror}") from exc
     else:
         pem = workspace().public_key_pem()
     key = load_public_key(pem)
@@ -75,7 +78,7 @@ def verify(
             try:
                 text = export.read_text(encoding="utf-8")
             except OSError as exc:
-                raise LedgerError(f"cannot read export {export}: {exc.strerror}") from None
+                raise LedgerError(f"cannot read export {export}: {exc.strerror}") from exc
             count, head = verify_export(text.splitlines(), key, checkpoint=cp)
         else:
             with workspace().ledger() as ledger:
@@ -93,7 +96,7 @@ def verify(
 
 @app.command("export", help="Write all entries as JSON lines, verifiable offline with the public key alone.")
 @handle_errors
-def export(output: Path = typer.Option(None, "--output", "-o", help="File to write (default: stdout).")) -> None:
+def export(output: Path = typer.Option(None, "--output", "-o", help="File to write (default: stdout)."), _workspace: str = WorkspaceOpt) -> None:
     with workspace().ledger() as ledger:
         lines = [line + "\n" for line in export_lines(ledger)]
     if output is None:
@@ -102,12 +105,12 @@ def export(output: Path = typer.Option(None, "--output", "-o", help="File to wri
         from .._files import atomic_write_bytes
 
         atomic_write_bytes(output, "".join(lines).encode("utf-8"))
-        err.print(f"wrote {len(lines)} entries to {output}")
+        say(f"wrote {len(lines)} entries to {output}")
 
 
 @app.command("checkpoint", help="Print a signed head (entry count, head hash, time) to publish or file elsewhere.")
 @handle_errors
-def checkpoint(output: Path = typer.Option(None, "--output", "-o", help="Also write it to this file.")) -> None:
+def checkpoint(output: Path = typer.Option(None, "--output", "-o", help="Also write it to this file."), _workspace: str = WorkspaceOpt) -> None:
     ws = workspace()
     keyring = ws.unlock(master=False, signing=True)
     with ws.ledger() as ledger:
