@@ -85,11 +85,13 @@ def test_alpha_is_checked_once_for_every_command(fresh_workspace, run_cli, comma
     _one_line_error(r.stderr, "--alpha", "between 0 and 1")
 
 
-def test_the_shared_alpha_option_is_the_one_every_command_uses():
+def test_the_shared_alpha_option_is_the_one_every_command_uses(cli, fresh_workspace):
     from tracer.cli import _common, evaluate_cmd, identify_cmd
 
     assert identify_cmd.AlphaOpt is _common.AlphaOpt  # `tracer probe` takes it from here
     assert evaluate_cmd.UsageError is UsageError  # no command-local usage error class
+    r = cli(["-w", fresh_workspace.root, "identify", "m.onnx", "--alpha", "2"])  # in-process too (CliRunner)
+    assert r.exit_code == 2 and "--alpha 2 is not between 0 and 1" in r.stderr
 
 
 # -- --json: one error document on stdout, whatever failed -------------------------------------------------

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import EXIT_ERROR, TracerError, UsageError
+from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
 from ..workspace import Workspace, find_workspace
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -190,3 +191,49 @@ def handle_errors(fn: F) -> F:
                 _show_warnings(caught)
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- errors found while the command line is parsed ------------------------------------------------------
+
+
+def _json_requested(args: list[str]) -> bool:
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _parse_error(exc: Any, *, json_out: bool) -> int:
+    """A usage error click found while parsing: typer's own message on stderr, plus the JSON document under --json."""
+    from typer import rich_utils
+
+    code = getattr(exc, "exit_code", EXIT_USAGE)
+    rich_utils.rich_format_error(exc)
+    if json_out:
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `tracer --help`"
+        print_json(error_document(exc.format_message(), hint=hint, exit_code=code))
+    return code
+
+
+class TracerGroup(TyperGroup):
+    """The root command: also turns errors raised while parsing into the documented output.
+
+    Those are click's usage errors (exit 2), under --json also as the JSON error document, and
+    the TracerErrors of shared option checks (e.g. --alpha), which click itself would not catch.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        from typer._click.exceptions import ClickException  # typer vendors click; never `import click`
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        json_out = _json_requested(argv)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except TracerError as exc:
+            sys.exit(fail(exc, json_out=json_out).exit_code)
+        except ClickException as exc:
+            sys.exit(_parse_error(exc, json_out=json_out))
+        except typer.Abort:
+            sys.exit(report_error("aborted", hint=None, exit_code=1, json_out=json_out).exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
