@@ -389,3 +389,14 @@ def test_verbose_shows_the_chained_cause(fresh_workspace, run_cli, tmp_path):
     assert plain.returncode == verbose.returncode == 3
     _one_line_error(plain.stderr, "cannot read checkpoint")
     assert "JSONDecodeError" in verbose.stderr and "direct cause" in verbose.stderr, verbose.stderr
+
+
+def test_two_workspaces_in_one_process_each_get_their_own_module(tmp_path):
+    from tracer._imports import import_object
+
+    for name, value in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vendor_mod_xyz.py").write_text(f"def make():\n    return {value}\n")
+    assert import_object("vendor_mod_xyz:make", root=tmp_path / "a")() == 1
+    assert import_object("vendor_mod_xyz:make", root=tmp_path / "a")() == 1
+    assert import_object("vendor_mod_xyz:make", root=tmp_path / "b")() == 2

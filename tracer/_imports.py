@@ -24,6 +24,10 @@ from .errors import ConfigError, TracerError, VendorCodeError
 
 __all__ = ["import_object", "call_vendor"]
 
+#: Top-level module names this process loaded from a workspace folder (a later workspace may bring its own).
+_LOADED: set[str] = set()
+#: Workspace folders this process appended to sys.path.
+_ROOTS: set[Path] = set()
 _VERBOSE_HINT = "rerun with --verbose to see the traceback of the vendor code"
 
 
@@ -72,8 +76,8 @@ def _installed_elsewhere(top: str, root: Path) -> bool:
     """Whether ``top`` is a builtin or importable from anywhere on sys.path but the workspace."""
     if top in sys.builtin_module_names:
         return True
-    here = root.resolve()
-    paths = [p for p in sys.path if p and Path(p).resolve() != here]
+    workspaces = {root.resolve(), *_ROOTS}
+    paths = [p for p in sys.path if p and Path(p).resolve() not in workspaces]
     return importlib.machinery.PathFinder.find_spec(top, paths) is not None
 
 
@@ -86,6 +90,10 @@ def _load_workspace_module(top: str, root: Path, *, field: str) -> None:
     existing = sys.modules.get(top)
     if existing is not None and _same_file(existing, origin):
         return
+    if existing is not None and top in _LOADED:  # another workspace's module of that name, in this process
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[name]
+        existing = None
     if existing is not None or _installed_elsewhere(top, root):
         raise ConfigError(f"tracer.toml: {field}: the workspace's module {top} has the name of an installed module",
                           hint=f"rename {origin.relative_to(root)} (installed packages always win over the workspace)")
@@ -99,12 +107,14 @@ def _load_workspace_module(top: str, root: Path, *, field: str) -> None:
     except BaseException:
         sys.modules.pop(top, None)
         raise
+    _LOADED.add(top)
 
 
 def _append_path(root: Path) -> None:
     entry = str(root)
     if entry not in sys.path:
         sys.path.append(entry)  # appended: the vendor's sibling modules resolve, installed packages win
+        _ROOTS.add(root.resolve())
 
 
 def _import(module_name: str, *, root: Path | None, field: str) -> ModuleType:
