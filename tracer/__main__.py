@@ -5,6 +5,6 @@ import sys
 if sys.path and sys.path[0] in ("", __import__("os").getcwd()):
     del sys.path[0]
 
-from .cli import main  # noqa: E402
+from .cli import main
 
 main()

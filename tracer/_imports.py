@@ -69,7 +69,7 @@ def _workspace_origin(root: Path, top: str) -> tuple[Path, Path | None] | None:
 
 def _same_file(module: ModuleType, origin: Path) -> bool:
     file = getattr(module, "__file__", None)
-    return bool(file) and Path(file).resolve() == origin.resolve()
+    return isinstance(file, str) and Path(file).resolve() == origin.resolve()
 
 
 def _installed_elsewhere(top: str, root: Path) -> bool:

@@ -18,13 +18,13 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
 from ..workspace import Workspace, find_workspace
@@ -129,7 +129,7 @@ def error_document(message: str, *, hint: str | None, exit_code: int) -> dict[st
     return {"error": message, "hint": hint, "exit_code": exit_code}
 
 
-def report_error(message: str, *, hint: str | None, exit_code: int, json_out: bool, label: str = "error") -> "typer.Exit":
+def report_error(message: str, *, hint: str | None, exit_code: int, json_out: bool, label: str = "error") -> typer.Exit:
     """One line (plus hint) on stderr, the JSON error document on stdout under --json; returns the Exit to raise."""
     err.print(f"[bold red]{label}:[/] {escape(message)}")
     if hint:
@@ -139,7 +139,7 @@ def report_error(message: str, *, hint: str | None, exit_code: int, json_out: bo
     return typer.Exit(exit_code)
 
 
-def fail(exc: TracerError, *, json_out: bool = False) -> "typer.Exit":
+def fail(exc: TracerError, *, json_out: bool = False) -> typer.Exit:
     return report_error(exc.message, hint=exc.hint, exit_code=exc.exit_code, json_out=json_out)
 
 
@@ -220,16 +220,16 @@ class TracerGroup(TyperGroup):
     the TracerErrors of shared option checks (e.g. --alpha), which click itself would not catch.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         from typer._click.exceptions import ClickException  # typer vendors click; never `import click`
 
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         argv = list(sys.argv[1:] if args is None else args)
         json_out = _json_requested(argv)
         try:
-            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         except TracerError as exc:
             sys.exit(fail(exc, json_out=json_out).exit_code)
         except ClickException as exc:

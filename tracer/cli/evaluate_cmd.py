@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperOption
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
 from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
@@ -37,7 +37,7 @@ class EvaluateCommand(TyperCommand):
 
     def fill_help(self) -> None:
         for param in self.params:
-            if param.name == "attacks":
+            if param.name == "attacks" and isinstance(param, TyperOption):
                 param.help = attacks_help()
 
     def format_help(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
