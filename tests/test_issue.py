@@ -140,7 +140,7 @@ def test_clean_accuracy_gate_refuses_a_sabotaged_configuration(issued_tabular_co
     before = _snapshot_state(issued_tabular_copy)
     res = run_cli(["issue", "--customer", "hooli", "--json"], env={"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)})
     assert res.returncode == 3
-    assert res.stdout == ""
+    assert json.loads(res.stdout)["exit_code"] == 3  # --json: the one error document, nothing else
     assert "clean-accuracy gate failed" in res.stderr and "over by" in res.stderr
     assert _snapshot_state(issued_tabular_copy) == before
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._imports import import_object
+from ._imports import call_vendor, import_object
 from .config import Config
 from .errors import ConfigError
 
@@ -74,13 +74,13 @@ def _as_dataset(arrays: Mapping[str, Any], config: Config, source: str) -> Datas
         if x.shape[1:] != task.input_shape:
             try:
                 x = x.reshape((len(x), *task.input_shape))
-            except ValueError:
-                raise ConfigError(f"{source}: {name} cannot be shaped as {task.input_shape}") from None
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {name} cannot be shaped as {task.input_shape}") from exc
         out[name] = x
     for name in ("y_train", "y_val", "y_attack"):
         if arrays.get(name) is None:
             continue
-        y = np.asarray(arrays[name]).astype(np.int64).reshape(-1)
+        y = _labels(arrays[name], f"{source}: {name}")
         if y.size and (y.min() < 0 or y.max() >= task.num_classes):
             raise ConfigError(f"{source}: {name} has labels outside 0..{task.num_classes - 1}")
         out[name] = y
@@ -90,6 +90,17 @@ def _as_dataset(arrays: Mapping[str, Any], config: Config, source: str) -> Datas
     if len(out["x_train"]) == 0 or len(out["x_val"]) == 0:
         raise ConfigError(f"{source}: training and validation data must not be empty")
     return Dataset(**out)
+
+
+def _labels(values: Any, what: str) -> np.ndarray:
+    """Integer class labels; NaN, infinite or fractional labels are refused (casting them only warns, then lies)."""
+    y = np.asarray(values).reshape(-1)
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise ConfigError(f"{what} has {int(bad.sum())} labels that are not whole numbers (NaN, infinite or fractional)")
+    return y.astype(np.int64)
 
 
 def _load_image_folder(folder: Path, config: Config) -> dict[str, np.ndarray]:
@@ -132,7 +143,7 @@ def load_dataset(config: Config) -> Dataset:
     d = config.data
     if d.loader:
         fn = import_object(d.loader, root=config.root, field="data.loader")
-        result = fn()
+        result = call_vendor(fn, spec=d.loader, field="data.loader")
         if isinstance(result, tuple) and len(result) == 4:
             result = dict(zip(("x_train", "y_train", "x_val", "y_val"), result))
         if not isinstance(result, Mapping):
@@ -144,7 +155,7 @@ def load_dataset(config: Config) -> Dataset:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"data.npz {path}: cannot read ({exc})") from None
+            raise ConfigError(f"data.npz {path}: cannot read ({exc})") from exc
         return _as_dataset(arrays, config, f"data.npz {path.name}")
     folder = config.path(d.image_folder)  # type: ignore[arg-type]
     if not folder.is_dir():

@@ -1,6 +1,7 @@
 """One exception tree for the whole library; the CLI maps it to exit codes.
 
     TracerError                      exit 3 unless noted
+    ├── UsageError                   bad command line: options missing, conflicting or out of range (exit 2)
     ├── WorkspaceError               no workspace, or refusing to overwrite one
     ├── ConfigError                  tracer.toml is missing a field or has a bad value
     ├── KeyFileError                 key file unreadable, truncated or tampered
@@ -10,6 +11,7 @@
     ├── LedgerError                  the ledger cannot be read or written
     │   └── LedgerTampered           verification found a bad entry (exit 1)
     ├── ModelError                   a model file is missing, corrupt or does not fit the task
+    ├── VendorCodeError              the vendor's factory or loader module failed (raised, or exited)
     ├── GateError                    an issued copy failed an accuracy gate
     ├── EndpointError                a prediction API failed or answered nonsense
     └── BudgetExhausted              a probe ran out of its query budget (exit 3)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "TracerError",
+    "UsageError",
     "WorkspaceError",
     "ConfigError",
     "KeyFileError",
@@ -31,6 +34,7 @@ __all__ = [
     "LedgerError",
     "LedgerTampered",
     "ModelError",
+    "VendorCodeError",
     "GateError",
     "EndpointError",
     "BudgetExhausted",
@@ -58,6 +62,12 @@ class TracerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UsageError(TracerError):
+    """The command line is wrong: a missing, conflicting or out-of-range option. The one way to say so."""
+
+    exit_code = EXIT_USAGE
 
 
 class WorkspaceError(TracerError):
@@ -100,6 +110,18 @@ class LedgerTampered(LedgerError):
 
 class ModelError(TracerError):
     """A model file is missing, corrupt, or does not fit the workspace's task."""
+
+
+class VendorCodeError(TracerError):
+    """The vendor's own code (model.factory, data.loader or their module) raised or exited while tracer ran it.
+
+    ``module`` names the vendor module; the message carries the exception's first line, and
+    ``--verbose`` shows the vendor's traceback (the exception is chained as ``__cause__``).
+    """
+
+    def __init__(self, message: str, *, module: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.module = module
 
 
 class GateError(TracerError):

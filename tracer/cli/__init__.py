@@ -5,15 +5,16 @@ from __future__ import annotations
 import typer
 
 from .._version import __version__
-from ._common import EXIT_CODES_HELP, STATE
+from ._common import EXIT_CODES_HELP, STATE, TracerGroup
 from . import demo_cmd, evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
 
 app = typer.Typer(
     name="tracer",
+    cls=TracerGroup,  # errors found while parsing: one line, or the JSON error document under --json
     help="Per-customer fingerprinting and leak tracing for ML models.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
 
 
@@ -25,7 +26,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    workspace: str = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: $TRACER_WORKSPACE, else the current folder or a parent)."),
+    workspace: str = typer.Option(None, "--workspace", "-w", metavar="DIR", help="Workspace folder (default: $TRACER_WORKSPACE, else the current folder or a parent); also accepted after the command."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:

@@ -2,7 +2,12 @@
 
 Results go to stdout (one JSON document with --json); progress and diagnostics
 go to stderr. Library errors become a one-line diagnosis plus hint; --verbose
-adds the traceback (never with local variables).
+adds the traceback (never with local variables) and any library warnings.
+With --json, a failure also prints one JSON error document on stdout:
+``{"error": ..., "hint": ..., "exit_code": ...}``.
+
+Every piece of text that comes from a user, a file or a server is printed
+escaped (or with markup off): rich must never read it as markup.
 """
 
 from __future__ import annotations
@@ -11,14 +16,17 @@ import functools
 import json
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
-from ..errors import EXIT_ERROR, TracerError
+from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
 from ..workspace import Workspace, find_workspace
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -26,10 +34,13 @@ out = Console(highlight=False, soft_wrap=True)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success or a customer identified; 1 a check failed or no customer identified; "
-    "2 usage error; 3 runtime error (unreadable file, bad passphrase, network failure, failed gate)."
+    "2 usage error; 3 runtime error (unreadable file, bad passphrase, network failure, failed gate, vendor code failed); "
+    "130 interrupted."
 )
+#: What each command says about exit codes: the codes themselves are listed once, in `tracer --help`.
+EXIT_CODES_SEE = "Exit codes as in `tracer --help`."
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else (on failure: {error, hint, exit_code}).")
 
 
 @dataclass
@@ -43,9 +54,59 @@ STATE = State()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# -- shared options ----------------------------------------------------------------------------------
+
+
+def check_alpha(value: float | None) -> float | None:
+    """--alpha must lie strictly between 0 and 1 (NaN does not)."""
+    if value is not None and not 0 < value < 1:
+        raise UsageError(f"--alpha {value:g} is not between 0 and 1 (exclusive)", hint="e.g. --alpha 1e-6")
+    return value
+
+
+AlphaOpt = typer.Option(
+    None, "--alpha", callback=check_alpha,
+    help="Family-wise bound on naming any innocent customer, in (0, 1) (default: identify.alpha in tracer.toml, 1e-6).",
+)
+
+
+def _set_workspace(value: str | None) -> str | None:
+    if value is not None:
+        STATE.workspace = value  # after the subcommand it overrides one given before it
+    return value
+
+
+#: ``-w/--workspace`` after the subcommand (``tracer ledger verify -w DIR``), as well as before it.
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", callback=_set_workspace, expose_value=False, metavar="DIR",
+                            help="Workspace folder (also accepted before the command).")
+
+
+def _no_bool_metavar() -> None:
+    """typer shows ``<bool>`` after every flag (``--json <bool>``), which reads as if the flag took a value."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_tracer", False):
+        return
+    original = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._tracer = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_bool_metavar()
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+
 def progress_bar(enabled: bool = True) -> Progress:
     """Progress bars on stderr, only on a terminal: pipes and logs get the results, not redraws."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, disable=not (enabled and err.is_terminal), transient=True)
 
 
@@ -58,35 +119,121 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(exc: TracerError) -> "typer.Exit":
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True)
-    if exc.hint:
-        err.print(f"[dim]hint:[/] {exc.hint}", markup=True)
-    return typer.Exit(exc.exit_code)
+def say(text: str) -> None:
+    """A plain line on stderr, never read as markup."""
+    err.print(text, markup=False)
+
+
+def error_document(message: str, *, hint: str | None, exit_code: int) -> dict[str, Any]:
+    """The one JSON document a failing command prints on stdout under --json."""
+    return {"error": message, "hint": hint, "exit_code": exit_code}
+
+
+def report_error(message: str, *, hint: str | None, exit_code: int, json_out: bool, label: str = "error") -> typer.Exit:
+    """One line (plus hint) on stderr, the JSON error document on stdout under --json; returns the Exit to raise."""
+    err.print(f"[bold red]{label}:[/] {escape(message)}")
+    if hint:
+        err.print(f"[dim]hint:[/] {escape(hint)}")
+    if json_out:
+        print_json(error_document(message, hint=hint, exit_code=exit_code))
+    return typer.Exit(exit_code)
+
+
+def fail(exc: TracerError, *, json_out: bool = False) -> typer.Exit:
+    return report_error(exc.message, hint=exc.hint, exit_code=exc.exit_code, json_out=json_out)
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Library warnings are shown with --verbose only: without it they would bury the one-line diagnosis."""
+    if not STATE.verbose:
+        return
+    for w in caught:
+        say(f"warning: {w.category.__name__}: {w.message} ({w.filename}:{w.lineno})")
+
+
+# -- the error handler -------------------------------------------------------------------------------
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, *, json_out: bool) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TracerError as exc:
+        if STATE.verbose:
+            say(traceback.format_exc())
+        raise fail(exc, json_out=json_out) from None
+    except KeyboardInterrupt:
+        say("interrupted; nothing half-written was kept")
+        if json_out:
+            print_json(error_document("interrupted; nothing half-written was kept", hint=None, exit_code=130))
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise  # click turns these into exit codes (BadParameter: usage error, exit 2)
+    except Exception as exc:  # a bug: say so briefly; traceback only on request
+        if STATE.verbose:
+            say(traceback.format_exc())
+        raise report_error(f"{type(exc).__name__}: {exc}", hint="rerun with --verbose for the traceback and report it",
+                           exit_code=EXIT_ERROR, json_out=json_out, label="internal error") from None
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library exceptions into a one-line diagnosis and the documented exit code."""
+    """Turn library exceptions into a one-line diagnosis and the documented exit code.
+
+    Whether --json was given is read from the command's ``json_out`` argument.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TracerError as exc:
-            if STATE.verbose:
-                err.print(traceback.format_exc(), markup=False)
-            raise fail(exc) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing half-written was kept")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter):
-            raise  # click turns these into exit codes (BadParameter: usage error, exit 2)
-        except Exception as exc:  # a bug: say so briefly; traceback only on request
-            if STATE.verbose:
-                err.print(traceback.format_exc(), markup=False)
-            else:
-                err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", markup=True)
-                err.print("[dim]hint:[/] rerun with --verbose for the traceback and report it", markup=True)
-            raise typer.Exit(EXIT_ERROR) from None
+        json_out = bool(kwargs.get("json_out"))
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                return _run(fn, args, kwargs, json_out=json_out)
+            finally:
+                _show_warnings(caught)
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- errors found while the command line is parsed ------------------------------------------------------
+
+
+def _json_requested(args: list[str]) -> bool:
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _parse_error(exc: Any, *, json_out: bool) -> int:
+    """A usage error click found while parsing: typer's own message on stderr, plus the JSON document under --json."""
+    from typer import rich_utils
+
+    code = getattr(exc, "exit_code", EXIT_USAGE)
+    rich_utils.rich_format_error(exc)
+    if json_out:
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `tracer --help`"
+        print_json(error_document(exc.format_message(), hint=hint, exit_code=code))
+    return code
+
+
+class TracerGroup(TyperGroup):
+    """The root command: also turns errors raised while parsing into the documented output.
+
+    Those are click's usage errors (exit 2), under --json also as the JSON error document, and
+    the TracerErrors of shared option checks (e.g. --alpha), which click itself would not catch.
+    """
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        from typer._click.exceptions import ClickException  # typer vendors click; never `import click`
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        json_out = _json_requested(argv)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+        except TracerError as exc:
+            sys.exit(fail(exc, json_out=json_out).exit_code)
+        except ClickException as exc:
+            sys.exit(_parse_error(exc, json_out=json_out))
+        except typer.Abort:
+            sys.exit(report_error("aborted", hint=None, exit_code=1, json_out=json_out).exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)

@@ -27,6 +27,7 @@ def walk(cmd, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], obj
 
 
 def options(cmd) -> list[tuple[str, str]]:
+    getattr(cmd, "fill_help", lambda: None)()  # help computed from a registry (evaluate --attacks)
     out = []
     for p in cmd.params:
         if getattr(p, "hidden", False):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json
+from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, out, print_json
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo", help="The whole story in two minutes: issue three copies, leak one, identify it from the file and over HTTP.\n\n" + EXIT_CODES_HELP)
+    @app.command("demo", help="The whole story in two minutes: issue three copies, leak one, identify it from the file and over HTTP.\n\n" + EXIT_CODES_SEE)
     @handle_errors
     def demo(
         keep: Path = typer.Option(None, "--keep", help="Create the demo workspace here and keep it (default: a temporary folder)."),

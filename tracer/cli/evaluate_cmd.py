@@ -6,20 +6,43 @@ from pathlib import Path
 
 import typer
 
-from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TracerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, progress_bar, workspace
+from typer.core import TyperCommand, TyperOption
+
+from ..errors import EXIT_FAILED, EXIT_OK, UsageError
+from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
 
 HELP = (
     "Attack an issued copy the ways a leaker would (fine-tuning, pruning, quantization, input transformations, "
     "distillation, collusion), identify each result, and train independent models to count false accusations.\n\n"
     "An attack that costs more than 5 points of clean accuracy is reported as not a valid attack (Lukas et al., S&P 2022). "
     "The attacker's data is the dataset's x_attack share, else a third of x_train. A signed summary is appended to the ledger.\n\n"
-    "Exit 0 when the evaluation ran and no innocent customer was ever named; 1 if one was (a false accusation). " + EXIT_CODES_HELP
+    "The distill-alt attack, and the false-accusation study's second architecture, need a make_model_alt() function "
+    "beside model.factory, in the same module: it returns a fresh nn.Module of another architecture for the same task "
+    "(same input shape and number of classes). Without it they are skipped, and the tables say so.\n\n"
+    "Exit 0 when the evaluation ran and no innocent customer was ever named; 1 if one was (a false accusation). " + EXIT_CODES_SEE
 )
+ATTACKS_HELP = "Comma-separated attack names or groups; 'all' (default) or 'none'."
 
 
-class UsageError(TracerError):
-    exit_code = EXIT_USAGE
+def attacks_help() -> str:
+    """--attacks help with every group and attack name, read from the attack registry (which imports torch: help time only)."""
+    from ..evaluate.attacks import GROUPS
+
+    groups = "; ".join(f"{group}: {', '.join(names)}" for group, names in GROUPS.items())
+    return f"{ATTACKS_HELP} Groups and attacks: {groups}. distill-alt needs a make_model_alt() in model.factory's module."
+
+
+class EvaluateCommand(TyperCommand):
+    """`tracer evaluate`, whose --attacks help lists the attack registry, filled in only when help is shown."""
+
+    def fill_help(self) -> None:
+        for param in self.params:
+            if param.name == "attacks" and isinstance(param, TyperOption):
+                param.help = attacks_help()
+
+    def format_help(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+        self.fill_help()
+        super().format_help(ctx, formatter)
 
 
 def _attack_list(spec: str | None) -> list[str]:
@@ -30,20 +53,21 @@ def _attack_list(spec: str | None) -> list[str]:
     try:
         return resolve_attacks(spec)
     except ValueError as exc:
-        raise UsageError(f"--attacks: {exc}", hint=f"choose from {', '.join(attack_names())}, groups {', '.join(GROUPS)}, all or none") from None
+        raise UsageError(f"--attacks: {exc}", hint=f"choose from {', '.join(attack_names())}, groups {', '.join(GROUPS)}, all or none") from exc
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate", help=HELP)
+    @app.command("evaluate", help=HELP, cls=EvaluateCommand)
     @handle_errors
     def evaluate(
         customer: str = typer.Option(None, "--customer", "-c", help="Customer whose copy is attacked (default: the first issued)."),
-        attacks: str = typer.Option(None, "--attacks", help="Comma-separated attack names or groups (fine-tuning, pruning, quantization, input, extraction, collusion); 'all' (default) or 'none'."),
+        attacks: str = typer.Option(None, "--attacks", help=ATTACKS_HELP),
         independent: int = typer.Option(8, "--independent", "-m", help="Independent models to train for the false-accusation study (0 to skip)."),
-        alpha: float = typer.Option(None, "--alpha", help="Family-wise bound used by identification (default: identify.alpha in tracer.toml)."),
+        alpha: float = AlphaOpt,
         seed: int = typer.Option(0, "--seed", help="Seed of the attacks and independent models."),
         report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report with charts here."),
         json_out: bool = JsonOpt,
+        _workspace: str = WorkspaceOpt,
     ) -> None:
         from ..evaluate.evaluation import Evaluation, record_evaluation
         from ..evaluate.false_accusation import false_accusation_study
@@ -53,8 +77,6 @@ def register(app: typer.Typer) -> None:
         names = _attack_list(attacks)
         if independent < 0:
             raise UsageError("--independent must be 0 or more")
-        if alpha is not None and not 0 < alpha < 1:
-            raise UsageError("--alpha must be in (0, 1)")
         if report is not None and report.suffix.lower() not in (".html", ".htm"):
             raise UsageError(f"--report {report}: give an .html file name")
         ws = workspace()
@@ -82,7 +104,7 @@ def register(app: typer.Typer) -> None:
             from ..evaluate.html import write_html
 
             write_html(ev, report)
-            err.print(f"report: {report}")
+            say(f"report: {report}")
         if json_out:
             print_json(ev.to_json())
         else:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .._json import JSONSyntaxError, StrictJSONError, loads_strict
 from ..errors import EXIT_FAILED, KeyFileError, LedgerTampered, TracerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json
+from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, out, print_json
 
-app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
+app = typer.Typer(help="Signed evidence files written beside identification reports.\n\n" + EXIT_CODES_SEE, no_args_is_help=True)
 
 
 def _read_evidence(path: Path) -> dict:
@@ -18,14 +19,14 @@ def _read_evidence(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise TracerError(f"cannot read evidence file {path}: {why}") from None
+        raise TracerError(f"cannot read evidence file {path}: {why}") from exc
     try:
         doc = loads_strict(text)
     except JSONSyntaxError as exc:
-        raise TracerError(f"evidence file {path} is {exc}") from None
+        raise TracerError(f"evidence file {path} is {exc}") from exc
     except StrictJSONError as exc:  # parsable, but crafted: a duplicate key could make readers disagree
         raise LedgerTampered(f"evidence check failed: evidence file {path} was tampered with: {exc}",
-                             hint="the evidence file was modified; ask its sender for the original") from None
+                             hint="the evidence file was modified; ask its sender for the original") from exc
     if not isinstance(doc, dict):
         raise TracerError(f"evidence file {path} is not a tracer evidence document (not a JSON object)")
     return doc
@@ -49,7 +50,7 @@ def verify(
     try:
         pem = public_key.read_bytes()
     except OSError as exc:
-        raise KeyFileError(f"cannot read public key {public_key}: {exc.strerror}") from None
+        raise KeyFileError(f"cannot read public key {public_key}: {exc.strerror}") from exc
     key = load_public_key(pem)
     doc = _read_evidence(file)
     check = check_evidence(doc, key)
@@ -75,5 +76,5 @@ def verify(
         out.print(f"verdict: {result.get('verdict')} ({named}), suspect sha256 {result.get('model_sha256')}", markup=False)
     if not check.ok:
         if not json_out:
-            err.print(f"[bold red]error:[/] evidence check failed: {'; '.join(check.failed)}", markup=True)
+            err.print(f"[bold red]error:[/] {escape('evidence check failed: ' + '; '.join(check.failed))}")
         raise typer.Exit(EXIT_FAILED)

@@ -8,9 +8,9 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK
 from ..identify.result import IdentificationResult
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, say, workspace
 
-AlphaOpt = typer.Option(None, "--alpha", help="Family-wise bound on naming any innocent customer (default: identify.alpha in tracer.toml, 1e-6).")
+__all__ = ["AlphaOpt", "ReportOpt", "show_result"]  # AlphaOpt lives in _common; re-exported for `tracer probe`
 ReportOpt = typer.Option(None, "--report", help="Write a self-contained HTML report here, and a signed JSON evidence file beside it.")
 
 
@@ -32,18 +32,17 @@ def show_result(result: IdentificationResult, *, json_out: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("identify", help="Name the customer whose copy a recovered ONNX model derives from.\n\nExit 0 on match, 1 on no match. " + EXIT_CODES_HELP)
+    @app.command("identify", help="Name the customer whose copy a recovered ONNX model derives from.\n\nExit 0 on match, 1 on no match. " + EXIT_CODES_SEE)
     @handle_errors
     def identify(
-        model: Path = typer.Argument(..., help="The recovered ONNX model file."),
+        model: Path = typer.Argument(..., metavar="MODEL", help="The recovered ONNX model file."),
         alpha: float = AlphaOpt,
         report: Path = ReportOpt,
         json_out: bool = JsonOpt,
+        _workspace: str = WorkspaceOpt,
     ) -> None:
         from ..identify import SuspectModel, identify_model
 
-        if alpha is not None and not 0 < alpha < 1:
-            raise typer.BadParameter("alpha must be in (0, 1)", param_hint="--alpha")
         ws = workspace()
         suspect = SuspectModel(model, ws.config.task)  # cheap checks before asking for the passphrase
         keyring = ws.unlock()
@@ -52,5 +51,5 @@ def register(app: typer.Typer) -> None:
             from ..report import write_report
 
             html_path, evidence_path = write_report(ws, keyring, result, report)
-            err.print(f"report: {html_path}\nevidence: {evidence_path}")
+            say(f"report: {html_path}\nevidence: {evidence_path}")
         show_result(result, json_out=json_out)

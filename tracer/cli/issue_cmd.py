@@ -6,27 +6,34 @@ from pathlib import Path
 
 import typer
 
-from ..errors import CustomerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, progress_bar, workspace
+from ..errors import UsageError
+from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("issue", help="Fine-tune, check, export and record a watermarked copy for a customer.\n\n" + EXIT_CODES_HELP)
+    @app.command("issue", help="Fine-tune, check, export and record a watermarked copy for a customer.\n\n"
+                 "Give exactly one of --customer ID or --customers FILE (else exit 2). An empty or undecodable customers file "
+                 "is refused with exit 3 before the model loads. " + EXIT_CODES_SEE)
     @handle_errors
     def issue(
         customer: str = typer.Option(None, "--customer", "-c", help="Customer id (a-z 0-9 . _ @ + -)."),
         name: str = typer.Option(None, "--name", help="Display name for reports (free text)."),
-        customers: Path = typer.Option(None, "--customers", help="Batch: a file with one id per line, or CSV id,name. Reruns skip issued customers."),
+        customers: Path = typer.Option(None, "--customers", help="Batch: a file with one id per line, or CSV id,name (UTF-8, or UTF-16 with a BOM). Reruns skip issued customers."),
         out_dir: Path = typer.Option(None, "--out", help="Folder for the ONNX files (default: models/issued in the workspace)."),
         reissue: bool = typer.Option(False, "--reissue", help="Issue another copy to an already-issued customer (both stay traceable)."),
         json_out: bool = JsonOpt,
+        _workspace: str = WorkspaceOpt,
     ) -> None:
-        from ..embedding import Issuer, read_customer_list
+        from ..embedding import Issuer
+        from ..embedding.customers import read_customer_list
+        from ..keys import normalize_customer_id
 
         if (customer is None) == (customers is None):
-            raise CustomerError("give exactly one of --customer ID or --customers FILE")
+            raise UsageError("give exactly one of --customer ID or --customers FILE")
         if customers is not None and (name or reissue):
-            raise CustomerError("--name and --reissue apply to a single --customer")
+            raise UsageError("--name and --reissue apply to a single --customer")
+        if customer is not None:
+            normalize_customer_id(customer)  # a bad id fails now, not after the model has loaded
         ws = workspace()
         rows = read_customer_list(customers) if customers is not None else None
         keyring = ws.unlock()
@@ -47,7 +54,7 @@ def register(app: typer.Typer) -> None:
                     progress.advance(overall)
                     progress.reset(step_task)
                     if rep is None:
-                        err.print(f"skipped {cid}: already issued")
+                        say(f"skipped {cid}: already issued")
 
                 reports = issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s))
         if json_out:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import typer
 
-from ..errors import LedgerError, LedgerTampered
+from ..errors import LedgerError, LedgerTampered, UsageError
 from ..keys.keyring import load_public_key
 from ..ledger import export_lines, list_entries, make_checkpoint, parse_time, read_checkpoint, verify_export
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_json, workspace
+from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, err, handle_errors, out, print_json, say, workspace
 
-app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_HELP, no_args_is_help=True)
+app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_SEE, no_args_is_help=True)
 
 
 def _since(value: str | None) -> str | None:
@@ -22,7 +22,7 @@ def _since(value: str | None) -> str | None:
     try:
         return parse_time(value)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise UsageError(f"--since: {exc}") from exc
 
 
 def _customer(value: str | None) -> str | None:
@@ -34,7 +34,7 @@ def _customer(value: str | None) -> str | None:
     try:
         return normalize_customer_id(value)
     except CustomerError as exc:
-        raise typer.BadParameter(exc.message) from None
+        raise UsageError(f"--customer: {exc.message}") from exc
 
 
 @app.command("list", help="List ledger entries, oldest first. Per-query probe entries are hidden unless --all.")
@@ -48,6 +48,7 @@ def list_(
     customer: str = typer.Option(None, "--customer", callback=_customer, metavar="ID",
                                  help="Only entries about this customer (its issuances, and verdicts naming it)."),
     json_out: bool = JsonOpt,
+    _workspace: str = WorkspaceOpt,
 ) -> None:
     with workspace().ledger(readonly=True) as ledger:
         listing = list_entries(ledger, kind=kind, all_entries=all_entries, since=since, limit=limit, customer=customer)
@@ -62,7 +63,8 @@ def list_(
 
 @app.command("show", help="Show one entry in full.")
 @handle_errors
-def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (seq)."), json_out: bool = JsonOpt) -> None:
+def show(entry_id: int = typer.Argument(..., metavar="ID", help="Entry number (seq)."), json_out: bool = JsonOpt,
+         _workspace: str = WorkspaceOpt) -> None:
     with workspace().ledger(readonly=True) as ledger:
         e = ledger.get(entry_id)
     if json_out:
@@ -75,7 +77,7 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise LedgerError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        raise LedgerError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
     return read_checkpoint(data, source=f"checkpoint {path}")
 
 
@@ -86,13 +88,14 @@ def verify(
     export: Path = typer.Option(None, "--export", help="Verify an exported JSON-lines file instead of the workspace ledger."),
     public_key: Path = typer.Option(None, "--public-key", help="PEM public key to verify with (default: the workspace's)."),
     json_out: bool = JsonOpt,
+    _workspace: str = WorkspaceOpt,
 ) -> None:
     cp = _read_checkpoint(checkpoint) if checkpoint else None
     if public_key is not None:
         try:
             pem = public_key.read_bytes()
         except OSError as exc:
-            raise LedgerError(f"cannot read public key {public_key}: {exc.strerror}") from None
+            raise LedgerError(f"cannot read public key {public_key}: {exc.strerror}") from exc
     else:
         pem = workspace().public_key_pem()
     key = load_public_key(pem)
@@ -101,7 +104,7 @@ def verify(
             try:
                 text = export.read_text(encoding="utf-8")
             except OSError as exc:
-                raise LedgerError(f"cannot read export {export}: {exc.strerror}") from None
+                raise LedgerError(f"cannot read export {export}: {exc.strerror}") from exc
             count, head = verify_export(text.splitlines(), key, checkpoint=cp)
         else:
             with workspace().ledger(readonly=True) as ledger:
@@ -119,7 +122,7 @@ def verify(
 
 @app.command("export", help="Write all entries as JSON lines, verifiable offline with the public key alone.")
 @handle_errors
-def export(output: Path = typer.Option(None, "--output", "-o", help="File to write (default: stdout).")) -> None:
+def export(output: Path = typer.Option(None, "--output", "-o", help="File to write (default: stdout)."), _workspace: str = WorkspaceOpt) -> None:
     with workspace().ledger(readonly=True) as ledger:
         lines = [line + "\n" for line in export_lines(ledger)]
     if output is None:
@@ -128,14 +131,14 @@ def export(output: Path = typer.Option(None, "--output", "-o", help="File to wri
         from .._files import atomic_write_bytes
 
         atomic_write_bytes(output, "".join(lines).encode("utf-8"))
-        err.print(f"wrote {len(lines)} entries to {output}")
+        say(f"wrote {len(lines)} entries to {output}")
 
 
 @app.command("checkpoint", help=(
     "Verify the ledger, then print a signed head (entry count, head hash, time) to publish or file elsewhere. "
     "Refuses (exit 1) to sign a ledger that does not verify."))
 @handle_errors
-def checkpoint(output: Path = typer.Option(None, "--output", "-o", help="Also write it to this file.")) -> None:
+def checkpoint(output: Path = typer.Option(None, "--output", "-o", help="Also write it to this file."), _workspace: str = WorkspaceOpt) -> None:
     ws = workspace()
     keyring = ws.unlock(master=False, signing=True)
     with ws.ledger(readonly=True) as ledger:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import EXIT_USAGE, TracerError
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, workspace
+from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, workspace
 from .identify_cmd import AlphaOpt, ReportOpt, show_result
 
 HELP = (
@@ -17,7 +17,7 @@ HELP = (
     "in the ledger; an interrupted probe continues with --resume SESSION.\n\n"
     "Formats: kserve-v1 (TF Serving, {\"instances\": [...]}), open-inference (KServe v2 / Triton), torchserve "
     "(PNG body), template (--request-template FILE with \"$INPUT\" or $INPUT_PNG_B64; --response-path a.b.0).\n\n"
-    "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_HELP
+    "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_SEE
 )
 
 
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
     @app.command("probe", help=HELP)
     @handle_errors
     def probe(
-        url: str = typer.Argument(..., callback=_url, help="The prediction endpoint (http:// or https:// URL the inputs are POSTed to)."),
+        url: str = typer.Argument(..., metavar="URL", callback=_url, help="The prediction endpoint (http:// or https:// URL the inputs are POSTed to)."),
         fmt: str = typer.Option(None, "--format", "-f", callback=_format, help="kserve-v1 | open-inference | torchserve | template (on --resume: the session's)."),
         request_template: Path = typer.Option(None, "--request-template", help="--format template: JSON request with \"$INPUT\" / $INPUT_PNG_B64."),
         response_path: str = typer.Option(None, "--response-path", help="Dotted path to the class in the answer, e.g. result.class_id or predictions.0."),

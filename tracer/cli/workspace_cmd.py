@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..keys.keyring import get_passphrase
 from ..workspace import LOSS_WARNING, init_workspace
-from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, print_json
+from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, print_json
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("init", help="Create a workspace: tracer.toml, encrypted keys/ and the ledger tracer.db.\n\n" + EXIT_CODES_HELP)
+    @app.command("init", help="Create a workspace: tracer.toml, encrypted keys/ and the ledger tracer.db.\n\n" + EXIT_CODES_SEE)
     @handle_errors
     def init(
-        directory: Path = typer.Argument(Path("."), help="Folder for the new workspace (created if missing)."),
+        directory: Path = typer.Argument(Path("."), metavar="DIR", help="Folder for the new workspace (created if missing)."),
         example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits or tabular."),
         json_out: bool = JsonOpt,
     ) -> None:
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         ws = init_workspace(directory, passphrase=passphrase, **kwargs)
         if example:
             prepare_example(ws, example, progress=not json_out)
-        err.print(f"[bold yellow]warning:[/] {LOSS_WARNING}", markup=True)
+        err.print(f"[bold yellow]warning:[/] {escape(LOSS_WARNING)}")
         if json_out:
             print_json({"workspace": str(ws.root), "config": str(ws.config_path), "ledger": str(ws.ledger_path), "keys": str(ws.keys_dir), "example": example})
         else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 __all__ = ["run_demo", "DemoResult", "DEMO_PASSPHRASE"]
@@ -70,7 +71,7 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     root = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="tracer-demo-")) / "workspace"
-    say = lambda text: console.print(f"[bold cyan]>[/] {text}")  # noqa: E731
+    say = lambda text: console.print(f"[bold cyan]>[/] {escape(text)}")  # noqa: E731  (paths may hold brackets)
 
     say(f"1/7 creating a workspace in {root} (digits example: scikit-learn's 8x8 handwritten digits)")
     ws = init_workspace(root, passphrase=DEMO_PASSPHRASE, config_text=example_config("digits"))
@@ -79,13 +80,13 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
 
     say("2/7 issuing a watermarked copy to each of three customers")
     issuer = Issuer(ws, keyring)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
         for cid, name in CUSTOMERS:
             task = progress.add_task(f"  {name}", total=issuer.config.embedding.steps)
             rep = issuer.issue(cid, name=name, on_step=lambda s, task=task: progress.update(task, completed=s))
             progress.remove_task(task)
             console.print(f"    {name:<20} clean accuracy {rep.clean_accuracy:.3f} (base {rep.base_accuracy:.3f}), "
-                          f"trigger accuracy {rep.trigger_accuracy:.2f}, sha256 {rep.sha256[:16]}...")
+                          f"trigger accuracy {rep.trigger_accuracy:.2f}, sha256 {rep.sha256[:16]}...", markup=False)
 
     say(f"3/7 {dict(CUSTOMERS)[LEAKER]} leaks its copy; the leaker fine-tunes it on its own data and quantizes it to int8")
     leaked = _leak(ws, keyring, console)
@@ -93,18 +94,18 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
     say("4/7 identifying the leaked file")
     found = identify_model(ws, keyring, leaked)
     top = found.candidates[0]
-    console.print(f"    verdict: {found.verdict}, named {found.customers} with {top.matches}/{top.trials} probe matches, p = {top.p_value:.2g}")
+    console.print(f"    verdict: {found.verdict}, named {found.customers} with {top.matches}/{top.trials} probe matches, p = {top.p_value:.2g}", markup=False)
 
     say("5/7 serving the leaked model over HTTP on loopback and probing it as a black box (label-only answers)")
     with LoopbackModelServer(leaked) as server:
         probed = probe_endpoint(ws, keyring, server.url, make_format("kserve-v1", ws.config.task), ProbeOptions())
     console.print(f"    verdict: {probed.verdict}, named {probed.customers} after {probed.extra.get('trigger_queries')} trigger queries "
-                  f"({probed.queries} requests with decoys)")
+                  f"({probed.queries} requests with decoys)", markup=False)
 
     say("6/7 verifying the ledger")
     with ws.ledger() as ledger:
         count, head = ledger.verify(load_public_key(ws.public_key_pem()))
-    console.print(f"    {count} signed entries, chain intact, head {head[:16]}...")
+    console.print(f"    {count} signed entries, chain intact, head {head[:16]}...", markup=False)
 
     say("7/7 writing the report")
     report, evidence = write_report(ws, keyring, found, ws.root / "reports" / "leak-report.html")
