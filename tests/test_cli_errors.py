@@ -135,18 +135,15 @@ def test_onnx_path_with_markup_prints_literally(fresh_workspace, run_cli, tmp_pa
     _one_line_error(r.stderr, "x][bold]y.onnx")
 
 
-@pytest.mark.parametrize(("toml", "needle"), [
-    ("task = 3\n", "[task]"),
-    (None, "[data]"),  # the default config without its data source
+@pytest.mark.parametrize(("key", "needle"), [
+    ('"[/x]" = 1', "embedding.[/x]"),  # a closing tag with nothing open: rich raised MarkupError here
+    ('"[task]" = 1', "embedding.[task]"),  # a tag rich would have swallowed silently
 ])
-def test_config_messages_keep_their_brackets(fresh_workspace, run_cli, toml, needle):
+def test_config_messages_keep_their_brackets(fresh_workspace, run_cli, key, needle):
     path = fresh_workspace.root / "tracer.toml"
     text = path.read_text()
-    if toml is None:
-        text = text.replace('loader = "mymodel:load_data"', "")
-    else:
-        text = toml + re.sub(r"(?ms)^\[task\].*?(?=^\[)", "", text)
-    path.write_text(text)
+    assert "\n[embedding]\n" in text
+    path.write_text(text.replace("\n[embedding]\n", f"\n[embedding]\n{key}\n", 1))
     r = run_cli(["-w", fresh_workspace.root, "identify", "m.onnx"])
     assert r.returncode == 3, r
     _one_line_error(r.stderr, needle)

@@ -98,8 +98,8 @@ def loads_strict(data: str | bytes) -> Any:
     if isinstance(data, (bytes, bytearray)):
         try:
             data = bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            raise JSONSyntaxError("not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise JSONSyntaxError("not UTF-8 text") from exc
     if not _depth_ok(data):
         raise StrictJSONError(f"JSON nested more than {MAX_DEPTH} levels deep")
     try:
@@ -107,6 +107,6 @@ def loads_strict(data: str | bytes) -> Any:
     except StrictJSONError:
         raise
     except json.JSONDecodeError as exc:
-        raise JSONSyntaxError(f"not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+        raise JSONSyntaxError(f"not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
     except (ValueError, RecursionError) as exc:  # defensive: the checks above should have caught these
-        raise StrictJSONError(f"not acceptable JSON ({type(exc).__name__})") from None
+        raise StrictJSONError(f"not acceptable JSON ({type(exc).__name__})") from exc

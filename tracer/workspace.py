@@ -197,8 +197,8 @@ def verify_master_matches(ledger: Ledger, keyring: Keyring, *, public_key: Any =
             continue  # a record made before commitments existed
         try:
             ok = _commitment_matches(keyring.master, e, public_key)
-        except (KeyError, TypeError, ValueError):
-            raise LedgerTampered(f"issuance record {seq} is malformed", entry=seq, hint="run `tracer ledger verify`") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LedgerTampered(f"issuance record {seq} is malformed", entry=seq, hint="run `tracer ledger verify`") from exc
         if not ok:
             raise KeyMismatch(
                 f"keys/master.key is not the master secret this ledger's copies were issued with "

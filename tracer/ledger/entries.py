@@ -119,8 +119,8 @@ def verify_chain(entries: Iterable[Entry], public_key: Ed25519PublicKey) -> tupl
             raise LedgerTampered(f"{where} does not link to the entry before it (removed, reordered or inserted)", entry=e.seq)
         try:
             recomputed = entry_hash(e.seq, e.kind, e.time, e.prev, e.payload)
-        except Exception:
-            raise LedgerTampered(f"{where} cannot be canonicalized (modified)", entry=e.seq) from None
+        except Exception as exc:
+            raise LedgerTampered(f"{where} cannot be canonicalized (modified)", entry=e.seq) from exc
         if recomputed != e.hash:
             raise LedgerTampered(f"{where} was modified (its content no longer matches its hash)", entry=e.seq)
         if not verify_blob(public_key, _ENTRY_DOMAIN, bytes.fromhex(e.hash), e.signature):

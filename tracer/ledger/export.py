@@ -32,7 +32,7 @@ def read_export(lines: Iterable[str]) -> list[Entry]:
         try:
             out.append(Entry.from_json(loads_strict(line)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise LedgerTampered(f"line {n} of the export is not a ledger entry ({exc})", entry=n) from None
+            raise LedgerTampered(f"line {n} of the export is not a ledger entry ({exc})", entry=n) from exc
     return out
 
 

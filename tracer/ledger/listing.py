@@ -44,8 +44,8 @@ def parse_time(text: str) -> str:
     raw = text.strip()
     try:
         t = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 date or time (e.g. 2025-01-31 or 2025-01-31T14:00Z)") from None
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an ISO-8601 date or time (e.g. 2025-01-31 or 2025-01-31T14:00Z)") from exc
     t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -87,7 +87,7 @@ def _payload(seq: int, text: Any) -> dict[str, Any]:
     try:
         payload = loads_strict(text)
     except (StrictJSONError, TypeError) as exc:
-        raise LedgerTampered(f"entry {seq} has a payload that is not JSON (modified): {exc}", entry=seq) from None
+        raise LedgerTampered(f"entry {seq} has a payload that is not JSON (modified): {exc}", entry=seq) from exc
     if not isinstance(payload, dict):
         raise LedgerTampered(f"entry {seq} has a payload that is not a JSON object (modified)", entry=seq)
     return payload
@@ -98,7 +98,7 @@ def _signable(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         out = loads_strict(canonical(payload))
     except (ValueError, TypeError, RecursionError) as exc:
-        raise LedgerError(f"cannot record a {kind!r} entry: its payload is not canonical JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise LedgerError(f"cannot record a {kind!r} entry: its payload is not canonical JSON ({type(exc).__name__}: {str(exc)[:120]})") from exc
     if not isinstance(out, dict):
         raise LedgerError(f"cannot record a {kind!r} entry: its payload is not a JSON object")
     return out
@@ -137,9 +137,9 @@ def read_checkpoint(text: str | bytes, *, source: str = "the checkpoint file") -
     try:
         doc = loads_strict(text)
     except JSONSyntaxError as exc:
-        raise LedgerError(f"cannot read {source}: {exc}") from None
+        raise LedgerError(f"cannot read {source}: {exc}") from exc
     except StrictJSONError as exc:
-        raise LedgerTampered(f"{source} was tampered with: {exc}") from None
+        raise LedgerTampered(f"{source} was tampered with: {exc}") from exc
     if not isinstance(doc, dict):
         raise LedgerTampered(f"{source} is malformed (not a JSON object)")
     return doc
@@ -188,7 +188,7 @@ class Ledger:
                 self._create_schema()
             missing = [t for t in _TABLES if not self.db[t].exists()]
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ledger {self.path} cannot be opened: {exc}") from None
+            raise LedgerError(f"ledger {self.path} cannot be opened: {exc}") from exc
         if missing:
             raise LedgerError(f"ledger {self.path} lacks table {missing[0]!r} (not a tracer ledger?)")
 
@@ -247,7 +247,7 @@ class Ledger:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"cannot append to ledger {self.path}: {exc}") from None
+            raise LedgerError(f"cannot append to ledger {self.path}: {exc}") from exc
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
     try:
         ensure_dir(html_path.parent)
     except OSError as exc:
-        raise TracerError(f"cannot create the report folder {html_path.parent}: {exc.strerror}") from None
+        raise TracerError(f"cannot create the report folder {html_path.parent}: {exc.strerror}") from exc
     try:
         public_key = load_public_key(ws.public_key_pem())
     except TracerError:
@@ -115,7 +115,7 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
     try:
         atomic_write_bytes(evidence_path, data)
     except OSError as exc:
-        raise TracerError(f"cannot write evidence {evidence_path}: {exc.strerror}") from None
+        raise TracerError(f"cannot write evidence {evidence_path}: {exc.strerror}") from exc
 
     report = ReportData(
         result=result,
@@ -131,7 +131,7 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
     try:
         atomic_write_bytes(html_path, page.encode("utf-8"))
     except OSError as exc:
-        raise TracerError(f"cannot write report {html_path}: {exc.strerror}") from None
+        raise TracerError(f"cannot write report {html_path}: {exc.strerror}") from exc
     return html_path, evidence_path
 
 
