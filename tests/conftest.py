@@ -31,16 +31,23 @@ from typing import Callable, Mapping, Sequence
 import pytest
 from typer.testing import CliRunner
 
+from tests._constants import LOW_SCRYPT, PASSPHRASE
 from tracer.workspace import Workspace, init_workspace
 
 # Session-cached workspaces with trained example models and issued copies.
 pytest_plugins = ["tests.fixtures_issued"]
 
-#: The passphrase of every test workspace. Long and distinctive, so a test can grep for leaks.
-PASSPHRASE = "correct-horse-battery-staple-Q7x9!"
-#: scrypt cost for test workspaces: 2**12 x 8 x 128 B = 4 MiB, a few milliseconds per unlock.
-LOW_SCRYPT = {"n": 2**12, "r": 8, "p": 1}
 _TRACER_ENV = ("TRACER_PASSPHRASE", "TRACER_WORKSPACE")
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Say how many issued-workspace builds ran (one per example, whatever the number of xdist workers)."""
+    from tests.fixtures_issued import builds_summary
+
+    factory = getattr(config, "_tmp_path_factory", None)
+    line = builds_summary(factory.getbasetemp()) if factory is not None else None
+    if line:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
