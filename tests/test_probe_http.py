@@ -1,4 +1,4 @@
-"""`tracer probe` against real HTTP servers on loopback (tests/servers.py) serving issued ONNX copies.
+"""`tracer probe` against real HTTP servers on loopback (tracer/examples/servers.py) serving issued ONNX copies.
 
 Every wire format names the right customer (label-only and score APIs); an
 independently trained model and the base model are never accused; a faulty
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy  # noqa: F401 - fixtures
-from tests.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
+from tracer.examples.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
 from tracer.errors import BudgetExhausted, EndpointError, TracerError
 from tracer.probing import ClientOptions, ProbeOptions, ProbeSession, make_format, probe_endpoint
 from tracer.workspace import Workspace

@@ -1,4 +1,6 @@
-"""Loopback prediction servers for the probe tests and the bench (standard library only + onnxruntime).
+"""Loopback prediction servers in the four wire formats `tracer probe` speaks (standard library + onnxruntime).
+
+Rehearse a probe against one's own issued copy; the probe tests and the bench use them too.
 
 ``ModelServer(model, task, fmt)`` serves an ONNX model (a path or ONNX bytes)
 on 127.0.0.1 in one wire format, in a background thread:
