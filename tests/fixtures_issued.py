@@ -9,7 +9,8 @@ One build per run, not one per xdist worker: each example is built under a
 file lock in a folder all workers share (the parent of the worker's base temp
 folder under xdist, the base temp folder itself without it). The first worker
 to take the lock builds, then writes a completion marker; the others wait on
-the lock. Each process then copies the finished folder once for itself, so
+the lock, building meanwhile another example the run needs if its lock is
+free. Each process then copies the finished folder once for itself, so
 nothing else ever opens the shared folder and each test sees what it saw when
 every process built its own. Each finished build appends a line to
 ``BUILD_LOG`` in the shared folder; the terminal summary reports them.
@@ -30,6 +31,7 @@ from tests._constants import LOW_SCRYPT, PASSPHRASE
 
 __all__ = ["PASSPHRASE", "CUSTOMERS", "BUILD_LOG", "build_issued_workspace", "copy_workspace", "shared_build", "shared_dir"]
 
+EXAMPLES = ("digits", "tabular")
 CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
 #: Appended to (one line per finished build) in the shared folder.
 BUILD_LOG = "fixture-builds.log"
@@ -55,31 +57,70 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def shared_build(shared: Path, name: str, build: Callable[[Path], object]) -> Path:
+def shared_build(
+    shared: Path, name: str, build: Callable[[Path], object], *, wait: bool = True, meanwhile: Callable[[], object] | None = None
+) -> Path | None:
     """``shared/name``, built by ``build(folder)`` once for all processes; the others wait on a lock.
 
-    A folder without the completion marker (a build that failed or was killed) is
-    removed and built again.
+    While another process holds the lock, ``meanwhile()`` runs first (to build
+    something else that will be needed); with ``wait=False`` a held lock returns
+    None instead. A folder without the completion marker (a build that failed or
+    was killed) is removed and built again.
     """
     folder = shared / name
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with open(shared / f"{name}.lock", "w") as lock:  # the lock goes with the file, also if this process dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                return None
+            if meanwhile is not None:
+                meanwhile()
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / _COMPLETE).exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            t0 = time.process_time()
-            build(folder)
-            (folder / _COMPLETE).write_text("")
-            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-            with open(shared / BUILD_LOG, "a") as log:
-                log.write(f"{name} pid={os.getpid()} worker={worker} cpu_s={time.process_time() - t0:.1f}\n")
+            _build_logged(shared, folder, build)
     return folder
 
 
-def _issued(tmp_path_factory: pytest.TempPathFactory, example: str) -> Path:
-    """This process's copy of the shared build: nothing opens the shared folder but this copy, so no reader races it."""
-    folder = shared_build(shared_dir(tmp_path_factory), f"issued-{example}", lambda f: build_issued_workspace(f / "ws", example))
-    return copy_workspace(folder / "ws", tmp_path_factory.mktemp(f"issued-{example}") / "ws")
+def _build_logged(shared: Path, folder: Path, build: Callable[[Path], object]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    t0 = time.process_time()
+    build(folder)
+    (folder / _COMPLETE).write_text("")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(shared / BUILD_LOG, "a") as log:
+        log.write(f"{folder.name} pid={os.getpid()} worker={worker} cpu_s={time.process_time() - t0:.1f}\n")
+
+
+def _needed(session: pytest.Session) -> list[str]:
+    """The examples some collected test asks for (directly or through another fixture)."""
+    names = set().union(*(getattr(item, "fixturenames", ()) for item in session.items))
+    return [e for e in EXAMPLES if f"issued_{e}" in names]
+
+
+def _issued(request: pytest.FixtureRequest, example: str) -> Path:
+    """This process's copy of the shared build: nothing opens the shared folder but this copy, so no reader races it.
+
+    While another worker builds ``example``, this one builds the other examples the run needs, if nobody is.
+    """
+    factory = request.getfixturevalue("tmp_path_factory")
+    shared = shared_dir(factory)
+
+    def builder(name: str) -> Callable[[Path], object]:
+        return lambda folder: build_issued_workspace(folder / "ws", name)
+
+    def meanwhile() -> None:
+        for other in _needed(request.session):
+            if other != example:
+                try:
+                    shared_build(shared, f"issued-{other}", builder(other), wait=False)
+                except Exception:  # noqa: BLE001 - the test that needs it builds it again and reports the error
+                    pass
+
+    folder = shared_build(shared, f"issued-{example}", builder(example), meanwhile=meanwhile)
+    assert folder is not None
+    return copy_workspace(folder / "ws", factory.mktemp(f"issued-{example}") / "ws")
 
 
 def copy_workspace(src: Path, dst: Path) -> Path:
@@ -89,13 +130,13 @@ def copy_workspace(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def issued_digits(tmp_path_factory) -> Path:
-    return _issued(tmp_path_factory, "digits")
+def issued_digits(request) -> Path:
+    return _issued(request, "digits")
 
 
 @pytest.fixture(scope="session")
-def issued_tabular(tmp_path_factory) -> Path:
-    return _issued(tmp_path_factory, "tabular")
+def issued_tabular(request) -> Path:
+    return _issued(request, "tabular")
 
 
 @pytest.fixture

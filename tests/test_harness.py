@@ -1,13 +1,15 @@
-"""The shared-build lock behind the issued-workspace fixtures: one build for all processes, none half-used."""
+"""The test harness itself: one shared build of the issued workspaces for all processes, and subprocesses bounded by CPU time."""
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_limited
 from tests.fixtures_issued import BUILD_LOG, shared_build
 
 CHILDREN = 4
@@ -59,3 +61,33 @@ def test_a_failed_or_killed_build_is_removed_and_built_again(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [".complete", "payload"]  # the half-built file is gone
     assert shared_build(tmp_path, "thing", broken) == folder  # finished: never built again
     assert (tmp_path / "build-calls").read_text() == "x"
+
+
+def test_a_process_waiting_for_one_build_makes_another_meanwhile(tmp_path):
+    import fcntl
+    import threading
+
+    results: list[Path | None] = []
+    with open(tmp_path / "a.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is building "a"
+        assert shared_build(tmp_path, "a", _build, wait=False) is None
+        done_meanwhile = threading.Event()
+
+        def meanwhile() -> None:
+            results.append(shared_build(tmp_path, "b", _build, wait=False))
+            done_meanwhile.set()
+
+        waiter = threading.Thread(target=lambda: results.append(shared_build(tmp_path, "a", _build, meanwhile=meanwhile)))
+        waiter.start()
+        assert done_meanwhile.wait(timeout=600)  # a hang limit only
+        assert results == [tmp_path / "b"] and (tmp_path / "b" / ".complete").exists()
+        assert waiter.is_alive()  # still waiting for "a"
+    waiter.join()
+    assert results == [tmp_path / "b", tmp_path / "a"] and (tmp_path / "build-calls").read_text() == "xx"
+
+
+def test_a_subprocess_is_killed_for_cpu_time_not_for_wall_time():
+    slow = run_limited([sys.executable, "-c", "import time; time.sleep(2); print('done')"], cpu_s=1.5)
+    assert slow.returncode == 0 and slow.stdout == "done\n"  # 2 s of wall time, a fraction of a second of CPU
+    with pytest.raises(pytest.fail.Exception, match=r"killed, it used \d+ s of CPU time \(limit 1\)"):
+        run_limited([sys.executable, "-c", "while True: pass"], cpu_s=1)
