@@ -29,6 +29,8 @@ import pytest
 
 from tests._constants import LOW_SCRYPT, PASSPHRASE
 
+FAST_SCRYPT = LOW_SCRYPT  # its old name here, kept for existing imports
+
 __all__ = ["PASSPHRASE", "CUSTOMERS", "BUILD_LOG", "build_issued_workspace", "copy_workspace", "shared_build", "shared_dir"]
 
 EXAMPLES = ("digits", "tabular")
