@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["PASSPHRASE", "FAST_SCRYPT", "CUSTOMERS", "build_issued_workspace", "add_paper_customers", "timed"]
+__all__ = ["CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "timed"]
 
 #: The passphrase of every bench workspace (the bench never imports tests/: it has its own).
 PASSPHRASE = "bench-passphrase"

@@ -30,8 +30,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import pytest
 from typer.testing import CliRunner
@@ -106,7 +106,7 @@ def communicate_limited(
         used = cpu_seconds(proc.pid)
         if (used is not None and used > cpu_s) or time.monotonic() > deadline:
             proc.kill()
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             why = f"used {used:.0f} s of CPU time (limit {cpu_s:.0f})" if used is not None and used > cpu_s else f"ran {hang_s:.0f} s of wall time"
             pytest.fail(f"{' '.join(map(str, proc.args))}: killed, it {why}\n--- stderr (tail) ---\n{(err or '')[-3000:]}", pytrace=False)
 

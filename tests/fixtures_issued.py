@@ -18,12 +18,13 @@ every process built its own. Each finished build appends a line to
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -31,7 +32,7 @@ from tests._constants import LOW_SCRYPT, PASSPHRASE
 
 FAST_SCRYPT = LOW_SCRYPT  # its old name here, kept for existing imports
 
-__all__ = ["PASSPHRASE", "CUSTOMERS", "BUILD_LOG", "build_issued_workspace", "copy_workspace", "shared_build", "shared_dir"]
+__all__ = ["BUILD_LOG", "CUSTOMERS", "PASSPHRASE", "build_issued_workspace", "copy_workspace", "shared_build", "shared_dir"]
 
 EXAMPLES = ("digits", "tabular")
 CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
@@ -115,10 +116,8 @@ def _issued(request: pytest.FixtureRequest, example: str) -> Path:
     def meanwhile() -> None:
         for other in _needed(request.session):
             if other != example:
-                try:
+                with contextlib.suppress(Exception):  # the test that needs it builds it again and reports the error
                     shared_build(shared, f"issued-{other}", builder(other), wait=False)
-                except Exception:  # noqa: BLE001 - the test that needs it builds it again and reports the error
-                    pass
 
     folder = shared_build(shared, f"issued-{example}", builder(example), meanwhile=meanwhile)
     assert folder is not None

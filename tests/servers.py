@@ -3,4 +3,11 @@
 Import from there; this alias keeps ``from tests.servers import ...`` working.
 """
 
-from tracer.examples.servers import PATHS, TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, LogRecord, ModelServer  # noqa: F401
+from tracer.examples.servers import (  # noqa: F401
+    PATHS,
+    TEMPLATE_PNG,
+    TEMPLATE_TENSOR,
+    Faults,
+    LogRecord,
+    ModelServer,
+)
