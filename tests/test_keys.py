@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import KeyFileError, WrongPassphrase
+from tracer.errors import KeyFileError, WorkspaceError, WrongPassphrase
 from tracer.keys.keyfile import (
     DEFAULT_SCRYPT,
     _digest,
@@ -22,7 +22,7 @@ from tracer.keys.keyfile import (
 )
 from tracer.keys.keyring import Keyring, load_public_key
 
-LOW = {"n": 2**12, "r": 8, "p": 1}
+from tests._constants import LOW_SCRYPT as LOW  # noqa: E402 - one definition for all tests
 SECRET = bytes(range(32))
 KEY_FILES = [("master.key", "master-secret"), ("signing.key", "signing-key")]
 
@@ -85,7 +85,7 @@ def test_keyring_create_open(tmp_path: Path):
     assert opened.public_key == created.public_key
     pem = Keyring.public_key_pem(tmp_path / "keys")
     assert load_public_key(pem) == opened.public_key
-    with pytest.raises(Exception):  # refuses to overwrite existing keys
+    with pytest.raises(WorkspaceError, match="refusing to overwrite keys"):
         Keyring.create(tmp_path / "keys", passphrase="pw-1", scrypt=LOW)
     assert Keyring.open(tmp_path / "keys", passphrase="pw-1").master == created.master
 

@@ -1,4 +1,4 @@
-"""`tracer probe` against real HTTP servers on loopback (tests/servers.py) serving issued ONNX copies.
+"""`tracer probe` against real HTTP servers on loopback (tracer/examples/servers.py) serving issued ONNX copies.
 
 Every wire format names the right customer (label-only and score APIs); an
 independently trained model and the base model are never accused; a faulty
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy  # noqa: F401 - fixtures
-from tests.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
+from tracer.examples.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
 from tracer.errors import BudgetExhausted, EndpointError, TracerError
 from tracer.probing import ClientOptions, ProbeOptions, ProbeSession, make_format, probe_endpoint
 from tracer.workspace import Workspace
@@ -180,20 +180,22 @@ def test_an_unrelated_model_is_never_accused(which, ws, keyring, cli, env, indep
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_faulty_server_gives_a_correct_verdict_or_exit_3(seed, ws, keyring, cli, env) -> None:
-    faults = Faults(p_500=0.12, p_429=0.08, retry_after=0.05, p_slow=0.06, slow_seconds=0.6, p_drop=0.06, p_malformed=0.06, seed=seed)
+def test_faulty_server_still_gives_the_right_verdict(seed, ws, keyring, cli, env) -> None:
+    """Every fault is recoverable with 6 retries, so the only right outcome is naming acme (exit 3 has its own test).
+
+    A slow answer (4 s) always outlasts the client's timeout (2 s); a normal one on a loaded machine rarely does, and
+    then costs one more retry, not the verdict.
+    """
+    faults = Faults(p_500=0.12, p_429=0.08, retry_after=0.05, p_slow=0.06, slow_seconds=4.0, p_drop=0.06, p_malformed=0.06, seed=seed)
     with ModelServer(copy_of(ws, "acme"), ws.config.task, "kserve-v1", faults=faults) as srv:
-        r = cli(["-w", ws.root, "probe", srv.url, "--format", "kserve-v1", "--json", "--timeout", "0.3",
-                 "--concurrency", "3", "--retries", "6", "--budget", "120"], env=env)
+        r = cli(["-w", ws.root, "probe", srv.url, "--format", "kserve-v1", "--json", "--timeout", "2",
+                 "--concurrency", "3", "--retries", "6", "--budget", "400"], env=env)
         log = list(srv.log)
-    assert len(log) <= 120
+    assert len(log) <= 400
     assert {rec.outcome for rec in log} - {"ok"}, "the server injected no fault"
-    if r.exit_code == 0:
-        doc = json.loads(r.stdout)
-        assert doc["customers"] == ["acme"] and len(log) <= doc["queries"] <= len(log) + 2
-    else:
-        assert r.exit_code == 3 and r.stdout == ""
-        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) <= 2  # diagnosis + hint
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "match" and doc["customers"] == ["acme"] and len(log) <= doc["queries"] <= len(log) + 2
     session = entries(ws, "probe-start")[0]["session"]
     answered = entries(ws, "probe-query", session)
     ok_hashes = [rec.input_sha256 for rec in log if rec.outcome in ("ok", "slow")]

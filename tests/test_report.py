@@ -259,7 +259,9 @@ def test_any_change_fails_verification(reported, evidence_doc, tamper, tmp_path,
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: evidence check failed"), r.stderr
     assert "VALID" not in r.stdout
-    with pytest.raises(Exception) as info:
+    from tracer.errors import LedgerTampered
+
+    with pytest.raises(LedgerTampered) as info:
         verify_evidence(doc, load_public_key(reported["key_file"].read_bytes()))
     assert getattr(info.value, "exit_code", None) == 1
 
