@@ -25,6 +25,8 @@ import pytest
 
 from tracer.evaluate import AttackResult, Evaluation, FalseAccusationResult, IndependentModel, SuiteResult
 
+from tests._constants import HANG_S
+
 from .fixtures_issued import PASSPHRASE, issued_digits  # noqa: F401  (session fixture)
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"),
@@ -126,7 +128,8 @@ _PROBE = r"""
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}"]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True,
+                          timeout=HANG_S)  # a hang limit only: chromium's CPU time is spent in its child processes
 
 
 def _checked_copy(page: Path, tmp: Path) -> Path:
