@@ -339,4 +339,7 @@ def test_connection_refused_exits_3(ws, cli, env) -> None:
     s.close()  # nothing listens there now
     r = cli(["-w", ws.root, "probe", f"http://127.0.0.1:{port}/v1/models/m:predict", "--format", "kserve-v1", "--retries", "1"], env=env)
     assert r.exit_code == 3 and "ConnectError" in next(line for line in r.stderr.splitlines() if line.startswith("error:"))
-    assert np.all([p["requests"] == 2 for p in entries(ws, "probe-failed")])
+    failed = entries(ws, "probe-failed")
+    # abandoned queries used their 2 tries; those in flight when the probe stopped ended their try, unretried
+    assert failed and all(p["requests"] == (1 if p.get("stopped") else 2) for p in failed)
+    assert entries(ws, "probe-set-revealed") == []  # nothing reached an endpoint: no trigger was revealed
