@@ -19,6 +19,10 @@ HELP = (
     "in the ledger; an interrupted probe continues with --resume SESSION.\n\n"
     "Formats: kserve-v1 (TF Serving, {\"instances\": [...]}), open-inference (KServe v2 / Triton), torchserve "
     "(PNG body), template (--request-template FILE with \"$INPUT\" or $INPUT_PNG_B64; --response-path a.b.0).\n\n"
+    "Credentials in the URL (user:password@, query parameters named like key, token, secret, signature...) are never "
+    "written: the journal, evidence and output keep the URL redacted, plus its HMAC under a key derived from the master "
+    "secret. Each try has a deadline (--timeout) and a size cap (--max-response-bytes); each request is journaled before "
+    "it is sent, so --budget holds across --resume.\n\n"
     "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_HELP
 )
 

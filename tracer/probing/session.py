@@ -227,17 +227,18 @@ class ProbeSession:
         ahead = sum(1 for n, i in enumerate(pending) if n < budget_left and self.plan.is_trigger(i))
         return flying + ahead
 
-    def _check(self, batch: _Batch) -> None:
-        """Stop with an EndpointError when the endpoint refused for good or keeps failing."""
+    def _failure(self, batch: _Batch) -> EndpointError | None:
+        """The error that stops the probe when the endpoint refused for good or keeps failing, else None."""
         s = self.plan.session
         if batch.fatal is not None:
-            raise EndpointError(batch.fatal, hint=f"answered queries are journaled; fix the options and continue with --resume {s}")
+            return EndpointError(batch.fatal, hint=f"answered queries are journaled; fix the options and continue with --resume {s}")
         if self.failed_in_a_row >= self.opt.max_failed_in_a_row:
             last = next(p for k, p in reversed(batch.items) if k == "probe-failed")
             why = last["failures"][-1]["error"] if last.get("failures") else last["error"]
-            raise EndpointError(
+            return EndpointError(
                 f"the endpoint failed {self.failed_in_a_row} queries in a row, each after {self.opt.client.max_retries + 1} tries (last: {why})",
                 hint=f"check the URL, --format and --header; answered queries are journaled, continue with --resume {s}")
+        return None
 
     def _dispatch(self, ledger: Ledger, client: ProbeClient, pending: deque, in_flight: dict[int, asyncio.Task]) -> None:
         while pending and len(in_flight) < max(1, self.opt.client.concurrency) and client.budget_left > 0:
@@ -279,9 +280,10 @@ class ProbeSession:
                     if batch.items:
                         ledger.append_many(batch.items, key=self.keyring.signing_key)
                     self._progress("querying")
-                    if batch.fatal is not None or self.failed_in_a_row >= self.opt.max_failed_in_a_row:
+                    error = self._failure(batch)
+                    if error is not None:
                         await self._finish_in_flight(ledger, client, pending, in_flight)
-                        self._check(batch)
+                        raise error
                     if batch.spent and not in_flight:
                         reason = "budget spent"
                         break
