@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import typer
 
@@ -132,7 +133,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         choice = FormatChoice(fmt, request_template, response_path, label_map, input_name, input_encoding)
         client = ClientOptions(timeout=timeout, rate=rate, concurrency=concurrency, max_retries=retries,
-                               headers=dict(header or []), max_response_bytes=max_response_bytes)
+                               headers=dict(cast("list[tuple[str, str]]", header or [])), max_response_bytes=max_response_bytes)
         options = ProbeOptions(alpha=alpha, budget=budget, decoys_per_trigger=decoys, probe_set=probe_set, client=client)
         if url is None and resume is None:
             raise UsageError("give the endpoint URL", hint="tracer probe URL --format FORMAT, or tracer probe --resume SESSION")

@@ -38,6 +38,7 @@ and the budget.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -160,7 +161,7 @@ class ProbeSession:
 
     # -- journal -----------------------------------------------------------------------------------
 
-    def _journal_sent(self, ledger: Ledger, idx: int, attempt: int) -> None:
+    def _journal_sent(self, ledger: Ledger, idx: int, attempt: int) -> None:  # on_send(attempt), idx bound
         """Before a request goes out: on disk first, so a killed run still counts it."""
         ledger.append("probe-sent", {"session": self.plan.session, "idx": idx, "try": attempt}, key=self.keyring.signing_key)
         self.state.used += 1
@@ -244,8 +245,8 @@ class ProbeSession:
         while pending and len(in_flight) < max(1, self.opt.client.concurrency) and client.budget_left > 0:
             idx = pending.popleft()
             in_flight[idx] = asyncio.ensure_future(client.query(
-                self.plan.input(idx), on_send=lambda n, i=idx: self._journal_sent(ledger, i, n),
-                on_wire=lambda i=idx: self._reveal(ledger, i)))
+                self.plan.input(idx), on_send=functools.partial(self._journal_sent, ledger, idx),
+                on_wire=functools.partial(self._reveal, ledger, idx)))
 
     async def _finish_in_flight(self, ledger: Ledger, client: ProbeClient, pending: deque, in_flight: dict) -> None:
         """At a decision: let queries in flight end their current try (no retry), and journal them."""
