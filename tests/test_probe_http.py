@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy  # noqa: F401 - fixtures
@@ -341,4 +340,107 @@ def test_connection_refused_exits_3(ws, cli, env) -> None:
     s.close()  # nothing listens there now
     r = cli(["-w", ws.root, "probe", f"http://127.0.0.1:{port}/v1/models/m:predict", "--format", "kserve-v1", "--retries", "1"], env=env)
     assert r.exit_code == 3 and "ConnectError" in next(line for line in r.stderr.splitlines() if line.startswith("error:"))
-    assert np.all([p["requests"] == 2 for p in entries(ws, "probe-failed")])
+    failed = entries(ws, "probe-failed")
+    # abandoned queries used their 2 tries; those in flight when the probe stopped ended their try, unretried
+    assert failed and all(p["requests"] == (1 if p.get("stopped") else 2) for p in failed)
+    assert entries(ws, "probe-set-revealed") == []  # nothing reached an endpoint: no trigger was revealed
+
+
+# -- counts, resume, credentials, kill -9 (issues 13, 14, 17) -----------------------------------------
+
+
+def test_queries_equal_what_the_server_saw_stop_budget_and_resume(ws, keyring) -> None:
+    wire = make_format("kserve-v1", ws.config.task)
+    with ModelServer(copy_of(ws, "acme"), ws.config.task, "kserve-v1", label_only=True) as srv:
+        named = probe_endpoint(ws, keyring, srv.url, wire, ProbeOptions(client=ClientOptions(concurrency=4)))
+        assert named.extra["stopped"] == "named" and named.queries == srv.requests  # in-flight queries finished, counted
+        assert (named.decision_rule, named.family_size, named.threshold) == ("e-process-bonferroni", 3, 3 / 1e-6)
+        doc = named.to_json()
+        assert doc["decision_rule"] == "e-process-bonferroni" and doc["family_size"] == 3 and doc["threshold"] == 3e6
+        assert list(ws.cache_dir.glob("codewords-ps1-*.bin"))  # the probe uses the codeword cache, as identify does
+    with ModelServer(base_onnx(ws), ws.config.task, "kserve-v1", label_only=True) as srv:
+        sessions: list[str] = []
+        opts = ProbeOptions(budget=30, probe_set="ps2", alpha=1e-2, decoys_per_trigger=0, client=ClientOptions(concurrency=4))
+        first = probe_endpoint(ws, keyring, srv.url, wire, opts, on_start=sessions.append)
+        assert first.queries == srv.requests and first.extra["stopped"] in ("budget spent", "futility")
+    with ModelServer(copy_of(ws, "globex"), ws.config.task, "kserve-v1", label_only=True) as srv:
+        srv.down = True  # an outage from the start: 3 queries abandoned in a row
+        with pytest.raises(EndpointError):
+            ProbeSession(ws, keyring, srv.url, wire, ProbeOptions(probe_set="ps1", client=ClientOptions(max_retries=0)),
+                         on_start=sessions.append).run()
+        srv.down = False
+        before = srv.requests
+        resumed = ProbeSession(ws, keyring, None, None, resume=sessions[1]).run()  # no URL, no format: the session's
+        assert resumed.customers == ["globex"] and resumed.queries == srv.requests >= before
+
+
+def test_resume_usage_errors(ws, keyring, cli, env) -> None:
+    with ModelServer(copy_of(ws, "acme"), ws.config.task, "kserve-v1", label_only=True, down=True) as srv:
+        r = cli(["-w", ws.root, "probe", srv.url, "--format", "kserve-v1", "--input-encoding", "png", "--retries", "0"], env=env)
+        assert r.exit_code == 3
+        session = entries(ws, "probe-start")[0]["session"]
+        for bad, word in ((["http://127.0.0.1:9/other"], "probed"), ([srv.url, "--input-encoding", "tensor"], "--input-encoding png"),
+                          ([srv.url, "--format", "open-inference"], "--format"), ([srv.url, "--alpha", "0.01"], "--alpha")):
+            r = cli(["-w", ws.root, "probe", *bad, "--resume", session], env=env)
+            assert r.exit_code == 2 and word in r.stderr, (bad, r.stderr)
+        srv.down = False
+        r = cli(["-w", ws.root, "probe", "--resume", session, "--json"], env=env)  # the URL is optional on resume
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["customers"] == ["acme"]
+
+
+def test_url_credentials_never_reach_disk_or_output(ws, keyring, cli, env, tmp_path) -> None:
+    with ModelServer(copy_of(ws, "initech"), ws.config.task, "kserve-v1", label_only=True,
+                     required_headers={"Authorization": "Bearer hdr-TOKEN-1"}) as srv:
+        url = srv.url.replace("http://", "http://alice:PASSWORD-77@") + "?api_key=APIKEY-99&v=2"
+        r = cli(["-w", ws.root, "probe", url, "--format", "kserve-v1", "--json", "-H", "Authorization: Bearer hdr-TOKEN-1",
+                 "--report", tmp_path / "p.html"], env=env)  # the explicit header wins over alice:PASSWORD-77
+        assert r.exit_code == 0, r.stderr
+        r2 = cli(["-w", ws.root, "probe", url, "--format", "kserve-v1", "--probe-set", "ps2", "--retries", "0"], env=env)
+        assert r2.exit_code == 3 and "401" in r2.stderr  # userinfo as basic auth, refused by this server
+        r3 = cli(["-w", ws.root, "probe", "--resume", entries(ws, "probe-start")[1]["session"]], env=env)
+        assert r3.exit_code == 2 and "credentials" in r3.stderr  # the URL is not on disk, so it must be given again
+    doc = json.loads(r.stdout)
+    assert doc["endpoint"] == srv.url + "?api_key=REDACTED&v=2" and len(doc["endpoint_hmac"]) == 64
+    from tracer.probing import url_hmac
+
+    assert entries(ws, "probe-start")[0]["endpoint_hmac"] == url_hmac(keyring.master, url)
+    blobs = [(ws.root / "tracer.db").read_bytes(), r.stdout.encode(), r.stderr.encode(), r2.stderr.encode(), r3.stderr.encode(),
+             (tmp_path / "p.html").read_bytes(), (tmp_path / "p.evidence.json").read_bytes()]
+    blobs += [p.read_bytes() for p in ws.root.rglob("*") if p.is_file() and p.suffix in (".db-wal", ".json", ".log")]
+    for secret in (b"PASSWORD-77", b"APIKEY-99", b"hdr-TOKEN-1"):
+        assert not any(secret in b for b in blobs), secret
+
+
+def test_kill_and_resume_never_exceeds_the_budget(ws, env) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import HostileServer
+
+    full_env = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    base = [sys.executable, "-m", "tracer", "-w", str(ws.root), "probe"]
+    with HostileServer("hang") as srv:
+        cmd = [*base, srv.url, "--format", "kserve-v1", "--budget", "12", "--concurrency", "4", "--timeout", "600",
+               "--decoys-per-trigger", "0", "--alpha", "0.01"]
+        codes = []
+        for round_ in range(5):
+            proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            seen = srv.requests
+            for _ in range(6000):  # bounded wait (a hang fails it; nothing is timed): until 4 more requests hang at the server, or the probe exits
+                if proc.poll() is not None or srv.requests >= min(seen + 4, 12) > seen:
+                    break
+                time.sleep(0.05)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            codes.append(proc.wait())
+            if round_ == 0:
+                session = entries(ws, "probe-start")[0]["session"]
+                cmd = [*base, "--resume", session]
+        total = srv.requests
+    assert total <= 12, f"the server received {total} requests with --budget 12"
+    assert codes[-1] == 3  # the budget is spent: refused without sending
+    assert len(entries(ws, "probe-sent", session)) == total

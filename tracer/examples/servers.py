@@ -254,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.owner
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
-        if self.path != PATHS[srv.fmt]:
+        if self.path.split("?", 1)[0] != PATHS[srv.fmt]:  # the query string may carry an api key
             srv._record(None, "404")
             self._send(404, b'{"error": "not found"}')
             return
