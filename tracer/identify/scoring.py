@@ -8,7 +8,6 @@ number of customers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -93,22 +92,13 @@ class IssuedCustomers(Sequence):
 
 
 def issued_customers(ledger: Ledger) -> IssuedCustomers:
-    """Every customer with at least one issuance, in order of first issuance (one SQL query)."""
-    rows = ledger.db.execute(
-        "SELECT c.customer_id, c.display_name, group_concat(i.probe_sets, char(10)) FROM customers c "
-        "JOIN issuances i ON i.customer_id = c.customer_id GROUP BY c.customer_id ORDER BY c.entry"
-    ).fetchall()
-    groups: dict[str, int] = {}
-    set_groups: list[frozenset[str]] = []
+    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry."""
+    rows = ledger.issued_customers()
+    groups: dict[frozenset[str], int] = {}
     group_of = np.empty(len(rows), dtype=np.int64)
-    for k, (_, _, docs) in enumerate(rows):
-        g = groups.get(docs)
-        if g is None:  # most customers share one probe-set document: parse each distinct one once
-            ids = frozenset(ps["id"] for doc in docs.split("\n") for ps in json.loads(doc))
-            g = groups[docs] = len(set_groups)
-            set_groups.append(ids)
-        group_of[k] = g
-    return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], set_groups, group_of)
+    for k, (_, _, sets) in enumerate(rows):
+        group_of[k] = groups.setdefault(sets, len(groups))
+    return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], list(groups), group_of)
 
 
 @lru_cache(maxsize=64)

@@ -326,6 +326,16 @@ class Ledger:
             return [_payload(seq, text) for seq, text in rows]
         return [e.payload for e in self.entries(kind=kind) if e.payload.get("session") == session]
 
+    def session_journal(self, session: str) -> dict[str, list[dict[str, Any]]]:
+        """Payloads of every entry of one probe session, by kind, oldest first (one SQL query, for --resume)."""
+        rows = self.db.execute(
+            "SELECT seq, kind, payload FROM entries WHERE kind LIKE 'probe-%' AND json_extract(payload, '$.session') = ? "
+            "ORDER BY seq", [session]).fetchall()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for seq, kind, text in rows:
+            out.setdefault(kind, []).append(_payload(seq, text))
+        return out
+
     def probe_answers(self, session: str) -> dict[int, Any]:
         return {r["idx"]: json.loads(r["response"]) for r in self.db.query(
             "SELECT idx, response FROM probe_queries WHERE session = ? ORDER BY idx", [session])}

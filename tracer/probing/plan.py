@@ -15,7 +15,6 @@ from the session's ledger entries.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,14 +117,8 @@ def make_schedule(seed: bytes, probes: int, validation: int, decoys_per_trigger:
 
 
 def session_entries(ledger: Ledger, session: str) -> dict[str, list[dict[str, Any]]]:
-    """Payloads of every entry of ``session``, by kind, in ledger order (the only raw SQL of the probe)."""
-    rows = ledger.db.query(
-        "SELECT kind, payload FROM entries WHERE kind LIKE 'probe-%' AND json_extract(payload, '$.session') = ? ORDER BY seq",
-        [session])
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(r["kind"], []).append(json.loads(r["payload"]))
-    return out
+    """Payloads of every entry of ``session``, by kind, in ledger order."""
+    return ledger.session_journal(session)
 
 
 def revealed_probe_sets(ledger: Ledger) -> list[str]:
