@@ -12,6 +12,8 @@ from ._common import EXIT_CODES_HELP, JsonOpt, err, handle_errors, out, print_js
 
 AlphaOpt = typer.Option(None, "--alpha", help="Family-wise bound on naming any innocent customer (default: identify.alpha in tracer.toml, 1e-6).")
 ReportOpt = typer.Option(None, "--report", help="Write a self-contained HTML report here, and a signed JSON evidence file beside it.")
+TimeLimitOpt = typer.Option(120.0, "--time-limit", metavar="SECONDS", min=0.001,
+                            help="Stop the suspect model after this many seconds of running, in total (exit 3).")
 
 
 def show_result(result: IdentificationResult, *, json_out: bool) -> None:
@@ -39,13 +41,16 @@ def register(app: typer.Typer) -> None:
         alpha: float = AlphaOpt,
         report: Path = ReportOpt,
         json_out: bool = JsonOpt,
+        time_limit: float = TimeLimitOpt,
     ) -> None:
         from ..identify import SuspectModel, identify_model
 
         if alpha is not None and not 0 < alpha < 1:
             raise typer.BadParameter("alpha must be in (0, 1)", param_hint="--alpha")
+        if not time_limit < float("inf"):
+            raise typer.BadParameter("must be a finite number of seconds", param_hint="--time-limit")
         ws = workspace()
-        suspect = SuspectModel(model, ws.config.task)  # cheap checks before asking for the passphrase
+        suspect = SuspectModel(model, ws.config.task, time_limit=time_limit)  # cheap checks before asking for the passphrase
         keyring = ws.unlock()
         result = identify_model(ws, keyring, suspect, alpha=alpha)
         if report is not None:
