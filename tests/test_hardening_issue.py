@@ -227,3 +227,16 @@ def test_file_too_large_while_landing_is_one_line_and_leaves_nothing(issued_tabu
     assert _snapshot_state(issued_tabular_copy) == before
     assert not [p for p in (issued_tabular_copy / "models/issued").iterdir() if p.name.startswith(".")]
     assert not list((issued_tabular_copy / ".tracer/pending").glob("*.json"))
+
+
+def test_one_jsonable_with_two_documented_policies():
+    import numpy as np
+
+    from tracer._jsonable import jsonable
+
+    value = {"a": [float("nan"), float("inf"), 2**60, np.float32(1.5), (1, 2)], 3: None}
+    assert jsonable(value) == {"a": [None, None, 2**60, 1.5, [1, 2]], "3": None}
+    assert jsonable(value, raw=True) == {"a": ["nan", "inf", str(2**60), 1.5, [1, 2]], "3": None}
+    assert jsonable(object(), raw=True).startswith("<object")
+    with pytest.raises(TypeError):
+        jsonable(object())
