@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from .._version import __version__
-from ._common import EXIT_CODES_HELP, STATE, TracerGroup
 from . import demo_cmd, evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
+from ._common import EXIT_CODES_HELP, STATE, TracerGroup
 
 app = typer.Typer(
     name="tracer",

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from typer.core import TyperGroup
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
@@ -106,8 +106,9 @@ _no_bool_metavar()
 
 def progress_bar(enabled: bool = True) -> Progress:
     """Progress bars on stderr, only on a terminal: pipes and logs get the results, not redraws."""
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, disable=not (enabled and err.is_terminal), transient=True)
+    from .._progress import progress_bar as bars
+
+    return bars(err, enabled=enabled)
 
 
 def workspace() -> Workspace:

@@ -8,8 +8,8 @@ budget, rate limit, retries), ``sequential`` (the anytime-valid test),
 
 from .client import ClientOptions, ProbeClient, parse_header
 from .formats import FORMATS, WireFormat, decode_png, encode_png, interpret, make_format
-from .sequential import DEFAULT_GRID, METHOD, EProcess, mixture_log_e
 from .plan import FormatChoice, JournalState, SessionPlan, resolve_format
+from .sequential import DEFAULT_GRID, METHOD, EProcess, mixture_log_e
 from .session import ProbeOptions, ProbeSession, find_session, make_schedule, probe_endpoint, revealed_probe_sets
 from .urls import Endpoint, redact_url, url_hmac
 

@@ -41,13 +41,13 @@ import asyncio
 import functools
 import hashlib
 import json
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from .._jsonable import jsonable
 from ..errors import BudgetExhausted, ConfigError, EndpointError, TracerError, UsageError
 from ..identify.identify import record_identification
 from ..identify.result import EPROCESS_RULE, IdentificationResult, build_result
@@ -56,8 +56,19 @@ from ..ledger import Ledger
 from ..workspace import Workspace
 from .client import ClientOptions, Outcome, ProbeClient
 from .formats import WireFormat
-from .plan import (FormatChoice, JournalState, ProbeOptions, SessionPlan, find_session, input_sha256, make_schedule,
-                   new_plan, resolve_format, resumed_plan, revealed_probe_sets, session_entries)
+from .plan import (
+    FormatChoice,
+    JournalState,
+    ProbeOptions,
+    find_session,
+    input_sha256,
+    make_schedule,
+    new_plan,
+    resolve_format,
+    resumed_plan,
+    revealed_probe_sets,
+    session_entries,
+)
 from .sequential import METHOD, EProcess
 
 __all__ = ["ProbeOptions", "FormatChoice", "ProbeSession", "probe_endpoint", "make_schedule", "revealed_probe_sets",
@@ -66,23 +77,8 @@ __all__ = ["ProbeOptions", "FormatChoice", "ProbeSession", "probe_endpoint", "ma
 _MAX_STORED_RESPONSE = 64 * 1024
 
 
-def _jsonable(value: Any) -> Any:
-    """Raw answers as canonical-JSON-safe values (non-finite floats and huge ints become strings)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) < 2**53 else str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
 def _stored(raw: Any) -> Any:
-    safe = _jsonable(raw)
+    safe = jsonable(raw, raw=True)  # what a server answered: keep its information
     text = json.dumps(safe)
     if len(text) > _MAX_STORED_RESPONSE:
         return {"truncated": text[:_MAX_STORED_RESPONSE], "sha256": hashlib.sha256(text.encode()).hexdigest(), "length": len(text)}

@@ -24,7 +24,6 @@ Nothing secret goes in: no master secret, no codewords, no probe inputs.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .. import __version__
+from .._jsonable import jsonable
 from ..errors import LedgerTampered
 from ..identify.result import IdentificationResult
 from ..keys.keyring import public_pem
@@ -65,23 +65,6 @@ def key_fingerprint(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    """A plain-JSON copy (numpy scalars to Python, non-finite floats to None), or raise TypeError."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
-        return _jsonable(value.item())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    raise TypeError(type(value).__name__)
-
-
 def safe_extra(extra: dict[str, Any]) -> dict[str, Any]:
     """The part of ``result.extra`` that may be published: no secrets, no probe inputs, JSON only."""
     out: dict[str, Any] = {}
@@ -94,14 +77,14 @@ def safe_extra(extra: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (list, tuple)) and len(value) > 64:
             continue  # long vectors are per-probe data (inputs or answers): keep them private
         try:
-            out[str(key)] = _jsonable(value)
+            out[str(key)] = jsonable(value)
         except TypeError:
             continue  # arrays, objects: not evidence
     return out
 
 
 def _result_doc(result: IdentificationResult) -> dict[str, Any]:
-    return _jsonable(replace(result, extra=safe_extra(result.extra)).full())
+    return jsonable(replace(result, extra=safe_extra(result.extra)).full())
 
 
 def build_evidence(
@@ -124,7 +107,7 @@ def build_evidence(
         "public_key": public_pem(pub).decode("ascii"),
         "public_key_sha256": key_fingerprint(pub),
     }
-    # values are plain JSON already (_jsonable, Entry payloads), so json.dumps -> json.loads gives back
+    # values are plain JSON already (jsonable, Entry payloads), so json.dumps -> json.loads gives back
     # exactly this body and the verifier re-canonicalizes the same bytes
     return {**body, "signature": sign_blob(signing_key, EVIDENCE_DOMAIN, canonical(body))}
 

@@ -29,7 +29,7 @@ from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
 from ..fingerprint.stats import binomial_tails
-from ..identify.result import Candidate, IdentificationResult, EPROCESS_RULE, HOLM_RULE
+from ..identify.result import EPROCESS_RULE, HOLM_RULE, Candidate, IdentificationResult
 from ..keys.keyring import Keyring, load_public_key
 from ..ledger.entries import Entry, utc_now
 from ..workspace import Workspace
