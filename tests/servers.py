@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tracer.examples.servers import (  # noqa: F401
+from tracer.examples.servers import (
     PATHS,
     TEMPLATE_PNG,
     TEMPLATE_TENSOR,
@@ -18,7 +18,6 @@ from tracer.examples.servers import (  # noqa: F401
     ModelServer,
     _QuietServer,
 )
-
 
 # -- hostile servers --------------------------------------------------------------------------------
 
@@ -64,7 +63,7 @@ class HostileServer:
         with self._lock:
             return self._count
 
-    def start(self) -> "HostileServer":
+    def start(self) -> HostileServer:
         server = self
         self._count = 0
 
@@ -85,7 +84,7 @@ class HostileServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "HostileServer":
+    def __enter__(self) -> HostileServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -101,10 +100,10 @@ class _HostileHandler(BaseHTTPRequestHandler):
     owner: HostileServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         srv = self.owner
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with srv._lock:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests._constants import LOW_SCRYPT as FAST_SCRYPT, PASSPHRASE as ISSUED_PASSPHRASE
+from tests._constants import LOW_SCRYPT as FAST_SCRYPT
+from tests._constants import PASSPHRASE as ISSUED_PASSPHRASE
 from tests.conftest import run_limited
 from tracer._json import MAX_DEPTH, JSONSyntaxError, StrictJSONError, loads_strict
 from tracer.errors import KeyFileError, KeyMismatch, LedgerError, LedgerTampered

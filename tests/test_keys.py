@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._constants import LOW_SCRYPT as LOW
 from tracer.errors import KeyFileError, WorkspaceError, WrongPassphrase
 from tracer.keys.keyfile import (
     DEFAULT_SCRYPT,
@@ -22,7 +23,6 @@ from tracer.keys.keyfile import (
 )
 from tracer.keys.keyring import Keyring, load_public_key
 
-from tests._constants import LOW_SCRYPT as LOW  # noqa: E402 - one definition for all tests
 SECRET = bytes(range(32))
 KEY_FILES = [("master.key", "master-secret"), ("signing.key", "signing-key")]
 
@@ -198,7 +198,8 @@ TAMPERINGS = {
     "field-removed": lambda d: _edit(d, lambda x: x.pop("check"), fix_digest=False),
     # an attacker who also recomputes the digest
     "ciphertext-bit-flip+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=_flip_b64(x["ciphertext"], 5)), fix_digest=True),
-    "ciphertext-cut+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=base64.b64encode(base64.b64decode(x["ciphertext"])[:-1]).decode()), fix_digest=True),
+    "ciphertext-cut+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=base64.b64encode(base64.b64decode(x["ciphertext"])[:-1]).decode()),
+                                              fix_digest=True),
     "nonce-changed+digest": lambda d: _edit(d, lambda x: x["aead"].update(nonce=_flip_b64(x["aead"]["nonce"])), fix_digest=True),
     "kdf-n-below-floor+digest": lambda d: _edit(d, lambda x: x["kdf"].update(n=2**4), fix_digest=True),
     "kdf-n-not-power-of-two+digest": lambda d: _edit(d, lambda x: x["kdf"].update(n=5000), fix_digest=True),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy  # noqa: F401 - fixtures
-from tracer.examples.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
+from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy
 from tracer.errors import BudgetExhausted, EndpointError, TracerError
+from tracer.examples.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
 from tracer.probing import ClientOptions, ProbeOptions, ProbeSession, make_format, probe_endpoint
 from tracer.workspace import Workspace
 
@@ -30,7 +30,7 @@ def _no_proxy(monkeypatch) -> None:
 
 
 @pytest.fixture
-def ws(issued_digits_copy) -> Workspace:  # noqa: F811
+def ws(issued_digits_copy) -> Workspace:
     return Workspace(issued_digits_copy)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer.fingerprint import codewords, make_probe_set
 from tracer.config import TaskConfig
+from tracer.fingerprint import codewords, make_probe_set
 from tracer.identify.result import build_result
 from tracer.identify.scoring import IssuedCustomer, IssuedCustomers, score_answers
 

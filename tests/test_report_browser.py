@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests._constants import HANG_S
 from tracer.evaluate import AttackResult, Evaluation, FalseAccusationResult, IndependentModel, SuiteResult
 
-from tests._constants import HANG_S
-
-from .fixtures_issued import PASSPHRASE, issued_digits  # noqa: F401  (session fixture)
+from .fixtures_issued import PASSPHRASE, issued_digits
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"),
                              "/usr/bin/chromium") if p and os.path.exists(p)), None)
@@ -56,7 +55,7 @@ def sample_evaluation() -> Evaluation:
 
 
 @pytest.fixture(scope="module")
-def pages(issued_digits, tmp_path_factory):  # noqa: F811
+def pages(issued_digits, tmp_path_factory):
     """identify.html, probe.html and evaluate.html, written by the real renderers."""
     from tests.servers import ModelServer
     from tracer.evaluate.html import write_html

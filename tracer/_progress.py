@@ -9,6 +9,9 @@ __all__ = ["progress_bar"]
 
 
 def progress_bar(console: Console, *, enabled: bool = True) -> Progress:
-    """Bars that vanish when done (labels are plain text, never markup); disabled when ``console`` is not a terminal: pipes and logs get results, not redraws."""
+    """Bars that vanish when done (labels are plain text, never markup).
+
+    Disabled when ``console`` is not a terminal: pipes and logs get results, not redraws.
+    """
     return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, disable=not (enabled and console.is_terminal), transient=True)

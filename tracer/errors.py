@@ -44,7 +44,6 @@ __all__ = [
     "ResponseError",
     "MalformedResponse",
     "BudgetSpent",
-    "UsageError",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",

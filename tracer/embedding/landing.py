@@ -30,10 +30,10 @@ import hmac
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .._files import atomic_write_bytes, ensure_dir, sha256_file
 from ..errors import CustomerError

@@ -33,9 +33,9 @@ from __future__ import annotations
 import copy as _copy
 import io
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -572,11 +572,13 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("ft-all-1e-3", "fine-tuning", "fine-tune all layers, 5 epochs, Adam 1e-3", _ft(1e-3)),
     AttackSpec("ft-all-1e-2", "fine-tuning", "fine-tune all layers, 5 epochs, Adam 1e-2", _ft(1e-2)),
     AttackSpec("ft-reinit", "fine-tuning", "re-initialise the last layer, train it 5 epochs (Adam 1e-2), then all layers 5 epochs (Adam 1e-3)", _reinit(1e-3)),
-    AttackSpec("ft-reinit-1e-2", "fine-tuning", "re-initialise the last layer, train it 5 epochs (Adam 1e-2), then all layers 5 epochs (Adam 1e-2)", _reinit(1e-2)),
+    AttackSpec("ft-reinit-1e-2", "fine-tuning", "re-initialise the last layer, train it 5 epochs (Adam 1e-2), then all layers 5 epochs (Adam 1e-2)",
+               _reinit(1e-2)),
     AttackSpec("prune-30", "pruning", "magnitude pruning, 30 % of each layer's weights", _prune(0.3)),
     AttackSpec("prune-50", "pruning", "magnitude pruning, 50 % of each layer's weights", _prune(0.5)),
     AttackSpec("prune-70", "pruning", "magnitude pruning, 70 % of each layer's weights", _prune(0.7)),
-    AttackSpec("fine-prune", "pruning", "fine-pruning: drop dormant penultimate units (strongest within budget), then fine-tune all layers 5 epochs, Adam 1e-3", _fine_prune),
+    AttackSpec("fine-prune", "pruning", "fine-pruning: drop dormant penultimate units (strongest within budget), then fine-tune all layers 5 epochs, Adam 1e-3",
+               _fine_prune),
     AttackSpec("int8-dynamic", "quantization", "ONNX int8 dynamic quantization (onnxruntime)", _int8_dynamic),
     AttackSpec("int8-static", "quantization", "ONNX int8 static quantization, QDQ, calibrated on the attacker's data (onnxruntime)", _int8_static),
     AttackSpec("float16", "quantization", "ONNX float16 conversion (onnxruntime.transformers.float16)", _float16),
@@ -585,7 +587,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("input-noise", "input", "Gaussian noise on every query (strongest level within budget)", _input_noise),
     AttackSpec("input-8bit", "input", "8-bit quantization of every query (feature squeezing)", _input_8bit),
     AttackSpec("input-jpeg", "input", "JPEG re-encoding of every query (strongest quality within budget)", _input_jpeg, needs="image"),
-    AttackSpec("input-smooth", "input", "smoothing of every query: Gaussian blur for images, randomized smoothing otherwise (strongest within budget)", _input_smooth),
+    AttackSpec("input-smooth", "input", "smoothing of every query: Gaussian blur for images, randomized smoothing otherwise (strongest within budget)",
+               _input_smooth),
     AttackSpec("distill-same", "extraction", "distillation into a fresh student of the same architecture on the attacker's data", _distill(False)),
     AttackSpec("distill-alt", "extraction", "distillation into a fresh student of another architecture on the attacker's data", _distill(True), needs="alt"),
     AttackSpec("average-2", "collusion", "weight average of 2 customers' copies", _average(2), needs="copies:2"),

@@ -16,8 +16,8 @@ it is reported as "not a valid attack" whatever happens to the watermark.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -123,7 +123,7 @@ class ModelServer:
         assert self._url is not None, "start the server first"
         return self._url
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         server = self
 
         class Handler(_Handler):
@@ -143,7 +143,7 @@ class ModelServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -238,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
     owner: ModelServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the access log
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
@@ -250,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         srv = self.owner
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)

@@ -71,9 +71,6 @@ class IdentificationResult:
     num_classes: int
     probe_sets: list[str]
     method: str  # e.g. "exact binomial tail, Holm step-down over N customers"
-    decision_rule: str = "holm-binomial"  # "holm-binomial" (identify) or "e-process-bonferroni" (probe)
-    family_size: int = 0  # customers the correction runs over
-    threshold: float | None = None  # probe: the e-value a customer must reach, family_size / alpha
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. probe: endpoint, trigger_queries
     ledger_entry: int | None = None  # seq of the ledger entry recording it
     decision_rule: str = HOLM_RULE  # HOLM_RULE or EPROCESS_RULE: which test decided
@@ -105,9 +102,6 @@ class IdentificationResult:
             "threshold": self.threshold,
             "issued_customers": len(self.candidates),
             "ledger_entry": self.ledger_entry,
-            "decision_rule": self.decision_rule,
-            "family_size": self.family_size,
-            "threshold": self.threshold,
         }
         doc.update(self.extra)
         return doc

@@ -76,7 +76,7 @@ class IssuedCustomers(Sequence):
     def __repr__(self) -> str:
         return f"IssuedCustomers({list(self)!r})"
 
-    def copy(self) -> "IssuedCustomers":
+    def copy(self) -> IssuedCustomers:
         return IssuedCustomers(list(self.ids), list(self.names), list(self.set_groups), self.group_of.copy())
 
     def members(self, set_id: str) -> np.ndarray:
@@ -85,7 +85,7 @@ class IssuedCustomers(Sequence):
         return has[self.group_of] if len(self.ids) else np.zeros(0, bool)
 
     @classmethod
-    def from_list(cls, customers: list[IssuedCustomer]) -> "IssuedCustomers":
+    def from_list(cls, customers: list[IssuedCustomer]) -> IssuedCustomers:
         groups: dict[frozenset[str], int] = {}
         gi = [groups.setdefault(frozenset(c.probe_sets), len(groups)) for c in customers]
         return cls([c.customer_id for c in customers], [c.display_name for c in customers], list(groups), np.array(gi, dtype=np.int64))

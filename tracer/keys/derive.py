@@ -89,7 +89,7 @@ def hkdf_key(master: bytes, purpose: str) -> bytes:
     """32-byte key for ``purpose``: HKDF-SHA256 with a versioned info string."""
     if len(master) != 32:
         raise ValueError("master secret must be 32 bytes")
-    info = f"tracer/{DERIVATION_VERSION}/{purpose}".encode("utf-8")
+    info = f"tracer/{DERIVATION_VERSION}/{purpose}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(master)
 
 

@@ -36,9 +36,11 @@ import asyncio
 import random
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -190,7 +192,7 @@ class ProbeClient:
         self._stopping = False
         self.sleeps: list[float] = []  # backoff waits, for diagnostics and tests
 
-    async def __aenter__(self) -> "ProbeClient":
+    async def __aenter__(self) -> ProbeClient:
         limits = httpx.Limits(max_connections=max(1, self.opt.concurrency), max_keepalive_connections=max(1, self.opt.concurrency))
         headers = {"Accept-Encoding": "gzip, deflate", **self.opt.headers}
         explicit_auth = any(k.lower() == "authorization" for k in self.opt.headers)
@@ -237,11 +239,11 @@ class ProbeClient:
             return None
         if when is None:
             return None
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
     async def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)

@@ -360,7 +360,8 @@ class WireFormat:
             if not isinstance(outs, list) or not outs or not isinstance(outs[0], dict) or "data" not in outs[0]:
                 if isinstance(raw, dict) and "error" in raw:
                     raise ResponseError(f"endpoint answered an error: {_describe(raw['error'])}")
-                raise ResponseError(f"answer {_describe(raw)} has no \"outputs\" with data", hint="is this an open-inference (KServe v2) endpoint? else give --response-path")
+                raise ResponseError(f"answer {_describe(raw)} has no \"outputs\" with data",
+                                    hint="is this an open-inference (KServe v2) endpoint? else give --response-path")
             data = outs[0]["data"]
             shape = outs[0].get("shape")
             if isinstance(data, list) and isinstance(shape, list) and shape and shape[0] not in (1, None, -1) and len(shape) > 1:

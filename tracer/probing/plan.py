@@ -246,7 +246,8 @@ def _pick_probe_set(ws: Workspace, ledger: Ledger, wanted: str | None) -> str:
     if not fresh:
         raise TracerError(
             f"all {len(ids)} probe sets were already revealed to endpoints",
-            hint="pass --probe-set ID to reuse one (still a valid test, but that endpoint may have learned its triggers), or add probe sets before issuing more copies")
+            hint="pass --probe-set ID to reuse one (still a valid test, but that endpoint may have learned its triggers), "
+                 "or add probe sets before issuing more copies")
     return fresh[0]
 
 
@@ -327,7 +328,7 @@ class JournalState:
     finished: bool = False  # a probe-result exists
 
     @classmethod
-    def replay(cls, entries: dict[str, list[dict[str, Any]]]) -> "JournalState":
+    def replay(cls, entries: dict[str, list[dict[str, Any]]]) -> JournalState:
         """Rebuild the state from :func:`session_entries`.
 
         Requests are counted by their ``probe-sent`` entries (journaled before

@@ -82,7 +82,7 @@ class Endpoint:
     basic_auth: tuple[str, str] | None  # the userinfo, used only when no explicit Authorization header is given
 
     @classmethod
-    def parse(cls, url: str) -> "Endpoint":
+    def parse(cls, url: str) -> Endpoint:
         parts = urlsplit(url)
         auth = None
         if parts.username is not None or parts.password is not None:
