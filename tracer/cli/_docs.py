@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import typer
@@ -19,7 +20,7 @@ START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
 
 
-def walk(cmd, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], object]]:
+def walk(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(path, command) for every command and group, depth first, sorted by name."""
     yield path, cmd
     for name in sorted(getattr(cmd, "commands", {}) or {}):

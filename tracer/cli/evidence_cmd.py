@@ -54,7 +54,8 @@ def verify(
     key = load_public_key(pem)
     doc = _read_evidence(file)
     check = check_evidence(doc, key)
-    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
+    raw_result = doc.get("result")
+    result: dict = raw_result if isinstance(raw_result, dict) else {}
     summary = {
         "valid": check.ok,
         "file": str(file),

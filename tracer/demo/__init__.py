@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import TaskID
 
 from .._progress import progress_bar
 
@@ -47,6 +48,7 @@ def _leak(ws, keyring, console: Console) -> Path:
     from ..evaluate.models import factories, onnx_to_torch
 
     data = load_dataset(ws.config)
+    assert data.x_attack is not None and data.y_attack is not None  # the digits example always has an attacker share
     make_model, _ = factories(ws.config)
     copy = onnx_to_torch((ws.root / "models" / "issued" / f"{LEAKER}.onnx").read_bytes(), make_model, data.x_val[:64])
     tuned = finetune(copy, data.x_attack, data.y_attack, epochs=5, lr=1e-3)
@@ -82,7 +84,10 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
     with progress_bar(console) as progress:
         for cid, name in CUSTOMERS:
             task = progress.add_task(f"  {name}", total=issuer.config.embedding.steps)
-            rep = issuer.issue(cid, name=name, on_step=lambda s, task=task: progress.update(task, completed=s))
+            def on_step(s: int, task: TaskID = task) -> None:
+                progress.update(task, completed=s)
+
+            rep = issuer.issue(cid, name=name, on_step=on_step)
             progress.remove_task(task)
             console.print(f"    {name:<20} clean accuracy {rep.clean_accuracy:.3f} (base {rep.base_accuracy:.3f}), "
                           f"trigger accuracy {rep.trigger_accuracy:.2f}, sha256 {rep.sha256[:16]}...", markup=False)

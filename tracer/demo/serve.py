@@ -54,7 +54,7 @@ class LoopbackModelServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1/models/leaked:predict"
+        return f"http://{host!s}:{port}/v1/models/leaked:predict"  # host is a str for AF_INET
 
     def __enter__(self) -> LoopbackModelServer:
         self._thread.start()

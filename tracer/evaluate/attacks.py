@@ -35,6 +35,7 @@ import io
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 ACCURACY_BUDGET = 0.05  # Lukas et al., S&P 2022: an attack may cost at most 5 points of accuracy
 CALIBRATION_MARGIN = 0.01  # a leaker calibrating on its own small sample keeps a 1-point safety margin
+
+_L = TypeVar("_L")  # an attack strength: a noise level, a JPEG quality, a fraction
 
 
 # --------------------------------------------------------------------------- predictors
@@ -195,7 +198,7 @@ def fine_prune(model: nn.Module, x: np.ndarray, y: np.ndarray, *, fractions: Seq
         trial[:, order[: int(round(f * len(order)))]] = 0.0
         probe = _copy.deepcopy(m)
         with torch.no_grad():
-            last_layer(probe).weight.mul_(trial)
+            last_layer(probe).get_parameter("weight").mul_(trial)
         if ref - _acc(torch_predictor(probe), x, y) > budget:
             break
         chosen, mask = f, trial
@@ -359,12 +362,10 @@ def randomized_smoothing(predict: Predictor, task: TaskConfig, sigma: float, *, 
     """Answer with the majority class over ``samples`` noisy versions of each query (Cohen et al. 2019)."""
 
     def smoothed(x: np.ndarray) -> np.ndarray:
-        votes = None
+        votes = np.zeros((len(x), task.num_classes), dtype=np.float32)
         for s in range(samples):
-            cls = predict(input_noise(x, task, sigma, seed=seed + s)).argmax(1)
-            onehot = np.eye(task.num_classes, dtype=np.float32)[cls]
-            votes = onehot if votes is None else votes + onehot
-        return votes / samples  # type: ignore[operator]
+            votes[np.arange(len(x)), predict(input_noise(x, task, sigma, seed=seed + s)).argmax(1)] += 1.0
+        return votes / samples
 
     return smoothed
 
@@ -424,11 +425,11 @@ class AttackContext:
     def copy_predict(self) -> Predictor:
         return torch_predictor(self.copy)
 
-    def strongest(self, levels: Sequence, build: Callable[[object], Predictor]) -> tuple[object, Predictor]:
+    def strongest(self, levels: Sequence[_L], build: Callable[[_L], Predictor]) -> tuple[_L, Predictor]:
         """The strongest level (levels go weak to strong) whose accuracy on the attacker's data stays in budget."""
         ref = _acc(self.copy_predict, self.x_attack, self.y_attack)
         target = self.budget - CALIBRATION_MARGIN
-        chosen = None
+        chosen: tuple[_L, Predictor] | None = None
         for level in levels:
             pred = build(level)
             within = ref - _acc(pred, self.x_attack, self.y_attack) <= target
@@ -436,7 +437,8 @@ class AttackContext:
                 chosen = (level, pred)
             if not within:
                 break
-        return chosen  # type: ignore[return-value]
+        assert chosen is not None, "strongest() needs at least one level"
+        return chosen
 
 
 @dataclass

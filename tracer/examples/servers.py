@@ -132,7 +132,7 @@ class ModelServer:
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         host, port = self._httpd.server_address[:2]
-        self._url = f"http://{host}:{port}{PATHS[self.fmt]}"
+        self._url = f"http://{host!s}:{port}{PATHS[self.fmt]}"  # host is a str for AF_INET
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self

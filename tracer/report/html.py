@@ -249,6 +249,7 @@ def _named_line(c: Candidate, r: IdentificationResult, dec: Decision) -> str:
             f"<strong>{c.matches} of {c.trials}</strong> secret probes; a model not derived from its copy would "
             f"get {plain_count(c.trials / r.num_classes)} by chance. ")
     if dec.sequential:
+        assert dec.threshold is not None  # the e-process always has one
         return head + (f"Its e-value (the evidence against chance, which starts at 1) reached "
                        f"{num(charts.format_e(-c.log10_p))}, at or above the naming threshold of {num(charts.format_e(math.log10(dec.threshold)))}. "
                        f"A model unrelated to its copy reaches that much evidence, at any point of a probe, with a chance of at most "
