@@ -25,7 +25,8 @@ def export_onnx(model: nn.Module, task: TaskConfig) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=OPSET,
+            model, (example,), buf,  # type: ignore[arg-type]  # torch accepts a binary file object
+            dynamo=False, opset_version=OPSET,
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             # PRESERVE, not EVAL: EVAL folds BatchNorm into the convolutions, and `tracer evaluate` maps the

@@ -109,7 +109,7 @@ class SuspectModel:
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path.name} failed to run on task-shaped input: {first}") from None
         finally:
-            if watchdog is not None:
+            if watchdog is not None and self._time_left is not None:
                 watchdog.cancel()
                 self._time_left -= time.monotonic() - t0
         out = np.asarray(out)

@@ -97,8 +97,7 @@ def decode_png(data: bytes, task: TaskConfig) -> np.ndarray:
     from PIL import Image
 
     c, h, w = _check_png_task(task)
-    img = Image.open(io.BytesIO(data))
-    img = img.convert("L" if c == 1 else "RGB")
+    img = Image.open(io.BytesIO(data)).convert("L" if c == 1 else "RGB")
     if img.size != (w, h):
         raise ValueError(f"image is {img.size[0]}x{img.size[1]}, expected {w}x{h}")
     arr = np.asarray(img, dtype=np.float64)
