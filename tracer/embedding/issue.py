@@ -199,7 +199,7 @@ class Issuer:
         reissue: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> IssueReport:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cid = normalize_customer_id(customer_id)
         display = validate_display_name(name, cid)
         with self.ws.ledger() as ledger:
@@ -260,6 +260,10 @@ class Issuer:
                 "onnx_max_logit_difference": max_diff,
             },
             "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
+            "attacker_share": self.data.attacker_share(),  # "held_out": issuance never trained on it (README, image_folder)
+            # embedding.seconds: wall time of the runs that made this copy; these: the whole issue() to this point, every try
+            "issuance_wall_seconds": round(time.perf_counter() - t0, 3),
+            "issuance_cpu_seconds": round(time.process_time() - c0, 3),
             "onnx_opset": OPSET,
             "tracer_version": __version__,
             "derivation": "tracer/v1",
