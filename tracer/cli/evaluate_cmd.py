@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
-from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
+from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, ProgressOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
 
 HELP = (
     "Attack an issued copy the ways a leaker would (fine-tuning, pruning, quantization, input transformations, "
@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         alpha: float = AlphaOpt,
         seed: int = typer.Option(0, "--seed", help="Seed of the attacks and independent models."),
         report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report with charts here."),
+        progress_mode: str = ProgressOpt,
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         ws.config  # a bad configuration fails before the passphrase is asked for
         keyring = ws.unlock()
-        progress = progress_bar(not json_out)
+        progress = progress_bar(not json_out, progress_mode)
         with progress:
             bar = progress.add_task("attacks", total=len(names))
 
