@@ -170,7 +170,7 @@ class LogProgress:
             return
         completed = int(completed)
         if completed < t["completed"]:
-            self._line(f"{t['description']}: starting over at {completed} (another try or a polish)")
+            self._line(f"{t['description']}: another run (a retry, or a polish of a missed try)")
             t["logged"] = completed
         t["completed"] = completed
         step = max(1, (t["total"] or self.every) // self.every)
