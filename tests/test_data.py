@@ -9,8 +9,16 @@ import pytest
 from PIL import Image
 
 from tracer.config import parse_config
-from tracer.data import (ATTACK_FRACTION, ATTACK_LABEL, Dataset, GateResolution, attacker_share_case, gate_resolution,
-                         load_dataset, split_indices)
+from tracer.data import (
+    ATTACK_FRACTION,
+    ATTACK_LABEL,
+    Dataset,
+    GateResolution,
+    attacker_share_case,
+    gate_resolution,
+    load_dataset,
+    split_indices,
+)
 from tracer.errors import ConfigError
 
 

@@ -132,7 +132,7 @@ def _now() -> str:
 class LogProgress:
     """The subset of rich's Progress the commands use, as timestamped lines on stderr (for logs and pipes).
 
-    One line when a counted stage starts, every ``1/every`` of its steps, when a run starts over (a retry
+    One line when a counted stage starts (at its first news), every ``1/every`` of its steps, when a run starts over (a retry
     or a polish of issuance), and when a stage ends.
     """
 
@@ -143,7 +143,7 @@ class LogProgress:
     def __enter__(self) -> LogProgress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
     def _line(self, text: str) -> None:
@@ -154,13 +154,19 @@ class LogProgress:
 
     def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
         tid = len(self.tasks)
-        self.tasks[tid] = {"description": description, "total": int(total) if total else None, "completed": 0, "logged": 0, "t0": time.monotonic()}
-        if total:  # a stage without steps (loading) gets its one line when it is done: a failure then prints only the error
-            self._line(f"{description}: started, 0/{int(total)}")
+        # the start line waits for the stage's first news: a command that fails first prints only its error
+        self.tasks[tid] = {"description": description, "total": int(total) if total else None, "completed": 0, "logged": 0,
+                           "t0": time.monotonic(), "started": not total}
         return tid
+
+    def _started(self, t: dict[str, Any]) -> None:
+        if not t["started"]:
+            t["started"] = True
+            self._line(f"{t['description']}: started, 0/{t['total']}")
 
     def update(self, tid: int, *, completed: float | None = None, advance: float | None = None, description: str | None = None, **_: Any) -> None:
         t = self.tasks[tid]
+        self._started(t)
         if description is not None and description != t["description"]:
             t["description"] = description
             self._line(f"{description}")
