@@ -11,9 +11,25 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fixtures_issued import FAST_SCRYPT, PASSPHRASE, build_issued_workspace  # noqa: E402
+__all__ = ["CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "timed"]
 
-__all__ = ["PASSPHRASE", "FAST_SCRYPT", "build_issued_workspace", "add_paper_customers", "timed"]
+#: The passphrase of every bench workspace (the bench never imports tests/: it has its own).
+PASSPHRASE = "bench-passphrase"
+#: scrypt cost for bench workspaces: 2**12 x 8 x 128 B = 4 MiB, a few milliseconds per unlock.
+FAST_SCRYPT = {"n": 2**12, "r": 8, "p": 1}
+CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
+
+
+def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS) -> Path:
+    """init --example, train the base model, issue each customer; return the workspace folder."""
+    from tracer.embedding import Issuer
+    from tracer.examples import example_config, prepare_example
+    from tracer.workspace import init_workspace
+
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=FAST_SCRYPT)
+    prepare_example(ws, example, progress=False)
+    Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue_many(list(customers))
+    return ws.root
 
 
 def add_paper_customers(ws, keyring, count: int, *, prefix: str = "bench") -> None:

@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PASSPHRASE = "bench-passphrase"
-FAST_SCRYPT = {"n": 2**12, "r": 8, "p": 1}  # for the ledger part only: append speed does not depend on it
+from _common import FAST_SCRYPT, PASSPHRASE  # noqa: E402 - FAST_SCRYPT for the ledger part only: append speed does not depend on it
 
 
 def _writer(root: str, count: int, worker: int, barrier, results) -> None:

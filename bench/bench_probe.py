@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from tests.servers import TEMPLATE_TENSOR, Faults, ModelServer  # noqa: E402
+from _common import FAST_SCRYPT, PASSPHRASE  # noqa: E402
+from tracer.examples.servers import TEMPLATE_TENSOR, Faults, ModelServer  # noqa: E402
 from tracer.errors import TracerError  # noqa: E402
 from tracer.fingerprint import codeword, make_probe_set, probe_set_ids, trigger_commitment  # noqa: E402
 from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_endpoint  # noqa: E402
 from tracer.workspace import Workspace  # noqa: E402
 
-PASSPHRASE = "bench-probe-passphrase"
 REAL = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -57,7 +57,7 @@ def build_workspace(root: Path, passphrase: str) -> Path:
     from tracer.examples import example_config, prepare_example
     from tracer.workspace import init_workspace
 
-    ws = init_workspace(root, passphrase=passphrase, config_text=example_config("digits"), scrypt={"n": 2**12, "r": 8, "p": 1})
+    ws = init_workspace(root, passphrase=passphrase, config_text=example_config("digits"), scrypt=FAST_SCRYPT)
     prepare_example(ws, "digits", progress=True)
     Issuer(ws, ws.unlock(passphrase=passphrase)).issue_many(list(REAL))
     return ws.root
@@ -211,7 +211,7 @@ def spread(values: list[int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, help="an issued digits workspace to copy (default: build one)")
-    ap.add_argument("--passphrase", default=None, help="its passphrase (default: $TRACER_PASSPHRASE or the fixtures')")
+    ap.add_argument("--passphrase", default=None, help="its passphrase (default: $TRACER_PASSPHRASE or the bench's)")
     ap.add_argument("--customers", type=int, default=100, help="extra issued customers (records only)")
     ap.add_argument("--runs", type=int, default=5, help="probe sessions per cell")
     ap.add_argument("--fault-seeds", type=int, default=5)
@@ -220,7 +220,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-probe-"))
     if args.workspace:
-        passphrase = args.passphrase or os.environ.get("TRACER_PASSPHRASE") or "correct horse battery staple"
+        passphrase = args.passphrase or os.environ.get("TRACER_PASSPHRASE") or PASSPHRASE
         root = Path(shutil.copytree(args.workspace, tmp / "ws"))
     else:
         passphrase = PASSPHRASE

@@ -11,6 +11,10 @@ Command line
     ``cli(args, env=...)``: the same in-process with typer's ``CliRunner``
     (faster; stdout and stderr separate).
 
+    ``run_limited(args, cpu_s=...)`` / ``communicate_limited(proc, cpu_s=...)``
+    (import them from tests.conftest): any subprocess, killed only past a CPU-time
+    limit or an hour of wall time (``HANG_S``), never for being slow.
+
 Files
     ``snapshot_files(root)``: {relative path: bytes} of a folder, to prove a
     failed command changed nothing.
@@ -25,22 +29,30 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import pytest
 from typer.testing import CliRunner
 
+from tests._constants import HANG_S, LOW_SCRYPT, PASSPHRASE
 from tracer.workspace import Workspace, init_workspace
 
 # Session-cached workspaces with trained example models and issued copies.
 pytest_plugins = ["tests.fixtures_issued"]
 
-#: The passphrase of every test workspace. Long and distinctive, so a test can grep for leaks.
-PASSPHRASE = "correct-horse-battery-staple-Q7x9!"
-#: scrypt cost for test workspaces: 2**12 x 8 x 128 B = 4 MiB, a few milliseconds per unlock.
-LOW_SCRYPT = {"n": 2**12, "r": 8, "p": 1}
 _TRACER_ENV = ("TRACER_PASSPHRASE", "TRACER_WORKSPACE")
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Say how many issued-workspace builds ran (one per example, whatever the number of xdist workers)."""
+    from tests.fixtures_issued import builds_summary
+
+    factory = getattr(config, "_tmp_path_factory", None)
+    line = builds_summary(factory.getbasetemp()) if factory is not None else None
+    if line:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -71,12 +83,55 @@ def fresh_workspace(workspace_template: Path, tmp_path: Path, monkeypatch: pytes
     return Workspace(root)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, its reaped children included) of a running process; None without procfs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def communicate_limited(
+    proc: subprocess.Popen, *, cpu_s: float, hang_s: float = HANG_S, input: str | None = None
+) -> tuple[str, str]:
+    """``proc.communicate()``, but kill ``proc`` and fail the test once it used ``cpu_s`` of CPU time
+    (runaway work) or ran ``hang_s`` of wall time (a hang). A slow, loaded machine trips neither."""
+    deadline = time.monotonic() + hang_s
+    while True:
+        try:
+            return proc.communicate(input=input, timeout=0.5)
+        except subprocess.TimeoutExpired:
+            input = None  # sent on the first call; communicate() refuses it again
+        used = cpu_seconds(proc.pid)
+        if (used is not None and used > cpu_s) or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            why = f"used {used:.0f} s of CPU time (limit {cpu_s:.0f})" if used is not None and used > cpu_s else f"ran {hang_s:.0f} s of wall time"
+            pytest.fail(f"{' '.join(map(str, proc.args))}: killed, it {why}\n--- stderr (tail) ---\n{(err or '')[-3000:]}", pytrace=False)
+
+
+def run_limited(
+    args: Sequence[str | os.PathLike], *, cpu_s: float, hang_s: float = HANG_S, input: str | None = None,
+    env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(args, capture_output=True, text=True)`` bounded by CPU time, not wall time (see communicate_limited)."""
+    args = [str(a) for a in args]
+    proc = subprocess.Popen(
+        args, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,  # never a terminal: no prompt can hang
+    )
+    out, err = communicate_limited(proc, cpu_s=cpu_s, hang_s=hang_s, input=input)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 def _run_cli(
     args: Sequence[str | os.PathLike],
     env: Mapping[str, str | None] | None = None,
     cwd: str | os.PathLike | None = None,
     input: str | None = None,
-    timeout: float = 120,
+    cpu_limit: float = 600,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     for name, value in (env or {}).items():
@@ -84,24 +139,18 @@ def _run_cli(
             full_env.pop(name, None)
         else:
             full_env[name] = value
-    return subprocess.run(
-        [sys.executable, "-m", "tracer", *map(str, args)],
-        env=full_env,
-        cwd=cwd,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,  # never a terminal: no prompt can hang
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    cpu_s = cpu_limit if timeout is None else timeout  # ``timeout`` (its old name) is a CPU-time limit too
+    return run_limited([sys.executable, "-m", "tracer", *args], cpu_s=cpu_s, env=full_env, cwd=cwd, input=input)
 
 
 @pytest.fixture(scope="session")
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_cli(args, env=None, cwd=None, input=None)``: run ``python -m tracer`` in a subprocess.
+    """``run_cli(args, env=None, cwd=None, input=None, cpu_limit=600)``: run ``python -m tracer`` in a subprocess.
 
     The child inherits the test's environment (after monkeypatching); ``env``
-    overrides it, and a value of ``None`` removes that variable.
+    overrides it, and a value of ``None`` removes that variable. It is killed
+    (and the test fails) only past ``cpu_limit`` seconds of CPU time or an hour
+    of wall time: a loaded machine makes it slow, never a failure.
     """
     return _run_cli
 

@@ -1,299 +1,144 @@
-"""Loopback prediction servers for the probe tests and the bench (standard library only + onnxruntime).
-
-``ModelServer(model, task, fmt)`` serves an ONNX model (a path or ONNX bytes)
-on 127.0.0.1 in one wire format, in a background thread:
-
-=================  ===========================  =============================================
-format             path                         answers
-=================  ===========================  =============================================
-kserve-v1          /v1/models/m:predict         {"predictions": [scores]} or [class] (label-only)
-open-inference     /v2/models/m/infer           {"outputs": [{"name", "shape", "datatype", "data"}]}
-torchserve         /predictions/m               {label: probability} top 5, or "label" (label-only)
-template           /api/classify                {"result": {"class_id", "label", "confidence"}}
-=================  ===========================  =============================================
-
-The template server takes ``{"data": {"pixels": [...]}}`` or
-``{"image": "data:image/png;base64,..."}``. kserve-v1 takes nested lists or
-``{"b64": PNG}``. ``labels`` makes the server answer with names instead of
-indices (probe with ``--label-map``).
-
-``faults`` (a :class:`Faults`) injects random 500s, 429 with Retry-After,
-slow answers, dropped connections and malformed JSON, from a seeded RNG;
-``fail_all`` answers 500 to everything; ``down`` (settable at run time)
-answers 503 to everything. Every request is logged in ``log`` with the
-SHA-256 of the input it carried (decoded as the model would see it), so a
-test can count what was sent and when.
+"""Test servers: the loopback prediction servers live in :mod:`tracer.examples.servers` (the bench uses them
+too); this module re-exports them, and adds :class:`HostileServer`, which only the hardening tests need.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import random
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
+from tracer.examples.servers import (
+    PATHS,
+    TEMPLATE_PNG,
+    TEMPLATE_TENSOR,
+    Faults,
+    LogRecord,
+    ModelServer,
+    _QuietServer,
+)
 
-from tracer.config import TaskConfig
-from tracer.probing.formats import decode_png
-
-__all__ = ["ModelServer", "Faults", "PATHS"]
-
-PATHS = {
-    "kserve-v1": "/v1/models/m:predict",
-    "open-inference": "/v2/models/m/infer",
-    "torchserve": "/predictions/m",
-    "template": "/api/classify",
-}
-
-TEMPLATE_TENSOR = {"data": {"pixels": "$INPUT"}, "options": {"top_k": 1}}
-TEMPLATE_PNG = {"image": "data:image/png;base64,$INPUT_PNG_B64"}
+# -- hostile servers --------------------------------------------------------------------------------
 
 
 @dataclass
-class Faults:
-    p_500: float = 0.0
-    p_429: float = 0.0
-    retry_after: float = 0.05  # seconds, sent as "Retry-After: 0.05" (tracer accepts fractional seconds)
-    p_slow: float = 0.0
-    slow_seconds: float = 1.0
-    p_drop: float = 0.0
-    p_malformed: float = 0.0
-    seed: int = 0
+class HostileServer:
+    """A loopback server whose every POST gets one hostile answer, counting what it wrote and when the client left.
 
-    def draw(self, rng: random.Random) -> str | None:
-        u = rng.random()
-        for name, p in (("500", self.p_500), ("429", self.p_429), ("slow", self.p_slow), ("drop", self.p_drop), ("malformed", self.p_malformed)):
-            if u < p:
-                return name
-            u -= p
-        return None
+    ``mode``:
+      * ``"huge"``: 200 with a ``body_bytes`` JSON-ish body (no Content-Length: chunk after chunk until the client hangs up);
+      * ``"bomb"``: 200, ``Content-Encoding: gzip``, a small body that inflates to ``body_bytes`` zeros;
+      * ``"drip"``: 200 with Content-Length 10**6, then one byte every ``drip_interval`` s, at most ``body_bytes`` bytes;
+      * ``"hang"``: reads the request, then answers nothing until :meth:`stop`.
 
+    ``written`` holds, per request, the body bytes written before the client closed the connection
+    (or all of them); ``closed_early`` the requests whose client hung up first.
+    """
 
-@dataclass
-class LogRecord:
-    time: float
-    input_sha256: str | None
-    outcome: str  # "ok" or the fault injected
-
-
-@dataclass
-class ModelServer:
-    model: Any  # path to an ONNX file, or ONNX bytes
-    task: TaskConfig
-    fmt: str
-    label_only: bool = False
-    labels: list[str] | None = None  # answer with these names instead of class indices
-    faults: Faults | None = None
-    fail_all: bool = False
-    down: bool = False
-    wrong_shape: bool = False  # answer 3 scores instead of C
-    required_headers: dict[str, str] = field(default_factory=dict)  # else 401
-    down_after: int | None = None  # an outage (503 to everything) once this many requests were answered
-    log: list[LogRecord] = field(default_factory=list)
+    mode: str
+    body_bytes: int = 64 << 20
+    drip_interval: float = 0.1
+    written: list[int] = field(default_factory=list)
+    closed_early: int = 0
 
     def __post_init__(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        opts.intra_op_num_threads = 1
-        src = self.model if isinstance(self.model, (bytes, bytearray)) else str(self.model)
-        self.session = ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
         self._lock = threading.Lock()
-        self._rng = random.Random(self.faults.seed if self.faults else 0)
+        self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._url: str | None = None
+        self._bomb = b""
+        if self.mode == "bomb":
+            import gzip
 
-    # -- lifecycle -----------------------------------------------------------------------------------
+            self._bomb = gzip.compress(b"\0" * self.body_bytes, compresslevel=9)
 
     @property
     def url(self) -> str:
-        """The endpoint URL (stays valid as a name after :meth:`stop`)."""
-        assert self._url is not None, "start the server first"
+        assert self._url is not None
         return self._url
 
-    def start(self) -> "ModelServer":
-        server = self
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._count
 
-        class Handler(_Handler):
+    def start(self) -> HostileServer:
+        server = self
+        self._count = 0
+
+        class Handler(_HostileHandler):
             owner = server
 
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         host, port = self._httpd.server_address[:2]
-        self._url = f"http://{host}:{port}{PATHS[self.fmt]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._url = f"http://{host}:{port}{PATHS['kserve-v1']}"
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> HostileServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- bookkeeping ---------------------------------------------------------------------------------
-
-    def hashes(self, outcome: str | None = None) -> list[str]:
+    def _done(self, n: int, early: bool) -> None:
         with self._lock:
-            return [r.input_sha256 for r in self.log if r.input_sha256 and (outcome is None or r.outcome == outcome)]
-
-    @property
-    def requests(self) -> int:
-        with self._lock:
-            return len(self.log)
-
-    def _record(self, sha: str | None, outcome: str) -> None:
-        with self._lock:
-            self.log.append(LogRecord(time.monotonic(), sha, outcome))
-
-    def _fault(self) -> str | None:
-        if self.faults is None:
-            return None
-        with self._lock:
-            return self.faults.draw(self._rng)
-
-    # -- the model -----------------------------------------------------------------------------------
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32).reshape((1, *self.task.input_shape))
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)[0]
-
-    def parse_input(self, body: bytes, content_type: str) -> np.ndarray:
-        task = self.task
-        if self.fmt == "torchserve":
-            return decode_png(body, task)
-        doc = json.loads(body)
-        if self.fmt == "kserve-v1":
-            inst = doc["instances"]
-            assert isinstance(inst, list) and len(inst) == 1, "one instance per request"
-            inst = inst[0]
-            if isinstance(inst, dict) and "b64" in inst:
-                return decode_png(base64.b64decode(inst["b64"]), task)
-            return np.asarray(inst, dtype=task.input_dtype).reshape(task.input_shape)
-        if self.fmt == "open-inference":
-            spec = doc["inputs"][0]
-            assert spec["name"] == self.input_name, f"unknown input {spec['name']!r}"
-            assert list(spec["shape"]) == [1, *task.input_shape], f"bad shape {spec['shape']}"
-            return np.asarray(spec["data"], dtype=task.input_dtype).reshape(task.input_shape)
-        # template
-        if "image" in doc:
-            prefix = "data:image/png;base64,"
-            assert doc["image"].startswith(prefix)
-            return decode_png(base64.b64decode(doc["image"][len(prefix):]), task)
-        return np.asarray(doc["data"]["pixels"], dtype=task.input_dtype).reshape(task.input_shape)
-
-    def answer(self, x: np.ndarray) -> tuple[bytes, str]:
-        s = self.scores(x)
-        cls = int(np.argmax(s))
-        label: Any = self.labels[cls] if self.labels else cls
-        probs = np.exp(s - s.max())
-        probs = probs / probs.sum()
-        if self.wrong_shape:
-            return json.dumps({"predictions": [[0.1, 0.2, 0.7]], "outputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.7]}],
-                               "result": {"scores": [0.1, 0.2, 0.7]}}).encode(), "application/json"
-        if self.fmt == "kserve-v1":
-            doc: Any = {"predictions": [label if self.label_only else s.tolist()]}
-        elif self.fmt == "open-inference":
-            if self.label_only:
-                out = {"name": "label", "shape": [1, 1], "datatype": "BYTES" if self.labels else "INT64", "data": [label]}
-            else:
-                out = {"name": "logits", "shape": [1, len(s)], "datatype": "FP32", "data": s.tolist()}
-            doc = {"model_name": "m", "model_version": "1", "outputs": [out]}
-        elif self.fmt == "torchserve":
-            if self.label_only:
-                doc = label if isinstance(label, str) else str(label)
-            else:
-                top = np.argsort(-probs)[:5]
-                doc = {(self.labels[i] if self.labels else str(int(i))): float(probs[i]) for i in top}
-        else:
-            doc = {"result": {"class_id": cls, "label": label, "confidence": float(probs[cls])}} if self.label_only or self.labels else \
-                  {"result": {"class_id": cls, "scores": probs.tolist()}}
-        return json.dumps(doc).encode(), "application/json"
+            self.written.append(n)
+            self.closed_early += int(early)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hung up mid-answer (timeout, cancelled query) is normal here: no stderr noise."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    owner: ModelServer
+class _HostileHandler(BaseHTTPRequestHandler):
+    owner: HostileServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the access log
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         srv = self.owner
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
-        if self.path != PATHS[srv.fmt]:
-            srv._record(None, "404")
-            self._send(404, b'{"error": "not found"}')
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with srv._lock:
+            srv._count += 1
+        self.close_connection = True
+        if srv.mode == "hang":
+            srv._stop.wait()
             return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if srv.mode == "bomb":
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(srv._bomb)))
+        elif srv.mode == "drip":
+            self.send_header("Content-Length", str(10**6))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        written, early = 0, False
         try:
-            x = srv.parse_input(body, self.headers.get("Content-Type", ""))
-            sha = hashlib.sha256(np.ascontiguousarray(x, dtype=srv.task.input_dtype).tobytes()).hexdigest()
-        except Exception as exc:  # a malformed request: 400, as a real server would
-            srv._record(None, "400")
-            self._send(400, json.dumps({"error": f"bad request: {type(exc).__name__}: {exc}"}).encode())
-            return
-        if any(self.headers.get(k) != v for k, v in srv.required_headers.items()):
-            srv._record(sha, "401")
-            self._send(401, b'{"error": "unauthorized"}')
-            return
-        if srv.down or (srv.down_after is not None and len(srv.hashes("ok")) >= srv.down_after):
-            srv._record(sha, "503")
-            self._send(503, b'{"error": "service unavailable"}')
-            return
-        if srv.fail_all:
-            srv._record(sha, "500")
-            self._send(500, b'{"error": "internal error"}')
-            return
-        fault = srv._fault()
-        srv._record(sha, fault or "ok")
-        if fault == "500":
-            self._send(500, b'{"error": "internal error"}')
-        elif fault == "429":
-            self._send(429, b'{"error": "too many requests"}', headers={"Retry-After": f"{srv.faults.retry_after:g}"})  # type: ignore[union-attr]
-        elif fault == "drop":
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        elif fault == "malformed":
-            self._send(200, b'{"predictions": [[0.1, 0.2,')
-        else:
-            if fault == "slow":
-                time.sleep(srv.faults.slow_seconds)  # type: ignore[union-attr]
-            payload, ctype = srv.answer(x)
-            try:
-                self._send(200, payload, ctype)
-            except OSError:  # the client gave up (timeout) and closed the connection
-                self.close_connection = True
+            if srv.mode == "bomb":
+                self.wfile.write(srv._bomb)
+                written = len(srv._bomb)
+            elif srv.mode == "huge":
+                chunk = b'{"predictions": [' + b"0, " * 21840 + b"0]}"
+                while written < srv.body_bytes and not srv._stop.is_set():
+                    self.wfile.write(chunk)
+                    written += len(chunk)
+            else:  # drip
+                while written < srv.body_bytes and not srv._stop.is_set():
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    written += 1
+                    srv._stop.wait(srv.drip_interval)
+                if written >= srv.body_bytes:  # the client stayed: hold the connection until it leaves
+                    early = self.rfile.read(1) == b""
+        except OSError:  # the client hung up
+            early = True
+        srv._done(written, early)

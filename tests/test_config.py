@@ -302,9 +302,9 @@ def test_init_writes_a_starter_that_fails_with_fill_me_in(tmp_path, run_cli, pas
 
 
 def test_the_starter_data_stub_fails_the_same_way(tmp_path):
-    from tracer.workspace import STARTER_CODE
-
     import importlib.util
+
+    from tracer.workspace import STARTER_CODE
 
     path = tmp_path / STARTER_MODULE
     path.write_text(STARTER_CODE)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_tabular, issued_tabular_copy, passphrase_env  # noqa: F401
+from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_tabular, issued_tabular_copy, passphrase_env
 from tracer.config import TaskConfig
 from tracer.evaluate import attacks as A
 from tracer.evaluate.attacks import ATTACKS, GROUPS, resolve_attacks
@@ -168,8 +168,8 @@ def test_margin_embedding_outlives_hot_finetuning(issued_digits):
 
 
 def test_attack_costing_more_than_five_points_is_not_valid(issued_tabular):
-    from tracer.evaluate.suite import AttackResult, _score
     from tracer.data import load_dataset
+    from tracer.evaluate.suite import AttackResult, _score
 
     ws, keyring = _open(issued_tabular)
     data = load_dataset(ws.config)

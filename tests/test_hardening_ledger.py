@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.fixtures_issued import FAST_SCRYPT, PASSPHRASE as ISSUED_PASSPHRASE
+from tests._constants import LOW_SCRYPT as FAST_SCRYPT
+from tests._constants import PASSPHRASE as ISSUED_PASSPHRASE
+from tests.conftest import run_limited
 from tracer._json import MAX_DEPTH, JSONSyntaxError, StrictJSONError, loads_strict
 from tracer.errors import KeyFileError, KeyMismatch, LedgerError, LedgerTampered
 from tracer.fingerprint import trigger_commitment
@@ -369,7 +371,7 @@ def test_checkpoint_refuses_a_broken_ledger(issued_ledger, run_cli, tmp_path):
 
 def _sh(cmd: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env}
-    return subprocess.run(["sh", "-c", cmd], env=full, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return run_limited(["sh", "-c", cmd], env=full, cpu_s=600)  # bounded by work, not by a loaded machine's wall time
 
 
 def test_files_and_folders_are_private_whatever_the_umask(tmp_path, passphrase):

@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests._constants import HANG_S
+from tests.conftest import communicate_limited
 from tests.fixtures_issued import CUSTOMERS, PASSPHRASE
 from tracer._files import sha256_file
 from tracer.data import load_dataset
@@ -76,8 +78,13 @@ def test_issue_json_contract_and_reissue(issued_tabular_copy, run_cli):
     assert again.returncode == 0, again.stderr
     doc = json.loads(again.stdout)
     assert set(doc) >= {"customer", "issuance_id", "model_path", "sha256", "base_accuracy", "clean_accuracy", "trigger_accuracy", "seconds"}
-    assert doc["customer"] == "acme" and Path(doc["model_path"]).name == "acme.2.onnx"
+    assert doc["customer"] == "acme" and Path(doc["model_path"]).name == "acme~2.onnx"
     assert (issued_tabular_copy / "models/issued/acme.onnx").is_file()  # the first copy stays
+    # a customer whose id is the old reissue name ("acme.2") gets its own file, not a collision
+    other = run_cli(["issue", "--customer", "acme.2", "--json"], env=env)
+    assert other.returncode == 0, other.stderr
+    assert Path(json.loads(other.stdout)["model_path"]).name == "acme.2.onnx"
+    assert (issued_tabular_copy / "models/issued/acme~2.onnx").is_file()
     with Workspace(issued_tabular_copy).ledger() as ledger:
         acme = ledger.issuances("acme")
     assert len(acme) == 2 and acme[1].payload["new_customer"] is False
@@ -149,7 +156,7 @@ def test_batch_issue_resumes_and_skips_issued_customers(issued_tabular_copy, run
     env = {"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
     lst = tmp_path / "customers.csv"
     lst.write_text("id,name\nacme,ACME Corp.\nhooli,Hooli Inc.\n\n# a comment\numbrella,Umbrella, plc\n")
-    first = run_cli(["issue", "--customers", lst, "--json"], env=env)
+    first = run_cli(["issue", "--customers", lst, "--json"], env=env, timeout=600)  # two fine-tunes: minutes on a loaded machine
     assert first.returncode == 0, first.stderr
     doc = json.loads(first.stdout)
     assert [r["customer"] for r in doc["issued"]] == ["hooli", "umbrella"] and doc["skipped"] == 1
@@ -201,7 +208,8 @@ def test_hard_crash_leaves_no_orphan_after_recovery(point, issued_tabular_copy, 
     assert proc.returncode == 9, proc.stderr
     from tracer.embedding import recover_pending
 
-    recover_pending(Workspace(issued_tabular_copy))
+    ws = Workspace(issued_tabular_copy)
+    recover_pending(ws, ws.unlock(passphrase=PASSPHRASE, signing=False).master)
     with Workspace(issued_tabular_copy).ledger() as ledger:
         recorded = {e.payload["model_path"]: e.payload["model_sha256"] for e in ledger.issuances()}
     files = {str(p.relative_to(issued_tabular_copy)) for p in (issued_tabular_copy / "models/issued").iterdir()}
@@ -212,7 +220,7 @@ def test_hard_crash_leaves_no_orphan_after_recovery(point, issued_tabular_copy, 
     assert not list((issued_tabular_copy / ".tracer/pending").glob("*"))
 
 
-def _wait_for_cpu_seconds(proc: subprocess.Popen, seconds: float, *, limit: float = 300.0) -> None:
+def _wait_for_cpu_seconds(proc: subprocess.Popen, seconds: float, *, limit: float = HANG_S) -> None:
     """Wait until ``proc`` has used ``seconds`` of CPU time (not wall time: a loaded machine starts it slowly)."""
     stat = Path(f"/proc/{proc.pid}/stat")
     if not stat.exists():  # no procfs: fall back to wall time
@@ -235,7 +243,7 @@ def test_sigterm_during_issuance_leaves_nothing(issued_tabular_copy):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_cpu_seconds(proc, 8.0)  # imports and loading take a few; by 8 CPU seconds it is fine-tuning
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = communicate_limited(proc, cpu_s=120)  # from SIGTERM to exit: cleanup only; no wall-time limit
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert _snapshot_state(issued_tabular_copy) == before

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import KeyFileError, WrongPassphrase
+from tests._constants import LOW_SCRYPT as LOW
+from tracer.errors import KeyFileError, WorkspaceError, WrongPassphrase
 from tracer.keys.keyfile import (
     DEFAULT_SCRYPT,
     _digest,
@@ -22,7 +23,6 @@ from tracer.keys.keyfile import (
 )
 from tracer.keys.keyring import Keyring, load_public_key
 
-LOW = {"n": 2**12, "r": 8, "p": 1}
 SECRET = bytes(range(32))
 KEY_FILES = [("master.key", "master-secret"), ("signing.key", "signing-key")]
 
@@ -85,7 +85,7 @@ def test_keyring_create_open(tmp_path: Path):
     assert opened.public_key == created.public_key
     pem = Keyring.public_key_pem(tmp_path / "keys")
     assert load_public_key(pem) == opened.public_key
-    with pytest.raises(Exception):  # refuses to overwrite existing keys
+    with pytest.raises(WorkspaceError, match="refusing to overwrite keys"):
         Keyring.create(tmp_path / "keys", passphrase="pw-1", scrypt=LOW)
     assert Keyring.open(tmp_path / "keys", passphrase="pw-1").master == created.master
 
@@ -198,7 +198,8 @@ TAMPERINGS = {
     "field-removed": lambda d: _edit(d, lambda x: x.pop("check"), fix_digest=False),
     # an attacker who also recomputes the digest
     "ciphertext-bit-flip+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=_flip_b64(x["ciphertext"], 5)), fix_digest=True),
-    "ciphertext-cut+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=base64.b64encode(base64.b64decode(x["ciphertext"])[:-1]).decode()), fix_digest=True),
+    "ciphertext-cut+digest": lambda d: _edit(d, lambda x: x.update(ciphertext=base64.b64encode(base64.b64decode(x["ciphertext"])[:-1]).decode()),
+                                              fix_digest=True),
     "nonce-changed+digest": lambda d: _edit(d, lambda x: x["aead"].update(nonce=_flip_b64(x["aead"]["nonce"])), fix_digest=True),
     "kdf-n-below-floor+digest": lambda d: _edit(d, lambda x: x["kdf"].update(n=2**4), fix_digest=True),
     "kdf-n-not-power-of-two+digest": lambda d: _edit(d, lambda x: x["kdf"].update(n=5000), fix_digest=True),

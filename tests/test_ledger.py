@@ -11,12 +11,13 @@ import hashlib
 import json
 import multiprocessing
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests._constants import HANG_S
 from tracer.errors import LedgerError, LedgerTampered
 from tracer.keys.keyring import load_public_key, public_pem
 from tracer.ledger import Ledger, canonical, export_lines, make_checkpoint, read_export, verify_export
@@ -468,7 +469,7 @@ def _append_worker(root: str, passphrase: str, worker: int, count: int, barrier)
     ws = Workspace(Path(root))
     key = ws.unlock(passphrase=passphrase, master=False).signing_key
     with ws.ledger() as ledger:
-        barrier.wait(timeout=60)
+        barrier.wait(timeout=HANG_S)  # a loaded machine may start the writers minutes apart
         for i in range(count):
             if i % 10 == 0:
                 ledger.append("issuance", _issuance(f"w{worker}-c{i}", worker=worker, i=i), key=key)
@@ -484,7 +485,7 @@ def test_concurrent_appends_from_processes_lose_nothing(fresh_workspace, keyring
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=120)
+        p.join(timeout=HANG_S)
     assert [p.exitcode for p in procs] == [0] * WRITERS
 
     with fresh_workspace.ledger() as ledger:

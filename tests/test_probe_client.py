@@ -158,3 +158,99 @@ def test_headers_are_sent() -> None:
     for bad in ("no colon", ": value", "Bad Name: x", "X: a\r\nInjected: b"):
         with pytest.raises(EndpointError):
             parse_header(bad)
+
+
+# -- hostile servers on loopback: size cap, decompression cap, whole-request deadline --------------
+
+
+def query_real(url: str, **opts):
+    """One query through a real client against a real loopback server."""
+    options = ClientOptions(**{**FAST, **opts})
+
+    async def main():
+        async with ProbeClient(url, WireFormat("kserve-v1", TASK), options) as client:
+            return await client.query(X), client
+
+    return asyncio.run(main())
+
+
+def settled(srv, n: int) -> None:
+    """Wait (bounded: a hang fails the test, nothing is timed) until the server has finished ``n`` answers."""
+    for _ in range(600):
+        if len(srv.written) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server finished {len(srv.written)} of {n} answers")
+
+
+def test_a_huge_body_is_cut_off_at_the_cap() -> None:
+    from tests.servers import HostileServer
+
+    with HostileServer("huge", body_bytes=96 << 20) as srv:
+        out, client = query_real(srv.url, max_response_bytes=64 << 10, max_retries=1)
+        settled(srv, 2)
+    assert not out.ok and out.requests == 2 == client.used == srv.requests
+    assert all("max-response-bytes 65536" in f.error for f in out.failures), out.failures
+    assert srv.closed_early == 2 and max(srv.written) < 24 << 20  # the client hung up; socket buffers hold a few MiB
+
+
+def test_a_gzip_bomb_is_not_inflated() -> None:
+    import tracemalloc
+
+    from tests.servers import HostileServer
+
+    with HostileServer("bomb", body_bytes=64 << 20) as srv:
+        tracemalloc.start()
+        try:
+            out, _ = query_real(srv.url, max_response_bytes=1 << 20, max_retries=0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert not out.ok and out.requests == 1 and "decompresses to more than --max-response-bytes" in out.failures[0].error
+    assert peak < 16 << 20, peak  # the 64 MiB of zeros were never held
+
+
+def test_timeout_is_a_deadline_for_the_whole_request() -> None:
+    from tests.servers import HostileServer
+
+    # one byte every 0.1 s never leaves a 0.5 s gap between bytes: only a deadline ends it
+    with HostileServer("drip", body_bytes=100, drip_interval=0.1) as srv:
+        out, _ = query_real(srv.url, timeout=0.5, max_retries=1)
+        settled(srv, 2)
+    assert not out.ok and out.requests == 2 and all(f.error.startswith("deadline") for f in out.failures), out.failures
+    assert srv.closed_early == 2 and max(srv.written) <= 30, srv.written  # ~5 bytes in 0.5 s; 100 if it had waited
+
+
+def test_explicit_authorization_header_wins_over_url_userinfo() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return ok(1)
+
+    async def main(headers):
+        async with ProbeClient("http://user:PASS@api.test/v1/models/m:predict?api_key=KEY", WireFormat("kserve-v1", TASK),
+                               ClientOptions(**FAST, headers=headers), transport=httpx.MockTransport(handler)) as client:
+            return await client.query(X)
+
+    assert asyncio.run(main({"Authorization": "Bearer tok"})).ok
+    assert asyncio.run(main({})).ok
+    explicit, implicit = seen
+    assert explicit.headers["authorization"] == "Bearer tok" and explicit.url.userinfo == b""
+    assert implicit.headers["authorization"] == "Basic " + __import__("base64").b64encode(b"user:PASS").decode()
+    assert explicit.url.params["api_key"] == "KEY"  # the query string is sent as given
+
+
+def test_error_texts_are_scrubbed_of_url_secrets() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, text="bad api_key KEY123 for user PASS456 at " + str(request.url))
+
+    async def main():
+        async with ProbeClient("http://user:PASS456@api.test/p?api_key=KEY123", WireFormat("kserve-v1", TASK), ClientOptions(**FAST),
+                               transport=httpx.MockTransport(handler)) as client:
+            return await client.query(X)
+
+    out = asyncio.run(main())
+    text = out.error + repr([f.to_json() for f in out.failures])
+    assert out.fatal and "HTTP 403" in out.error
+    assert "KEY123" not in text and "PASS456" not in text and "REDACTED" in text

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests._constants import HANG_S
 from tracer.evaluate import AttackResult, Evaluation, FalseAccusationResult, IndependentModel, SuiteResult
 
-from .fixtures_issued import PASSPHRASE, issued_digits  # noqa: F401  (session fixture)
+from .fixtures_issued import PASSPHRASE, issued_digits
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"),
                              "/usr/bin/chromium") if p and os.path.exists(p)), None)
@@ -54,7 +55,7 @@ def sample_evaluation() -> Evaluation:
 
 
 @pytest.fixture(scope="module")
-def pages(issued_digits, tmp_path_factory):  # noqa: F811
+def pages(issued_digits, tmp_path_factory):
     """identify.html, probe.html and evaluate.html, written by the real renderers."""
     from tests.servers import ModelServer
     from tracer.evaluate.html import write_html
@@ -126,7 +127,8 @@ _PROBE = r"""
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}"]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True,
+                          timeout=HANG_S)  # a hang limit only: chromium's CPU time is spent in its child processes
 
 
 def _checked_copy(page: Path, tmp: Path) -> Path:

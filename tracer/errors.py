@@ -14,7 +14,10 @@
     ├── VendorCodeError              the vendor's factory or loader module failed (raised, or exited)
     ├── GateError                    an issued copy failed an accuracy gate
     ├── EndpointError                a prediction API failed or answered nonsense
-    └── BudgetExhausted              a probe ran out of its query budget (exit 3)
+    │   ├── ResponseError            an answer that parsed but does not fit the task (not retried)
+    │   └── MalformedResponse        an answer that cannot be decoded, or too large (retried)
+    ├── BudgetExhausted              a probe ran out of its query budget (exit 3)
+    │   └── BudgetSpent              internal: no request may be sent any more (never escapes the client)
 
 Every error carries a one-line ``message`` meant for a human and an optional
 ``hint`` saying what to do next. Messages never contain secrets.
@@ -38,6 +41,9 @@ __all__ = [
     "GateError",
     "EndpointError",
     "BudgetExhausted",
+    "ResponseError",
+    "MalformedResponse",
+    "BudgetSpent",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_USAGE",
@@ -65,7 +71,8 @@ class TracerError(Exception):
 
 
 class UsageError(TracerError):
-    """The command line is wrong: a missing, conflicting or out-of-range option. The one way to say so."""
+    """The command line is wrong: a missing, conflicting or out-of-range option, or options that do not fit
+    the session they continue. The one way to say so."""
 
     exit_code = EXIT_USAGE
 
@@ -140,3 +147,21 @@ class EndpointError(TracerError):
 
 class BudgetExhausted(TracerError):
     """A probe used up its query budget before reaching a verdict."""
+
+
+class ResponseError(EndpointError):
+    """An answer that parsed but does not fit the task (wrong shape, unknown label, out-of-range class).
+
+    Systematic: retrying does not help, so the probe stops with exit 3.
+    """
+
+
+class MalformedResponse(EndpointError):
+    """An answer that is not decodable at all (truncated, invalid JSON, over the size cap): transient, retried."""
+
+
+class BudgetSpent(BudgetExhausted):
+    """No request may be sent any more: the budget is used up (the probe client's internal signal)."""
+
+    def __init__(self, message: str = "query budget spent", *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from .._version import __version__
-from ._common import EXIT_CODES_HELP, STATE, TracerGroup
 from . import demo_cmd, evaluate_cmd, evidence_cmd, identify_cmd, issue_cmd, keys_cmd, ledger_cmd, probe_cmd, workspace_cmd
+from ._common import EXIT_CODES_HELP, STATE, TracerGroup
 
 app = typer.Typer(
     name="tracer",
@@ -26,7 +26,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    workspace: str = typer.Option(None, "--workspace", "-w", metavar="DIR", help="Workspace folder (default: $TRACER_WORKSPACE, else the current folder or a parent); also accepted after the command."),
+    workspace: str = typer.Option(None, "--workspace", "-w", metavar="DIR",
+        help="Workspace folder (default: $TRACER_WORKSPACE, else the current folder or a parent); also accepted after the command."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
@@ -49,7 +50,7 @@ def _sigterm_as_interrupt() -> None:
     """Turn SIGTERM into KeyboardInterrupt so cleanup handlers run (nothing half-written)."""
     import signal
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt
 
     try:

@@ -274,8 +274,8 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, *, json_out: bool) -
         if json_out:
             print_json(error_document("interrupted; nothing half-written was kept", hint=None, exit_code=130))
         raise typer.Exit(130) from None
-    except (typer.Exit, typer.Abort, typer.BadParameter):
-        raise  # click turns these into exit codes (BadParameter: usage error, exit 2)
+    except (typer.Exit, typer.Abort):
+        raise  # click turns these into exit codes
     except Exception as exc:  # a bug: say so briefly; traceback only on request
         if STATE.verbose:
             say(traceback.format_exc())

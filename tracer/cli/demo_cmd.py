@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
             print_json(doc)
         else:
             ws = r.workspace
+            by_file, by_http = ", ".join(r.identify_customers) or "nobody", ", ".join(r.probe_customers) or "nobody"
             out.print(f"""
-Done in {r.seconds:.0f} s. The leaked copy was traced to {', '.join(r.identify_customers) or 'nobody'} from the file, and to {', '.join(r.probe_customers) or 'nobody'} over HTTP.
+Done in {r.seconds:.0f} s. The leaked copy was traced to {by_file} from the file, and to {by_http} over HTTP.
 
   workspace     {ws}
   leaked model  {r.leaked_model}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
 from typer.core import TyperCommand, TyperOption
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError

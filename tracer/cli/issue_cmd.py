@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         keyring = ws.unlock()
         with progress_bar(not json_out, progress_mode) as progress:
             load = progress.add_task("loading base model and data", total=None)
-            issuer = Issuer(ws, keyring, out_dir=out_dir)
+            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say)
             progress.remove_task(load)
             show_gate_resolution(issuer.data, issuer.config)
             steps = issuer.config.embedding.steps

@@ -112,7 +112,7 @@ def verify(
     except LedgerTampered as exc:
         if json_out:
             print_json({"ok": False, "first_bad_entry": exc.entry, "error": exc.message})
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from exc
         raise
     if json_out:
         print_json({"ok": True, "entries": count, "head": head})

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import typer
 
-from ..errors import EXIT_USAGE, TracerError
-from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, workspace
+from ..errors import TracerError, UsageError
+from ..probing.client import DEFAULT_MAX_RESPONSE_BYTES
+from ..probing.plan import resolve_format
+from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, err, handle_errors, workspace
 from .identify_cmd import AlphaOpt, ReportOpt, show_result
 
 HELP = (
@@ -17,6 +20,10 @@ HELP = (
     "in the ledger; an interrupted probe continues with --resume SESSION.\n\n"
     "Formats: kserve-v1 (TF Serving, {\"instances\": [...]}), open-inference (KServe v2 / Triton), torchserve "
     "(PNG body), template (--request-template FILE with \"$INPUT\" or $INPUT_PNG_B64; --response-path a.b.0).\n\n"
+    "Credentials in the URL (user:password@, query parameters named like key, token, secret, signature...) are never "
+    "written: the journal, evidence and output keep the URL redacted, plus its HMAC under a key derived from the master "
+    "secret. Each try has a deadline (--timeout) and a size cap (--max-response-bytes); each request is journaled before "
+    "it is sent, so --budget holds across --resume.\n\n"
     "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_SEE
 )
 
@@ -24,36 +31,30 @@ HELP = (
 # Usage checks run as option callbacks, while the command line is parsed: a bad value is a usage error (exit 2).
 
 
-def _url(value: str) -> str:
-    if not value.lower().startswith(("http://", "https://")):
-        raise typer.BadParameter("URL must start with http:// or https://")
+def _url(value: str | None) -> str | None:
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise UsageError(f"URL must start with http:// or https://, not {value!r}")
     return value
 
 
-def _positive(value):
+def _positive(ctx: typer.Context, param: typer.CallbackParam, value):
     if value is not None and not value > 0:
-        raise typer.BadParameter("must be positive")
+        raise UsageError(f"{param.opts[0]} must be positive, not {value:g}")
     return value
 
 
 def _at_least(low: int):
-    def check(value):
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
         if value is not None and value < low:
-            raise typer.BadParameter(f"must be at least {low}")
+            raise UsageError(f"{param.opts[0]} must be at least {low}, not {value}")
         return value
 
     return check
 
 
-def _alpha(value):
-    if value is not None and not 0 < value < 1:
-        raise typer.BadParameter("alpha must be in (0, 1)")
-    return value
-
-
-def _encoding(value: str) -> str:
-    if value not in ("tensor", "png"):
-        raise typer.BadParameter("tensor or png")
+def _encoding(value: str | None) -> str | None:
+    if value is not None and value not in ("tensor", "png"):
+        raise UsageError(f"--input-encoding must be tensor or png, not {value!r}")
     return value
 
 
@@ -61,14 +62,8 @@ def _format(value):
     from ..probing import FORMATS
 
     if value is not None and value not in FORMATS:
-        raise typer.BadParameter(f"unknown format {value!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"--format: unknown format {value!r}; choose one of {', '.join(FORMATS)}")
     return value
-
-
-def _usage(message: str) -> "typer.Exit":
-    """A usage error found after parsing (combinations of options): one line, exit 2."""
-    err.print(f"usage error: {message}", markup=False)
-    return typer.Exit(EXIT_USAGE)
 
 
 def _headers(values):
@@ -79,84 +74,88 @@ def _headers(values):
         try:
             out.append(parse_header(h))
         except TracerError as exc:
-            raise typer.BadParameter(exc.message) from None
+            raise UsageError(f"--header: {exc.message}") from exc
     return out
+
+
+def _status(json_out: bool):
+    """Callbacks that show the session id and a live status line on stderr (none with --json)."""
+    from rich.status import Status
+
+    status = Status("probing...", console=err) if not json_out else None
+
+    def on_start(session: str) -> None:
+        if status is not None:
+            err.print(f"probe session {session} (continue an interrupted probe with --resume {session})", markup=False)
+            status.start()
+
+    def on_progress(p: dict) -> None:
+        if status is not None:
+            status.update(f"{p['queries']} requests, {p['triggers_sent']} triggers sent, {p['trigger_answers']} scored; "
+                          f"best log10 p {p['best_log10_p']:.1f}")
+
+    return status, on_start, on_progress
 
 
 def register(app: typer.Typer) -> None:
     @app.command("probe", help=HELP)
     @handle_errors
     def probe(
-        url: str = typer.Argument(..., metavar="URL", callback=_url, help="The prediction endpoint (http:// or https:// URL the inputs are POSTed to)."),
-        fmt: str = typer.Option(None, "--format", "-f", callback=_format, help="kserve-v1 | open-inference | torchserve | template (on --resume: the session's)."),
+        url: str = typer.Argument(None, metavar="URL", callback=_url,
+            help="The prediction endpoint (http:// or https:// URL the inputs are POSTed to); optional with --resume."),
+        fmt: str = typer.Option(None, "--format", "-f", callback=_format,
+            help="kserve-v1 | open-inference | torchserve | template (on --resume: the session's)."),
         request_template: Path = typer.Option(None, "--request-template", help="--format template: JSON request with \"$INPUT\" / $INPUT_PNG_B64."),
         response_path: str = typer.Option(None, "--response-path", help="Dotted path to the class in the answer, e.g. result.class_id or predictions.0."),
         label_map: Path = typer.Option(None, "--label-map", help="JSON {label: class index}, a JSON list of labels, or one label per line."),
-        header: list[str] = typer.Option(None, "--header", "-H", callback=_headers, help="\"Name: value\" sent with every request (repeatable); values are never journaled."),
-        timeout: float = typer.Option(30.0, "--timeout", callback=_positive, help="Seconds per request before it is retried."),
+        header: list[str] = typer.Option(None, "--header", "-H", callback=_headers,
+            help="\"Name: value\" sent with every request (repeatable); values are never journaled. "
+                 "An Authorization header wins over user:password in the URL."),
+        timeout: float = typer.Option(30.0, "--timeout", callback=_positive,
+            help="Deadline in seconds for one try of a request, connect to last byte; then it is retried."),
+        max_response_bytes: int = typer.Option(DEFAULT_MAX_RESPONSE_BYTES, "--max-response-bytes", callback=_at_least(1),
+            help="Largest answer accepted, on the wire and decompressed (default 1 MiB); a larger one is a failed try."),
         rate: float = typer.Option(None, "--rate", callback=_positive, help="At most this many requests per second (default: no limit)."),
         concurrency: int = typer.Option(4, "--concurrency", callback=_at_least(1), help="Requests in flight at once (1 reveals the fewest triggers)."),
-        budget: int = typer.Option(None, "--budget", callback=_at_least(1), help="Most HTTP requests to send, retries included (default: twice the schedule)."),
+        budget: int = typer.Option(None, "--budget", callback=_at_least(1),
+            help="Most HTTP requests to send in the whole session, retries and earlier runs included (default: twice the schedule)."),
         retries: int = typer.Option(4, "--retries", callback=_at_least(0), help="Retries per query on errors, timeouts, 5xx and 429."),
-        alpha: float = typer.Option(None, "--alpha", callback=_alpha, help=AlphaOpt.help),
+        alpha: float = AlphaOpt,
         probe_set: str = typer.Option(None, "--probe-set", help="Probe set to use (default: the first one not yet revealed)."),
-        decoys: int = typer.Option(1, "--decoys-per-trigger", callback=_at_least(0), help="Ordinary validation inputs sent per trigger, in random order."),
-        input_encoding: str = typer.Option("tensor", "--input-encoding", callback=_encoding, help="kserve-v1: tensor (nested lists) or png ({\"b64\": PNG})."),
+        decoys: int = typer.Option(None, "--decoys-per-trigger", callback=_at_least(0),
+            help="Ordinary validation inputs sent per trigger, in random order (default 1)."),
+        input_encoding: str = typer.Option(None, "--input-encoding", callback=_encoding,
+            help="kserve-v1: tensor (nested lists, the default) or png ({\"b64\": PNG})."),
         input_name: str = typer.Option(None, "--input-name", help="open-inference: the model's input tensor name (default: input)."),
-        resume: str = typer.Option(None, "--resume", help="Continue an interrupted probe session (its id is printed at the start)."),
+        resume: str = typer.Option(None, "--resume",
+            help="Continue an interrupted probe session (its id is printed at the start); the URL and unset options are the session's."),
         report: Path = ReportOpt,
         json_out: bool = JsonOpt,
+        _workspace: str = WorkspaceOpt,
     ) -> None:
-        from ..probing import ClientOptions, ProbeOptions, ProbeSession, find_session, make_format
+        from ..probing import ClientOptions, FormatChoice, ProbeOptions, ProbeSession
 
-        headers = dict(header or [])
         ws = workspace()
-        task = ws.config.task
-        if resume:
-            with ws.ledger() as ledger:
-                start = find_session(ledger, resume)
-            recorded = start["format"]
-            fmt = fmt or recorded["format"]
-            response_path = response_path or recorded.get("response_path")
-            if input_encoding == "tensor":
-                input_encoding = recorded.get("input_encoding", "tensor")
-            input_name = input_name or recorded.get("input_name")
-        if fmt is None:
-            raise _usage("give --format (kserve-v1, open-inference, torchserve or template)")
-        if (fmt == "template") != (request_template is not None):
-            raise _usage("--format template needs --request-template FILE" if fmt == "template" else "--request-template only applies to --format template")
-        wire = make_format(fmt, task, request_template=request_template, response_path=response_path, label_map=label_map,
-                           input_name=input_name, input_encoding=input_encoding)
+        choice = FormatChoice(fmt, request_template, response_path, label_map, input_name, input_encoding)
+        client = ClientOptions(timeout=timeout, rate=rate, concurrency=concurrency, max_retries=retries,
+                               headers=dict(cast("list[tuple[str, str]]", header or [])), max_response_bytes=max_response_bytes)
+        options = ProbeOptions(alpha=alpha, budget=budget, decoys_per_trigger=decoys, probe_set=probe_set, client=client)
+        if url is None and resume is None:
+            raise UsageError("give the endpoint URL", hint="tracer probe URL --format FORMAT, or tracer probe --resume SESSION")
+        if resume is None:
+            resolve_format(choice, ws.config.task)  # usage errors before the passphrase is asked for
         keyring = ws.unlock()
-        options = ProbeOptions(alpha=alpha, budget=budget, decoys_per_trigger=decoys, probe_set=probe_set,
-                               client=ClientOptions(timeout=timeout, rate=rate, concurrency=concurrency, max_retries=retries, headers=headers))
-        from rich.status import Status
-
-        status = Status("probing...", console=err) if not json_out else None
-
-        def on_start(session: str) -> None:
-            if not json_out:
-                err.print(f"probe session {session} (continue an interrupted probe with --resume {session})", markup=False)
-                status.start()  # type: ignore[union-attr]
-
-        def on_progress(p: dict) -> None:
-            if status is not None:
-                status.update(f"{p['queries']} requests, {p['triggers_sent']} triggers sent, {p['trigger_answers']} scored; "
-                              f"best log10 p {p['best_log10_p']:.1f}")
-
-        session = ProbeSession(ws, keyring, url, wire, options, resume=resume, on_progress=on_progress, on_start=on_start)
+        status, on_start, on_progress = _status(json_out)
         try:
-            result = session.run()
+            result = ProbeSession(ws, keyring, url, choice, options, resume=resume, on_progress=on_progress, on_start=on_start).run()
         finally:
             if status is not None:
                 status.stop()
         if report is not None:
-            try:
-                from ..report import write_report
-            except ImportError:
-                raise TracerError("--report is not available in this version of tracer (tracer.report is missing)") from None
+            from ..report import write_report
+
             html_path, evidence_path = write_report(ws, keyring, result, report)
-            err.print(f"report: {html_path}\nevidence: {evidence_path}")
+            err.print(f"report: {html_path}\nevidence: {evidence_path}", markup=False)
         if not json_out:
             x = result.extra
             err.print(f"{x['trigger_queries']} trigger and {x['decoy_queries']} decoy queries, {result.queries} HTTP requests; "

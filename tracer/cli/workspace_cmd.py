@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def init(
         directory: Path = typer.Argument(Path("."), metavar="DIR", help="Folder for the new workspace (created if missing)."),
-        example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits or tabular."),
+        example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits, tabular or shapes."),
         json_out: bool = JsonOpt,
     ) -> None:
         from ..examples import example_config, prepare_example

@@ -56,7 +56,7 @@ class LoopbackModelServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/v1/models/leaked:predict"
 
-    def __enter__(self) -> "LoopbackModelServer":
+    def __enter__(self) -> LoopbackModelServer:
         self._thread.start()
         return self
 

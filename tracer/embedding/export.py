@@ -12,7 +12,7 @@ from torch import nn
 from ..config import TaskConfig
 from ..errors import ModelError
 
-__all__ = ["export_onnx", "check_onnx", "OPSET"]
+__all__ = ["export_onnx", "check_onnx", "logit_tolerance", "OPSET"]
 
 OPSET = 17
 
@@ -28,14 +28,33 @@ def export_onnx(model: nn.Module, task: TaskConfig) -> bytes:
             model, (example,), buf, dynamo=False, opset_version=OPSET,
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            # PRESERVE, not EVAL: EVAL folds BatchNorm into the convolutions, and `tracer evaluate` maps the
+            # ONNX initializers back onto the factory's state_dict by name (same bytes for models without BN).
+            training=torch.onnx.TrainingMode.PRESERVE,
         )
     return buf.getvalue()
 
 
-def check_onnx(onnx_bytes: bytes, model: nn.Module, inputs: np.ndarray, *, atol: float = 1e-3) -> float:
-    """Run onnxruntime and torch on ``inputs``; raise ModelError if classes or logits disagree.
+# Tolerance of the ONNX check, relative to the logits' magnitude. float32 keeps ~7 significant digits,
+# and a reordered sum of n products loses up to ~sqrt(n) ulps: a correct resnet18 export differed by
+# 7.8e-3 on logits of 18,862 (relative 4e-7), which a fixed 1e-3 rejected. 1e-4 of the largest logit
+# leaves ~250x headroom over that, and still rejects a real export fault (a wrong weight or op moves
+# logits by a visible fraction of their size); the 1e-5 floor covers logits near zero.
+RTOL = 1e-4
+ATOL = 1e-5
 
-    Returns the largest absolute logit difference.
+
+def logit_tolerance(logits: np.ndarray, *, rtol: float = RTOL, atol: float = ATOL) -> float:
+    """Largest logit difference accepted between torch and onnxruntime: ``rtol * max(1, max|logit|) + atol``."""
+    scale = float(np.max(np.abs(logits))) if logits.size else 0.0
+    return rtol * max(1.0, scale) + atol
+
+
+def check_onnx(onnx_bytes: bytes, model: nn.Module, inputs: np.ndarray, *, rtol: float = RTOL, atol: float = ATOL) -> float:
+    """Run onnxruntime and torch on ``inputs``; raise ModelError if any class decision differs or the logits
+    differ by more than :func:`logit_tolerance` of torch's logits (a bound that scales with the model).
+
+    Returns the largest absolute logit difference (the issuance records it).
     """
     import onnxruntime as ort
 
@@ -43,7 +62,12 @@ def check_onnx(onnx_bytes: bytes, model: nn.Module, inputs: np.ndarray, *, atol:
     got = sess.run(None, {sess.get_inputs()[0].name: inputs})[0]
     with torch.no_grad():
         want = model.cpu().eval()(torch.as_tensor(inputs)).numpy()
+    if got.shape != want.shape:
+        raise ModelError(f"the exported ONNX model disagrees with torch (output shape {got.shape}, torch {want.shape})")
     diff = float(np.max(np.abs(got - want))) if got.size else 0.0
-    if got.shape != want.shape or diff > atol or not np.array_equal(got.argmax(1), want.argmax(1)):
-        raise ModelError(f"the exported ONNX model disagrees with torch (max logit difference {diff:.2e})")
+    tol = logit_tolerance(want, rtol=rtol, atol=atol)
+    flipped = int(np.sum(got.argmax(1) != want.argmax(1))) if got.size else 0
+    if flipped or not diff <= tol:
+        raise ModelError(f"the exported ONNX model disagrees with torch ({flipped} of {len(want)} class decisions differ; "
+                         f"max logit difference {diff:.2e}, allowed {tol:.2e})")
     return diff

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -74,10 +74,15 @@ def onnx_to_torch(onnx_bytes: bytes, make_model: Callable[[], nn.Module], sample
 
     proto = onnx.load_from_string(onnx_bytes)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:  # the exporter merges equal tensors (e.g. two BN biases), naming the copy by an Identity
+        if node.op_type == "Identity" and node.input and node.input[0] in inits:
+            inits.setdefault(node.output[0], inits[node.input[0]])
     model = make_model()
     state = model.state_dict()
     missing = []
     for key, ref in state.items():
+        if key.endswith("num_batches_tracked"):  # a BatchNorm training counter, not part of the exported computation
+            continue
         arr = inits.get(key)
         if arr is None or tuple(arr.shape) != tuple(ref.shape):
             missing.append(key)

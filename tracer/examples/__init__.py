@@ -1,4 +1,4 @@
-"""Bundled examples (scikit-learn's own datasets, no downloads): digits and tabular."""
+"""Bundled examples, none downloaded: digits and tabular (scikit-learn's own datasets), shapes (synthetic, generated)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from importlib import resources
 
 from ..errors import ConfigError
 
-EXAMPLES = ("digits", "tabular")
+EXAMPLES = ("digits", "tabular", "shapes")
 
 
 def example_config(name: str) -> str:

@@ -3,4 +3,5 @@
 from .probes import ProbeSet, codeword, codewords, make_probe_set, probe_set_ids, trigger_commitment
 from .stats import binomial_tail, binomial_tails, holm, log10_tail
 
-__all__ = ["ProbeSet", "codeword", "codewords", "make_probe_set", "probe_set_ids", "trigger_commitment", "binomial_tail", "binomial_tails", "holm", "log10_tail"]
+__all__ = ["ProbeSet", "codeword", "codewords", "make_probe_set", "probe_set_ids", "trigger_commitment",
+           "binomial_tail", "binomial_tails", "holm", "log10_tail"]

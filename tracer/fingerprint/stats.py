@@ -19,7 +19,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["binomial_tail", "binomial_tails", "holm", "bonferroni_threshold", "log10_tail"]
+__all__ = ["binomial_tail", "binomial_tails", "holm", "log10_tail"]
 
 
 def binomial_tails(n: int, num_classes: int) -> np.ndarray:
@@ -74,7 +74,3 @@ def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
         else:
             break
     return rejected
-
-
-def bonferroni_threshold(alpha: float, n: int) -> float:
-    return alpha / max(n, 1)

@@ -32,7 +32,8 @@ def identify_predictor(
     )
 
 
-def record_identification(ws: Workspace, keyring: Keyring, result: IdentificationResult, *, kind: str = "identification", subject: str, details: dict | None = None) -> int:
+def record_identification(ws: Workspace, keyring: Keyring, result: IdentificationResult, *, kind: str = "identification",
+                          subject: str, details: dict | None = None) -> int:
     """Append the outcome to the ledger (top candidates and every named one); returns the entry seq."""
     doc = result.to_json(top=10)
     payload = {

@@ -8,7 +8,12 @@ from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["Candidate", "CandidateTable", "IdentificationResult"]
+__all__ = ["Candidate", "CandidateTable", "IdentificationResult", "build_result", "HOLM_RULE", "EPROCESS_RULE"]
+
+#: ``IdentificationResult.decision_rule`` of a fixed-size test (identify, evaluate): exact binomial tails, Holm.
+HOLM_RULE = "holm-binomial"
+#: ``decision_rule`` of a probe: anytime-valid e-process, Bonferroni (threshold family_size / alpha).
+EPROCESS_RULE = "e-process-bonferroni"
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,11 @@ class IdentificationResult:
     num_classes: int
     probe_sets: list[str]
     method: str  # e.g. "exact binomial tail, Holm step-down over N customers"
-    decision_rule: str = "holm-binomial"  # "holm-binomial" (identify) or "e-process-bonferroni" (probe)
-    family_size: int = 0  # customers the correction runs over
-    threshold: float | None = None  # probe: the e-value a customer must reach, family_size / alpha
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. probe: endpoint, trigger_queries
     ledger_entry: int | None = None  # seq of the ledger entry recording it
+    decision_rule: str = HOLM_RULE  # HOLM_RULE or EPROCESS_RULE: which test decided
+    family_size: int = 0  # hypotheses the error rate is controlled over (Holm: issued customers; probe: carriers of the set)
+    threshold: float | None = None  # probe: the e-value a customer must reach (family_size / alpha); Holm: None
 
     @property
     def matched(self) -> bool:
@@ -103,3 +108,42 @@ class IdentificationResult:
 
     def full(self) -> dict[str, Any]:
         return {**self.to_json(top=len(self.candidates)), "candidates_all": [asdict(c) for c in self.candidates[:]]}
+
+
+def build_result(
+    *,
+    ids: list[str],
+    names: list[str],
+    matches: np.ndarray,
+    trials: np.ndarray,
+    p_values: np.ndarray,
+    log10_p: np.ndarray,
+    named: np.ndarray,
+    alpha: float,
+    queries: int,
+    model_sha256: str | None,
+    num_classes: int,
+    probe_sets: list[str],
+    method: str,
+    decision_rule: str,
+    family_size: int,
+    threshold: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> IdentificationResult:
+    """The one way to turn per-customer scores into a result: order best first, name the rejected ones.
+
+    Ordered by the exact log10 p-value (float p-values underflow to 0 for strong
+    matches), then by more matches; ties keep the input order (the sort is stable).
+    """
+    matches, trials = np.asarray(matches, dtype=np.int64), np.asarray(trials, dtype=np.int64)
+    named = np.asarray(named, dtype=bool)
+    order = np.lexsort((-matches, np.asarray(log10_p, dtype=np.float64))) if len(ids) else np.zeros(0, np.int64)
+    cands = CandidateTable(ids, names, matches, trials, np.asarray(p_values, dtype=np.float64),
+                           np.asarray(log10_p, dtype=np.float64), named, order)
+    chosen = [ids[int(i)] for i in order if named[int(i)]]
+    return IdentificationResult(
+        verdict="match" if chosen else "no_match", customers=chosen, alpha=alpha, queries=int(queries),
+        model_sha256=model_sha256, candidates=cands, num_classes=num_classes, probe_sets=list(probe_sets),
+        method=method, extra=dict(extra or {}), decision_rule=decision_rule, family_size=int(family_size),
+        threshold=threshold,
+    )

@@ -8,19 +8,19 @@ number of customers.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import overload
 
 import numpy as np
-
-from pathlib import Path
 
 from ..fingerprint import ProbeSet
 from ..fingerprint.cache import cached_codewords
 from ..fingerprint.stats import binomial_tails, holm, log10_tail
 from ..ledger import Ledger
-from .result import CandidateTable, IdentificationResult
+from .result import HOLM_RULE, IdentificationResult, build_result
 
 __all__ = ["IssuedCustomer", "IssuedCustomers", "issued_customers", "score_answers", "METHOD"]
 
@@ -38,22 +38,46 @@ class IssuedCustomer:
     probe_sets: tuple[str, ...]  # probe sets embedded in at least one of its copies
 
 
-class IssuedCustomers(list):
-    """Issued customers (a list of :class:`IssuedCustomer`) plus column views for vectorized scoring."""
+class IssuedCustomers(Sequence):
+    """Issued customers, a read-only sequence of :class:`IssuedCustomer`, plus column views for vectorized scoring.
+
+    Stored as columns (ids, names, one probe-set group per customer) because
+    10,000 customers must not cost 10,000 objects; items are built on access.
+    """
 
     def __init__(self, ids: list[str], names: list[str], set_groups: list[frozenset[str]], group_of: np.ndarray) -> None:
-        super().__init__()
         self.ids, self.names, self.set_groups, self.group_of = ids, names, set_groups, group_of
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __iter__(self):
-        for i, cid in enumerate(self.ids):
-            yield IssuedCustomer(cid, self.names[i], tuple(sorted(self.set_groups[self.group_of[i]])))
+    def _build(self, i: int) -> IssuedCustomer:
+        return IssuedCustomer(self.ids[i], self.names[i], tuple(sorted(self.set_groups[int(self.group_of[i])])))
 
+    @overload
+    def __getitem__(self, i: int) -> IssuedCustomer: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[IssuedCustomer]: ...
     def __getitem__(self, i):
-        return list(self)[i] if isinstance(i, slice) else IssuedCustomer(self.ids[i], self.names[i], tuple(sorted(self.set_groups[self.group_of[i]])))
+        if isinstance(i, slice):
+            return [self._build(k) for k in range(len(self.ids))[i]]
+        return self._build(range(len(self.ids))[i])  # negative indices and IndexError as for a list
+
+    def __iter__(self) -> Iterator[IssuedCustomer]:
+        return (self._build(i) for i in range(len(self.ids)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so not hashable like them
+
+    def __repr__(self) -> str:
+        return f"IssuedCustomers({list(self)!r})"
+
+    def copy(self) -> IssuedCustomers:
+        return IssuedCustomers(list(self.ids), list(self.names), list(self.set_groups), self.group_of.copy())
 
     def members(self, set_id: str) -> np.ndarray:
         """Boolean mask of customers whose copies carry ``set_id``."""
@@ -61,29 +85,20 @@ class IssuedCustomers(list):
         return has[self.group_of] if len(self.ids) else np.zeros(0, bool)
 
     @classmethod
-    def from_list(cls, customers: list[IssuedCustomer]) -> "IssuedCustomers":
+    def from_list(cls, customers: list[IssuedCustomer]) -> IssuedCustomers:
         groups: dict[frozenset[str], int] = {}
         gi = [groups.setdefault(frozenset(c.probe_sets), len(groups)) for c in customers]
         return cls([c.customer_id for c in customers], [c.display_name for c in customers], list(groups), np.array(gi, dtype=np.int64))
 
 
 def issued_customers(ledger: Ledger) -> IssuedCustomers:
-    """Every customer with at least one issuance, in order of first issuance (one SQL query)."""
-    rows = ledger.db.execute(
-        "SELECT c.customer_id, c.display_name, group_concat(i.probe_sets, char(10)) FROM customers c "
-        "JOIN issuances i ON i.customer_id = c.customer_id GROUP BY c.customer_id ORDER BY c.entry"
-    ).fetchall()
-    groups: dict[str, int] = {}
-    set_groups: list[frozenset[str]] = []
+    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry."""
+    rows = ledger.issued_customers()
+    groups: dict[frozenset[str], int] = {}
     group_of = np.empty(len(rows), dtype=np.int64)
-    for k, (_, _, docs) in enumerate(rows):
-        g = groups.get(docs)
-        if g is None:  # most customers share one probe-set document: parse each distinct one once
-            ids = frozenset(ps["id"] for doc in docs.split("\n") for ps in json.loads(doc))
-            g = groups[docs] = len(set_groups)
-            set_groups.append(ids)
-        group_of[k] = g
-    return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], set_groups, group_of)
+    for k, (_, _, sets) in enumerate(rows):
+        group_of[k] = groups.setdefault(sets, len(groups))
+    return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], list(groups), group_of)
 
 
 @lru_cache(maxsize=64)
@@ -109,7 +124,11 @@ def score_answers(
     extra: dict | None = None,
     cache_dir: Path | None = None,
 ) -> IdentificationResult:
-    """Matches, exact p-values and Holm decisions for every customer, best first."""
+    """Matches, exact p-values and Holm decisions for every customer, best first.
+
+    The Holm family is every issued customer (``family_size``): a customer whose
+    copies carry none of the probe sets answered enters with p = 1.
+    """
     table = customers if isinstance(customers, IssuedCustomers) else IssuedCustomers.from_list(list(customers))
     n_cust = len(table)
     matches = np.zeros(n_cust, dtype=np.int64)
@@ -133,13 +152,9 @@ def score_answers(
         p[rows] = _tails(int(n), num_classes)[matches[rows]]
         logp[rows] = _log10_tails(int(n), num_classes)[matches[rows]]
     named = holm(np.where(trials > 0, p, 1.0), alpha) if n_cust else np.zeros(0, bool)
-    # float p-values may underflow to 0 for very strong matches: the exact log10 orders them.
-    order = np.lexsort((-matches, logp))
-    cands = CandidateTable(table.ids, table.names, matches, trials, p, logp, named, order)
-    chosen = [table.ids[i] for i in order[: int(named.sum())]]
-    return IdentificationResult(
-        verdict="match" if chosen else "no_match", customers=chosen, alpha=alpha, queries=queries,
-        model_sha256=model_sha256, candidates=cands, num_classes=num_classes,
+    return build_result(
+        ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
+        alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,
         probe_sets=[ps.id for ps in probe_sets if ps.id in answers], method=METHOD + f" ({n_cust} customers)",
-        extra=dict(extra or {}),
+        decision_rule=HOLM_RULE, family_size=n_cust, threshold=None, extra=extra,
     )

@@ -1,8 +1,8 @@
 """Keys: the encrypted key files (``keyfile``) and derivation of per-customer secrets (``derive``)."""
 
 from .derive import customer_key, normalize_customer_id, probe_set_key, uniform_ints, validate_display_name
-from .keyring import Keyring, get_passphrase
 from .keyfile import DEFAULT_SCRYPT, decrypt_secret, encrypt_secret
+from .keyring import Keyring, get_passphrase
 
 __all__ = [
     "Keyring",

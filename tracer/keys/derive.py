@@ -39,6 +39,7 @@ __all__ = [
     "probe_set_key",
     "shake_stream",
     "uniform_ints",
+    "pending_marker_key",
 ]
 
 DERIVATION_VERSION = "v1"
@@ -88,7 +89,7 @@ def hkdf_key(master: bytes, purpose: str) -> bytes:
     """32-byte key for ``purpose``: HKDF-SHA256 with a versioned info string."""
     if len(master) != 32:
         raise ValueError("master secret must be 32 bytes")
-    info = f"tracer/{DERIVATION_VERSION}/{purpose}".encode("utf-8")
+    info = f"tracer/{DERIVATION_VERSION}/{purpose}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(master)
 
 
@@ -117,3 +118,12 @@ def uniform_ints(key: bytes, label: str, count: int, bound: int) -> np.ndarray:
         if accepted.size >= count:
             return accepted[:count].copy()
         nbytes *= 2
+
+
+def pending_marker_key(master: bytes) -> bytes:
+    """MAC key of the pending-issuance markers (``.tracer/pending/*.json``).
+
+    Recovery after a crash renames or deletes the files a marker names, so it acts only on
+    markers carrying a MAC under this key: ones this workspace's own ``tracer issue`` wrote.
+    """
+    return hkdf_key(master, "pending-issuance-marker")

@@ -29,9 +29,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from .._files import atomic_write_bytes
 from .._json import StrictJSONError, loads_strict
 from ..errors import KeyFileError, WrongPassphrase
-from .._files import atomic_write_bytes
 
 FORMAT = "tracer-keyfile/1"
 

@@ -94,7 +94,7 @@ class Keyring:
         return self.signing_key.public_key()
 
     @classmethod
-    def create(cls, folder: Path, *, passphrase: str, scrypt: dict[str, int] | None = None) -> "Keyring":
+    def create(cls, folder: Path, *, passphrase: str, scrypt: dict[str, int] | None = None) -> Keyring:
         """Generate fresh keys from the OS CSPRNG and write them encrypted (mode 0600)."""
         folder = ensure_dir(Path(folder))
         for name in (MASTER_FILE, SIGNING_FILE):
@@ -109,7 +109,7 @@ class Keyring:
         return cls(folder, master=master, signing=signing)
 
     @classmethod
-    def open(cls, folder: Path, *, passphrase: str, master: bool = True, signing: bool = True) -> "Keyring":
+    def open(cls, folder: Path, *, passphrase: str, master: bool = True, signing: bool = True) -> Keyring:
         """Decrypt the requested keys; raises WrongPassphrase / KeyFileError and changes nothing."""
         folder = Path(folder)
         secret = read_key_file(folder / MASTER_FILE, passphrase=passphrase, kind="master-secret") if master else None

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -32,7 +33,7 @@ ENTRY_FIELDS = frozenset({"seq", "kind", "time", "prev", "payload", "hash", "sig
 
 def utc_now() -> str:
     """UTC time as ISO-8601 with microseconds and a Z suffix."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical(obj: Any) -> bytes:
@@ -57,7 +58,7 @@ class Entry:
         return {**self.body(), "hash": self.hash, "signature": self.signature}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Entry":
+    def from_json(cls, doc: dict[str, Any]) -> Entry:
         """Read an entry exactly as :meth:`to_json` wrote it; raise ValueError otherwise.
 
         Strict on purpose: ``seq`` must be an integer (not a bool, float or string), the

@@ -10,9 +10,10 @@ per-request kind added later is hidden too).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from .entries import Entry
 from .store import Ledger
@@ -46,7 +47,7 @@ def parse_time(text: str) -> str:
         t = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not an ISO-8601 date or time (e.g. 2025-01-31 or 2025-01-31T14:00Z)") from exc
-    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -26,8 +26,9 @@ import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import sqlite_utils
@@ -127,7 +128,8 @@ def verify_checkpoint(cp: dict[str, Any], public_key: Ed25519PublicKey, entries:
     if not verify_blob(public_key, _CHECKPOINT_DOMAIN, canonical(body), sig):
         raise LedgerTampered("the checkpoint's signature is invalid (not made with this workspace's key)")
     if len(entries) < n:
-        raise LedgerTampered(f"the ledger has {len(entries)} entries but the checkpoint of {body['time']} saw {n}: entries were truncated", entry=len(entries) + 1)
+        raise LedgerTampered(f"the ledger has {len(entries)} entries but the checkpoint of {body['time']} saw {n}: entries were truncated",
+                             entry=len(entries) + 1)
     if n and entries[n - 1].hash != body["head"]:
         raise LedgerTampered(f"entry {n} differs from the checkpointed head", entry=n)
 
@@ -195,7 +197,7 @@ class Ledger:
     def close(self) -> None:
         self.db.conn.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -325,6 +327,16 @@ class Ledger:
                                    "WHERE q.session = ? ORDER BY q.entry", [session]).fetchall()
             return [_payload(seq, text) for seq, text in rows]
         return [e.payload for e in self.entries(kind=kind) if e.payload.get("session") == session]
+
+    def session_journal(self, session: str) -> dict[str, list[dict[str, Any]]]:
+        """Payloads of every entry of one probe session, by kind, oldest first (one SQL query, for --resume)."""
+        rows = self.db.execute(
+            "SELECT seq, kind, payload FROM entries WHERE kind LIKE 'probe-%' AND json_extract(payload, '$.session') = ? "
+            "ORDER BY seq", [session]).fetchall()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for seq, kind, text in rows:
+            out.setdefault(kind, []).append(_payload(seq, text))
+        return out
 
     def probe_answers(self, session: str) -> dict[int, Any]:
         return {r["idx"]: json.loads(r["response"]) for r in self.db.query(

@@ -36,14 +36,14 @@ import copy
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import TaskConfig
-from ..errors import ConfigError, EndpointError
+from ..errors import ConfigError, MalformedResponse, ResponseError
 
 __all__ = [
     "FORMATS",
@@ -63,17 +63,6 @@ FORMATS = ("kserve-v1", "open-inference", "torchserve", "template")
 _DATATYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64"}
 _SCORE_KEYS = ("scores", "probabilities", "probs", "logits", "confidences", "output", "outputs", "predictions", "prediction", "data", "result")
 _CLASS_KEYS = ("class_id", "class", "classes", "label", "labels", "class_index", "predicted_class", "category", "top_class", "index", "id")
-
-
-class ResponseError(EndpointError):
-    """An answer that parsed but does not fit the task (wrong shape, unknown label, out-of-range class).
-
-    Systematic: retrying does not help, so the probe stops with exit 3.
-    """
-
-
-class MalformedResponse(EndpointError):
-    """An answer that is not decodable at all (truncated or invalid JSON): treated as transient, retried."""
 
 
 # -- PNG ------------------------------------------------------------------------------------------
@@ -134,8 +123,8 @@ def follow_path(doc: Any, path: str) -> Any:
         elif isinstance(cur, list):
             try:
                 cur = cur[int(part)]
-            except (ValueError, IndexError):
-                raise ResponseError(f"answer has no element {'.'.join(walked + [part])!r} (a list of {len(cur)})", hint="check --response-path") from None
+            except (ValueError, IndexError) as exc:
+                raise ResponseError(f"answer has no element {'.'.join(walked + [part])!r} (a list of {len(cur)})", hint="check --response-path") from exc
         else:
             raise ResponseError(f"answer path {'.'.join(walked + [part])!r} goes into a {type(cur).__name__}", hint="check --response-path")
         walked.append(part)
@@ -210,7 +199,7 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def load_label_map(path: Path, num_classes: int) -> dict[str, int]:
@@ -244,7 +233,7 @@ def load_template(path: Path) -> Any:
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"request template {Path(path).name} is not JSON: {exc}") from None
+        raise ConfigError(f"request template {Path(path).name} is not JSON: {exc}") from exc
     if "$INPUT" not in text:
         raise ConfigError(f"request template {Path(path).name} contains neither \"$INPUT\" nor $INPUT_PNG_B64")
     return doc
@@ -270,7 +259,6 @@ class WireFormat:
     template: Any = None
     input_name: str = "input"
     input_encoding: str = "tensor"  # kserve-v1: "tensor" (nested lists) or "png" ({"b64": ...})
-    _b64_cache: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.name not in FORMATS:
@@ -341,15 +329,15 @@ class WireFormat:
         ctype = (content_type or "").split(";")[0].strip().lower()
         try:
             text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedResponse(f"answer is not UTF-8 text ({len(body)} bytes)") from None
+        except UnicodeDecodeError as exc:
+            raise MalformedResponse(f"answer is not UTF-8 text ({len(body)} bytes)") from exc
         if not text.strip():
             raise MalformedResponse("answer body is empty")
         try:
             return json.loads(text)
-        except ValueError:
+        except ValueError as exc:
             if ctype.endswith("json") or text.lstrip()[:1] in ("{", "["):
-                raise MalformedResponse(f"answer is not valid JSON: {text[:60]!r}") from None
+                raise MalformedResponse(f"answer is not valid JSON: {text[:60]!r}") from exc
             return text.strip()  # text/plain label
 
     def extract(self, raw: Any) -> Any:
@@ -372,7 +360,8 @@ class WireFormat:
             if not isinstance(outs, list) or not outs or not isinstance(outs[0], dict) or "data" not in outs[0]:
                 if isinstance(raw, dict) and "error" in raw:
                     raise ResponseError(f"endpoint answered an error: {_describe(raw['error'])}")
-                raise ResponseError(f"answer {_describe(raw)} has no \"outputs\" with data", hint="is this an open-inference (KServe v2) endpoint? else give --response-path")
+                raise ResponseError(f"answer {_describe(raw)} has no \"outputs\" with data",
+                                    hint="is this an open-inference (KServe v2) endpoint? else give --response-path")
             data = outs[0]["data"]
             shape = outs[0].get("shape")
             if isinstance(data, list) and isinstance(shape, list) and shape and shape[0] not in (1, None, -1) and len(shape) > 1:

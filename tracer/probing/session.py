@@ -9,17 +9,25 @@ Schedule
     The endpoint cannot tell triggers from decoys by their position. The seed
     and the schedule (and a digest of every input's SHA-256) are journaled in
     the ``probe-start`` entry, so ``--resume`` replays the same order and
-    checks that the inputs are still the same bytes.
+    checks that the inputs are still the same bytes (:mod:`tracer.probing.plan`).
 
 Journal (the ledger, as it goes)
-    ``probe-start``            session, endpoint, format, probe set, seed, schedule, budget, alpha
-    ``probe-set-revealed``     just before the first trigger is sent
+    ``probe-start``            session, endpoint (redacted) and its keyed hash, format, probe set, seed, schedule, budget, alpha
+    ``probe-sent``             one per HTTP request, written before the request goes out (idx, try)
+    ``probe-set-revealed``     when the first trigger's bytes actually leave (never for an unreachable endpoint)
     ``probe-query``            one per answered query: idx, kind, input_sha256, raw response, class, requests
     ``probe-failed``           one per query abandoned after its retries (errors and malformed bodies kept)
     ``probe-result``           the verdict, p-values and counts (as ``identification``)
     Decoy answers are journaled but never scored. An interrupted session is
     continued with ``--resume SESSION``: answered queries are not sent again;
-    abandoned ones are retried.
+    abandoned ones are retried; every request ever sent counts against the budget.
+
+Counting: ``queries`` is the number of requests sent in the whole session. When
+the probe decides, queries in flight are not cancelled (the server may or may
+not have seen a cancelled one) but finish their current try, unretried, and are
+journaled; so the count is exactly what the server received.
+
+URLs: only :func:`tracer.probing.urls.redact_url`'s form is written anywhere.
 
 Decision: :mod:`tracer.probing.sequential` (anytime-valid, Bonferroni over the
 customers whose copies embed the probe set). The probe stops as soon as a
@@ -30,121 +38,77 @@ and the budget.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
-import math
-import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import BudgetExhausted, ConfigError, EndpointError, TracerError
-from ..fingerprint import ProbeSet, codewords, make_probe_set, probe_set_ids
+from .._jsonable import jsonable
+from ..errors import BudgetExhausted, ConfigError, EndpointError, TracerError, UsageError
 from ..identify.identify import record_identification
-from ..identify.result import Candidate, IdentificationResult
-from ..identify.scoring import IssuedCustomer, issued_customers
+from ..identify.result import EPROCESS_RULE, IdentificationResult, build_result
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
 from ..workspace import Workspace
 from .client import ClientOptions, Outcome, ProbeClient
 from .formats import WireFormat
+from .plan import (
+    FormatChoice,
+    JournalState,
+    ProbeOptions,
+    find_session,
+    input_sha256,
+    make_schedule,
+    new_plan,
+    resolve_format,
+    resumed_plan,
+    revealed_probe_sets,
+    session_entries,
+)
 from .sequential import METHOD, EProcess
 
-__all__ = ["ProbeOptions", "ProbeSession", "probe_endpoint", "make_schedule", "revealed_probe_sets", "find_session", "input_sha256"]
+__all__ = ["ProbeOptions", "FormatChoice", "ProbeSession", "probe_endpoint", "make_schedule", "revealed_probe_sets",
+           "find_session", "input_sha256"]
 
 _MAX_STORED_RESPONSE = 64 * 1024
 
 
-@dataclass
-class ProbeOptions:
-    alpha: float | None = None  # default: identify.alpha of tracer.toml
-    budget: int | None = None  # default: twice the schedule length (room for retries)
-    decoys_per_trigger: int = 1
-    probe_set: str | None = None  # default: the first probe set not yet revealed
-    max_failed_in_a_row: int = 3  # abandoned queries in a row before the endpoint is declared failing
-    client: ClientOptions = field(default_factory=ClientOptions)
-
-
-def input_sha256(x: np.ndarray, dtype: str) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(x, dtype=dtype)).tobytes()).hexdigest()
-
-
-def make_schedule(seed: bytes, probes: int, validation: int, decoys_per_trigger: int) -> list[tuple[str, int]]:
-    """Items ``("t", probe index)`` and ``("d", validation index)`` in the order they are sent."""
-
-    def rank(*parts: object) -> bytes:
-        return hashlib.sha256(seed + b"\0" + "/".join(map(str, parts)).encode()).digest()
-
-    n_dec = probes * decoys_per_trigger
-    decoys: list[int] = []
-    if n_dec:
-        if validation <= 0:
-            raise ConfigError("decoys need validation inputs, and the dataset has none", hint="pass --decoys-per-trigger 0")
-        order = sorted(range(validation), key=lambda i: rank("decoy", i))
-        decoys = [order[j % validation] for j in range(n_dec)]
-    items = [("t", i) for i in range(probes)] + [("d", v) for v in decoys]
-    return [item for _, item in sorted((rank("order", j), item) for j, item in enumerate(items))]
-
-
-def _jsonable(value: Any) -> Any:
-    """Raw answers as canonical-JSON-safe values (non-finite floats and huge ints become strings)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) < 2**53 else str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
 def _stored(raw: Any) -> Any:
-    safe = _jsonable(raw)
+    safe = jsonable(raw, raw=True)  # what a server answered: keep its information
     text = json.dumps(safe)
     if len(text) > _MAX_STORED_RESPONSE:
         return {"truncated": text[:_MAX_STORED_RESPONSE], "sha256": hashlib.sha256(text.encode()).hexdigest(), "length": len(text)}
     return safe
 
 
-def revealed_probe_sets(ledger: Ledger) -> list[str]:
-    seen: list[str] = []
-    for e in ledger.entries(kind="probe-set-revealed"):
-        ps = e.payload.get("probe_set")
-        if ps and ps not in seen:
-            seen.append(ps)
-    return seen
+@dataclass
+class _Batch:
+    """The queries that finished together, journaled as one ledger transaction."""
 
-
-def find_session(ledger: Ledger, session: str) -> dict[str, Any]:
-    for e in ledger.entries(kind="probe-start"):
-        if e.payload.get("session") == session:
-            return {**e.payload, "_entry": e.seq}
-    raise TracerError(f"no probe session {session!r} in the ledger", hint="`tracer ledger list --kind probe-start` lists them")
-
-
-def _session_entries(ledger: Ledger, session: str, kind: str) -> list[dict[str, Any]]:
-    if kind == "probe-query":
-        rows = ledger.db.query(
-            "SELECT e.payload FROM probe_queries q JOIN entries e ON e.seq = q.entry WHERE q.session = ? ORDER BY q.entry", [session])
-        return [json.loads(r["payload"]) for r in rows]
-    return [e.payload for e in ledger.entries(kind=kind) if e.payload.get("session") == session]
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    fatal: str | None = None
+    spent: bool = False
 
 
 class ProbeSession:
-    """Probe ``url`` (new session) or continue ``resume``; :meth:`run` returns the result."""
+    """Probe ``url`` (new session) or continue ``resume``; :meth:`run` returns the result.
+
+    ``fmt`` is a built :class:`WireFormat`, or a :class:`FormatChoice` (the command
+    line's options, unset ones ``None``) resolved here; on resume, ``url`` and
+    ``fmt`` may be None: the session's are used.
+    """
 
     def __init__(
         self,
         ws: Workspace,
         keyring: Keyring,
-        url: str,
-        fmt: WireFormat,
+        url: str | None,
+        fmt: WireFormat | FormatChoice | None,
         options: ProbeOptions | None = None,
         *,
         resume: str | None = None,
@@ -152,318 +116,251 @@ class ProbeSession:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         on_start: Callable[[str], None] | None = None,
     ) -> None:
-        self.ws = ws
-        self.keyring = keyring
-        self.url = url
-        self.fmt = fmt
+        if resume is None and url is None:
+            raise UsageError("give the endpoint URL (or --resume SESSION)")
+        self.ws, self.keyring = ws, keyring
+        self.url, self.fmt, self.resume = url, fmt, resume
         self.opt = options or ProbeOptions()
-        self.resume = resume
         self.transport = transport
-        self.on_progress = on_progress
-        self.on_start = on_start
-        self.cfg = ws.config
-        if self.opt.decoys_per_trigger < 0:
+        self.on_progress, self.on_start = on_progress, on_start
+        if self.opt.decoys_per_trigger is not None and self.opt.decoys_per_trigger < 0:
             raise ConfigError("--decoys-per-trigger must be >= 0")
 
     # -- set-up ------------------------------------------------------------------------------------
 
     def _prepare(self, ledger: Ledger) -> None:
-        cfg, task = self.cfg, self.cfg.task
-        customers = issued_customers(ledger)
+        """Build the plan (new or resumed) and replay what the journal says happened."""
         if self.resume:
-            start = find_session(ledger, self.resume)
-            if any(e.payload.get("session") == self.resume for e in ledger.entries(kind="probe-result")):
-                raise TracerError(f"probe session {self.resume} already reached its verdict", hint="`tracer ledger list --kind probe-result` shows it; start a new probe instead")
-            if start["endpoint"] != self.url:
-                raise TracerError(f"probe session {self.resume} probed {start['endpoint']}, not {self.url}", hint="pass the same URL to --resume")
-            if start["format"]["format"] != self.fmt.name:
-                raise TracerError(f"probe session {self.resume} used --format {start['format']['format']}, not {self.fmt.name}")
-            self.session = self.resume
-            self.probe_set_id = start["probe_set"]
-            self.alpha = float(start["alpha"])
-            self.budget = int(self.opt.budget if self.opt.budget is not None else start["budget"])
-            self.seed = bytes.fromhex(start["schedule_seed"])
-            self.schedule = [(k, int(i)) for k, i in start["schedule"]]
-            self.decoys_per_trigger = int(start["decoys_per_trigger"])
+            plan = resumed_plan(self.ws, self.keyring, ledger, self.resume, self.url, self.fmt, self.opt)
+            self.state = JournalState.replay(session_entries(ledger, self.resume))
+            if self.state.finished:
+                raise TracerError(f"probe session {self.resume} already reached its verdict",
+                                 hint="`tracer ledger list --kind probe-result` shows it; start a new probe instead")
         else:
-            ids = probe_set_ids(cfg.fingerprint.probe_sets)
-            if self.opt.probe_set is not None:
-                if self.opt.probe_set not in ids:
-                    raise ConfigError(f"unknown probe set {self.opt.probe_set!r}", hint=f"this workspace has {', '.join(ids)}")
-                self.probe_set_id = self.opt.probe_set
-            else:
-                shown = set(revealed_probe_sets(ledger))
-                fresh = [i for i in ids if i not in shown]
-                if not fresh:
-                    raise TracerError(
-                        f"all {len(ids)} probe sets were already revealed to endpoints",
-                        hint="pass --probe-set ID to reuse one (still a valid test, but that endpoint may have learned its triggers), or add probe sets before issuing more copies")
-                self.probe_set_id = fresh[0]
-            self.session = f"probe-{secrets.token_hex(8)}"
-            self.alpha = float(self.cfg.alpha if self.opt.alpha is None else self.opt.alpha)
-            if not 0 < self.alpha < 1:
-                raise ConfigError("--alpha must be in (0, 1)")
-            self.seed = secrets.token_bytes(32)
-            self.decoys_per_trigger = self.opt.decoys_per_trigger
-            self.schedule = []  # made once the validation set is known
-            self.budget = 0
-        self.members: list[IssuedCustomer] = [c for c in customers if self.probe_set_id in c.probe_sets]
-        self.others: list[IssuedCustomer] = [c for c in customers if self.probe_set_id not in c.probe_sets]
-        if not self.members:
-            raise TracerError(f"no issued copy embeds probe set {self.probe_set_id}", hint="issue copies first (`tracer issue`)")
-        self.probe_set: ProbeSet = make_probe_set(self.keyring.master, self.probe_set_id, task, cfg.probes_per_set)
-        self.x_val = np.zeros((0, *task.input_shape), dtype=task.input_dtype)
-        self.y_val = np.zeros(0, dtype=np.int64)
-        if self.decoys_per_trigger > 0:
-            from ..data import load_dataset
-
-            data = load_dataset(cfg)
-            self.x_val, self.y_val = data.x_val, data.y_val
-        if not self.resume:
-            self.schedule = make_schedule(self.seed, self.probe_set.size, len(self.x_val), self.decoys_per_trigger)
-            self.budget = int(self.opt.budget if self.opt.budget is not None else 2 * len(self.schedule))
-        if self.budget < 1:
-            raise ConfigError("--budget must be at least 1")
-        self.hashes = [input_sha256(self._input(i), task.input_dtype) for i in range(len(self.schedule))]
-        digest = hashlib.sha256("\n".join(f"{k}:{j}:{h}" for (k, j), h in zip(self.schedule, self.hashes)).encode()).hexdigest()
-        if self.resume:
-            if digest != start["schedule_sha256"]:
-                raise TracerError(f"the inputs of probe session {self.resume} changed since it started (validation data or keys differ)",
-                                  hint="resume from the same workspace and dataset, or start a new probe")
-            if start["probe_set_digest"] != self.probe_set.digest():
-                raise TracerError(f"probe set {self.probe_set_id} no longer matches session {self.resume}")
-        else:
-            payload = {
-                "subject": self.url,
-                "session": self.session,
-                "endpoint": self.url,
-                "format": self.fmt.describe(),
-                "probe_set": self.probe_set_id,
-                "probe_set_digest": self.probe_set.digest(),
-                "schedule_seed": self.seed.hex(),
-                "schedule": [[k, i] for k, i in self.schedule],
-                "schedule_sha256": digest,
-                "decoys_per_trigger": self.decoys_per_trigger,
-                "budget": self.budget,
-                "budget_counts": "HTTP requests, retries included",
-                "alpha": self.alpha,
-                "customers": len(self.members),
-                "threshold": len(self.members) / self.alpha,
-                "client": {"timeout": self.opt.client.timeout, "rate": self.opt.client.rate, "concurrency": self.opt.client.concurrency,
-                           "max_retries": self.opt.client.max_retries, "header_names": sorted(self.opt.client.headers)},
-                "method": METHOD,
-                "tracer_version": __version__,
-            }
-            ledger.append("probe-start", payload, key=self.keyring.signing_key)
-        self.codewords = codewords(self.keyring.master, [c.customer_id for c in self.members], self.probe_set_id,
-                                   self.probe_set.size, task.num_classes)
-        self.test = EProcess(task.num_classes, len(self.members), self.alpha)
-        # what earlier runs of this session did
-        self.answered: dict[int, int] = {}
-        self.failed: set[int] = set()
-        self.sent: set[int] = set()
-        self.used = 0
-        self.decoys_right = 0
-        self.decoys_answered = 0
-        if self.resume:
-            for p in _session_entries(ledger, self.session, "probe-query"):
-                self.used += int(p.get("requests", 1))
-                self.sent.add(int(p["idx"]))
-                if int(p["idx"]) not in self.answered:
-                    self.answered[int(p["idx"])] = int(p["answer"])
-            for p in _session_entries(ledger, self.session, "probe-failed"):
-                self.used += int(p.get("requests", 1))
-                self.sent.add(int(p["idx"]))
-            for idx in sorted(self.answered):
-                self._score(idx, self.answered[idx])
-        self.revealed = any(e.payload.get("session") == self.session for e in ledger.entries(kind="probe-set-revealed"))
-
-    def _input(self, idx: int) -> np.ndarray:
-        kind, j = self.schedule[idx]
-        return self.probe_set.inputs[j] if kind == "t" else self.x_val[j]
+            fmt = self.fmt if isinstance(self.fmt, WireFormat) else resolve_format(self.fmt or FormatChoice(), self.ws.config.task)
+            assert self.url is not None
+            plan = new_plan(self.ws, self.keyring, ledger, self.url, fmt, self.opt)
+            ledger.append("probe-start", plan.start_payload(), key=self.keyring.signing_key)
+            self.state = JournalState()
+        self.plan = plan
+        self.test = EProcess(self.ws.config.task.num_classes, len(plan.members), plan.alpha)
+        self.decoys_right = self.decoys_answered = 0
+        for idx in sorted(self.state.answered):
+            self._score(idx, self.state.answered[idx])
 
     def _score(self, idx: int, answer: int) -> None:
-        kind, j = self.schedule[idx]
+        kind, j = self.plan.schedule[idx]
         if kind == "t":
-            self.test.update(self.codewords[:, j] == answer)
+            self.test.update(self.plan.codewords[:, j] == answer)
         else:
             self.decoys_answered += 1
-            self.decoys_right += int(answer == int(self.y_val[j]))
+            self.decoys_right += int(answer == int(self.plan.y_val[j]))
+
+    # -- journal -----------------------------------------------------------------------------------
+
+    def _journal_sent(self, ledger: Ledger, idx: int, attempt: int) -> None:  # on_send(attempt), idx bound
+        """Before a request goes out: on disk first, so a killed run still counts it."""
+        ledger.append("probe-sent", {"session": self.plan.session, "idx": idx, "try": attempt}, key=self.keyring.signing_key)
+        self.state.used += 1
+        self.state.sent.add(idx)
+
+    def _reveal(self, ledger: Ledger, idx: int) -> None:
+        """When a trigger's bytes actually leave: the probe set is now known to the endpoint."""
+        if self.state.revealed or not self.plan.is_trigger(idx):
+            return
+        self.state.revealed = True
+        p = self.plan
+        ledger.append("probe-set-revealed", {"subject": p.endpoint.public, "probe_set": p.probe_set.id, "session": p.session,
+                                             "probe_set_digest": p.probe_set.digest()}, key=self.keyring.signing_key)
+
+    def _entry(self, idx: int, out: Outcome) -> tuple[str, dict[str, Any]]:
+        p = self.plan
+        base = {"session": p.session, "idx": idx, "kind": "trigger" if p.is_trigger(idx) else "decoy",
+                "input_sha256": p.hashes[idx], "requests": out.requests, "sends_journaled": True}
+        if out.failures:
+            base["failures"] = [f.to_json() for f in out.failures]
+        if out.ok:
+            return "probe-query", {**base, "response": _stored(out.raw), "answer": out.answer, "status": out.status}
+        if out.stopped:  # a try in flight when the probe decided or stopped: sent, not retried
+            base["stopped"] = True
+        return "probe-failed", {**base, "subject": p.endpoint.public, "error": out.error}
+
+    def _absorb(self, outcomes: list[tuple[int, Outcome]], pending: deque) -> _Batch:
+        """Score and journal finished queries; unsent ones go back to the front of the queue."""
+        batch = _Batch()
+        for idx, out in outcomes:
+            if out.requests == 0:  # never sent: the budget ran out, or the probe decided, first
+                pending.appendleft(idx)
+                batch.spent = batch.spent or out.budget_spent
+                continue
+            batch.items.append(self._entry(idx, out))
+            if out.ok:
+                self.failed_in_a_row = 0
+                if idx not in self.state.answered:
+                    self.state.answered[idx] = int(out.answer)  # type: ignore[arg-type]
+                    self._score(idx, int(out.answer))  # type: ignore[arg-type]
+            elif out.budget_spent or out.stopped:
+                batch.spent = batch.spent or out.budget_spent
+                pending.appendleft(idx)
+            else:
+                self.state.failed.add(idx)
+                self.failed_in_a_row += 1
+                if out.fatal and batch.fatal is None:
+                    batch.fatal = out.error
+        return batch
+
+    def _progress(self, stage: str) -> None:
+        if self.on_progress is None:
+            return
+        best = float(self.test.log10_p().min()) if self.test.customers else 0.0
+        self.on_progress({"stage": stage, "queries": self.state.used, "answered": len(self.state.answered),
+                          "trigger_answers": self.test.t, "triggers_sent": sum(1 for i in self.state.sent if self.plan.is_trigger(i)),
+                          "best_log10_p": best, "schedule": len(self.plan.schedule), "session": self.plan.session})
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def _reachable(self, pending: deque, in_flight: dict, budget_left: int) -> int:
         """Trigger answers still possible: in flight, plus triggers among the next pending items the budget allows."""
-        flying = sum(1 for i in in_flight if self.schedule[i][0] == "t")
-        ahead = sum(1 for n, i in enumerate(pending) if n < budget_left and self.schedule[i][0] == "t")
+        flying = sum(1 for i in in_flight if self.plan.is_trigger(i))
+        ahead = sum(1 for n, i in enumerate(pending) if n < budget_left and self.plan.is_trigger(i))
         return flying + ahead
 
-    def _journal(self, ledger: Ledger, idx: int, out: Outcome) -> tuple[str, dict[str, Any]]:
-        kind = "trigger" if self.schedule[idx][0] == "t" else "decoy"
-        base = {"session": self.session, "idx": idx, "kind": kind, "input_sha256": self.hashes[idx], "requests": out.requests}
-        if out.failures:
-            base["failures"] = [f.to_json() for f in out.failures]
-        if out.ok:
-            return "probe-query", {**base, "response": _stored(out.raw), "answer": out.answer, "status": out.status}
-        return "probe-failed", {**base, "subject": self.url, "error": out.error}
+    def _failure(self, batch: _Batch) -> EndpointError | None:
+        """The error that stops the probe when the endpoint refused for good or keeps failing, else None."""
+        s = self.plan.session
+        if batch.fatal is not None:
+            return EndpointError(batch.fatal, hint=f"answered queries are journaled; fix the options and continue with --resume {s}")
+        if self.failed_in_a_row >= self.opt.max_failed_in_a_row:
+            last = next(p for k, p in reversed(batch.items) if k == "probe-failed")
+            why = last["failures"][-1]["error"] if last.get("failures") else last["error"]
+            return EndpointError(
+                f"the endpoint failed {self.failed_in_a_row} queries in a row, each after {self.opt.client.max_retries + 1} tries (last: {why})",
+                hint=f"check the URL, --format and --header; answered queries are journaled, continue with --resume {s}")
+        return None
 
-    def _progress(self, client: ProbeClient | None, stage: str) -> None:
-        if self.on_progress is None:
-            return
-        best = float(self.test.log10_p().min()) if self.test.customers else 0.0
-        self.on_progress({"stage": stage, "queries": client.used if client else self.used,
-                          "answered": len(self.answered), "trigger_answers": self.test.t,
-                          "triggers_sent": sum(1 for i in self.sent if self.schedule[i][0] == "t"),
-                          "best_log10_p": best, "schedule": len(self.schedule), "session": self.session})
+    def _dispatch(self, ledger: Ledger, client: ProbeClient, pending: deque, in_flight: dict[int, asyncio.Task]) -> None:
+        while pending and len(in_flight) < max(1, self.opt.client.concurrency) and client.budget_left > 0:
+            idx = pending.popleft()
+            in_flight[idx] = asyncio.ensure_future(client.query(
+                self.plan.input(idx), on_send=functools.partial(self._journal_sent, ledger, idx),
+                on_wire=functools.partial(self._reveal, ledger, idx)))
 
-    async def _loop(self, ledger: Ledger) -> tuple[str, int]:
-        """Query until decided; returns (stop reason, HTTP requests sent in this run)."""
-        copt = self.opt.client
-        pending = deque(i for i in range(len(self.schedule)) if i not in self.answered)
+    async def _finish_in_flight(self, ledger: Ledger, client: ProbeClient, pending: deque, in_flight: dict) -> None:
+        """At a decision: let queries in flight end their current try (no retry), and journal them."""
+        client.stop_new()
+        if in_flight:
+            await asyncio.wait(in_flight.values())
+            batch = self._absorb([(i, t.result()) for i, t in sorted(in_flight.items())], pending)
+            in_flight.clear()
+            if batch.items:
+                ledger.append_many(batch.items, key=self.keyring.signing_key)
+
+    async def _loop(self, ledger: Ledger) -> str:
+        """Query until decided; returns the stop reason."""
+        p = self.plan
+        pending = deque(i for i in range(len(p.schedule)) if i not in self.state.answered)
         in_flight: dict[int, asyncio.Task] = {}
-        failed_in_a_row = 0
-        reason = "schedule exhausted"
-        async with ProbeClient(self.url, self.fmt, ClientOptions(**{**copt.__dict__, "budget": self.budget}),
-                               used=self.used, transport=self.transport) as client:
+        self.failed_in_a_row = 0
+        async with ProbeClient(p.endpoint, p.fmt, ClientOptions(**{**self.opt.client.__dict__, "budget": p.budget}),
+                               used=self.state.used, transport=self.transport) as client:
             try:
                 while True:
                     verdict = self.test.decided(self._reachable(pending, in_flight, client.budget_left))
                     if verdict is not None:
                         reason = "named" if verdict == "match" else "futility"
                         break
-                    while pending and len(in_flight) < max(1, copt.concurrency) and client.budget_left > 0:
-                        idx = pending.popleft()
-                        if self.schedule[idx][0] == "t" and not self.revealed:
-                            ledger.append("probe-set-revealed", {"subject": self.url, "probe_set": self.probe_set_id, "session": self.session,
-                                                                 "probe_set_digest": self.probe_set.digest()}, key=self.keyring.signing_key)
-                            self.revealed = True
-                        self.sent.add(idx)
-                        in_flight[idx] = asyncio.ensure_future(client.query(self._input(idx)))
+                    self._dispatch(ledger, client, pending, in_flight)
                     if not in_flight:
                         reason = "budget spent" if pending else "schedule exhausted"
                         break
                     done, _ = await asyncio.wait(in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
-                    finished = sorted(i for i, t in in_flight.items() if t in done)
-                    items, fatal, spent = [], None, False
-                    for idx in finished:
-                        out: Outcome = in_flight.pop(idx).result()
-                        if out.requests == 0:  # never sent: the budget ran out first
-                            self.sent.discard(idx)
-                            pending.appendleft(idx)
-                            spent = True
-                            continue
-                        items.append(self._journal(ledger, idx, out))
-                        self.used += out.requests
-                        if out.ok:
-                            failed_in_a_row = 0
-                            self.answered[idx] = int(out.answer)  # type: ignore[arg-type]
-                            self._score(idx, int(out.answer))  # type: ignore[arg-type]
-                        elif out.budget_spent:
-                            spent = True
-                            pending.appendleft(idx)
-                        else:
-                            self.failed.add(idx)
-                            failed_in_a_row += 1
-                            if out.fatal and fatal is None:
-                                fatal = out.error
-                    if items:
-                        ledger.append_many(items, key=self.keyring.signing_key)
-                    self._progress(client, "querying")
-                    if fatal is not None:
-                        raise EndpointError(f"{fatal}", hint=f"answered queries are journaled; fix the options and continue with --resume {self.session}")
-                    if failed_in_a_row >= self.opt.max_failed_in_a_row:
-                        last = next(p for k, p in reversed(items) if k == "probe-failed")
-                        raise EndpointError(
-                            f"the endpoint failed {failed_in_a_row} queries in a row, each after {copt.max_retries + 1} tries (last: {last['failures'][-1]['error'] if last.get('failures') else last['error']})",
-                            hint=f"check the URL, --format and --header; answered queries are journaled, continue with --resume {self.session}")
-                    if spent and not in_flight:
+                    batch = self._absorb([(i, in_flight.pop(i).result()) for i in sorted(i for i, t in in_flight.items() if t in done)], pending)
+                    if batch.items:
+                        ledger.append_many(batch.items, key=self.keyring.signing_key)
+                    self._progress("querying")
+                    error = self._failure(batch)
+                    if error is not None:
+                        await self._finish_in_flight(ledger, client, pending, in_flight)
+                        raise error
+                    if batch.spent and not in_flight:
                         reason = "budget spent"
                         break
-            finally:
+                await self._finish_in_flight(ledger, client, pending, in_flight)
+            finally:  # an exception (Ctrl-C): requests in flight were journaled as sent before they went out
                 for task in in_flight.values():
                     task.cancel()
                 if in_flight:
                     await asyncio.gather(*in_flight.values(), return_exceptions=True)
-                    # requests already charged for cancelled queries count as sent
-                self.total_requests = client.used
-        return reason, client.sent_this_run
+        return "named" if self.test.named.any() else reason
 
     # -- result ------------------------------------------------------------------------------------
 
     def _result(self, reason: str) -> IdentificationResult:
-        test = self.test
-        p, logp, named = test.p_values(), test.log10_p(), test.named
-        ids = np.arange(len(self.members))
-        order = sorted(ids, key=lambda i: (logp[i], -test.k[i]))
-        cands = [Candidate(customer=self.members[i].customer_id, display_name=self.members[i].display_name, matches=int(test.k[i]),
-                           trials=int(test.t), p_value=float(p[i]), log10_p=round(float(logp[i]), 4), named=bool(named[i])) for i in order]
-        cands += [Candidate(customer=c.customer_id, display_name=c.display_name, matches=0, trials=0, p_value=1.0, log10_p=0.0, named=False)
-                  for c in self.others]
-        chosen = [c.customer for c in cands if c.named]
-        triggers_sent = sum(1 for i in self.sent if self.schedule[i][0] == "t")
-        decoys_sent = sum(1 for i in self.sent if self.schedule[i][0] == "d")
+        p, test, st = self.plan, self.test, self.state
+        n, m = len(p.members), len(p.others)
         extra = {
-            "endpoint": self.url,
-            "session": self.session,
-            "format": self.fmt.name,
-            "trigger_queries": triggers_sent,
-            "decoy_queries": decoys_sent,
-            "trigger_answers": int(test.t),
-            "decoy_answers": self.decoys_answered,
+            "endpoint": p.endpoint.public, "endpoint_hmac": p.endpoint_hmac, "session": p.session, "format": p.fmt.name,
+            "trigger_queries": sum(1 for i in st.sent if p.is_trigger(i)),
+            "decoy_queries": sum(1 for i in st.sent if not p.is_trigger(i)),
+            "trigger_answers": int(test.t), "decoy_answers": self.decoys_answered,
             "decoy_accuracy": round(self.decoys_right / self.decoys_answered, 4) if self.decoys_answered else None,
-            "failed_queries": len(self.failed),
-            "budget": self.budget,
-            "stopped": reason,
-            "threshold_e_value": len(self.members) / self.alpha,
-            "family_size": len(self.members),
+            "failed_queries": len(st.failed), "budget": p.budget, "stopped": reason, "threshold_e_value": p.threshold,
         }
-        return IdentificationResult(
-            verdict="match" if chosen else "no_match", customers=chosen, alpha=self.alpha, queries=int(self.total_requests),
-            model_sha256=None, candidates=cands, num_classes=self.cfg.task.num_classes, probe_sets=[self.probe_set_id],
-            method=METHOD + f" ({len(self.members)} customers)", extra=extra,
-        )
+        return build_result(
+            ids=[c.customer_id for c in p.members + p.others], names=[c.display_name for c in p.members + p.others],
+            matches=np.concatenate([test.k, np.zeros(m, np.int64)]), trials=np.array([test.t] * n + [0] * m, dtype=np.int64),
+            p_values=np.concatenate([test.p_values(), np.ones(m)]), log10_p=np.concatenate([test.log10_p(), np.zeros(m)]),
+            named=np.concatenate([test.named, np.zeros(m, bool)]), alpha=p.alpha, queries=st.used, model_sha256=None,
+            num_classes=self.ws.config.task.num_classes, probe_sets=[p.probe_set.id], method=METHOD + f" ({n} customers)",
+            decision_rule=EPROCESS_RULE, family_size=n, threshold=p.threshold, extra=extra)
+
+    def _decide(self, ledger: Ledger) -> str:
+        """Run the loop unless the journal alone decides; raise when no trigger could be scored."""
+        p, test = self.plan, self.test
+        pending = deque(i for i in range(len(p.schedule)) if i not in self.state.answered)
+        if test.t == 0 and not test.can_reach(p.probe_set.size).any():
+            raise ConfigError(
+                f"even a perfect copy could not be named with the {p.probe_set.size} triggers of probe set {p.probe_set.id} "
+                f"at alpha {p.alpha:g} over {len(p.members)} customers", hint="raise --alpha or use more probes per set")
+        verdict = test.decided(self._reachable(pending, {}, max(0, p.budget - self.state.used)))
+        if verdict == "no_match" and test.t == 0:
+            need = test.triggers_needed(1.0)
+            raise BudgetExhausted(
+                f"a budget of {p.budget} requests cannot reach a verdict: even a perfect copy needs {need} trigger answers "
+                f"(about {need * (1 + p.decoys_per_trigger)} requests with {p.decoys_per_trigger} decoy(s) per trigger)"
+                + (f"; {self.state.used} were already sent" if self.state.used else ""),
+                hint=f"raise --budget (continue this session with --resume {p.session} --budget N)")
+        if verdict is not None:  # decided by the journal alone (interrupted right before the result)
+            reason = "named" if verdict == "match" else "futility"
+        elif p.budget - self.state.used <= 0:
+            reason = "budget spent"
+        else:
+            reason = asyncio.run(self._loop(ledger))
+        if test.t == 0:
+            if reason == "budget spent":
+                raise BudgetExhausted(f"the query budget ({p.budget} requests) was spent before any trigger was answered",
+                                      hint=f"raise --budget and continue with --resume {p.session}")
+            raise EndpointError("no trigger query was answered", hint=f"check the endpoint; continue with --resume {p.session}")
+        return reason
 
     def run(self) -> IdentificationResult:
         with self.ws.ledger() as ledger:
             self._prepare(ledger)
             if self.on_start is not None:
-                self.on_start(self.session)
-            self.total_requests = self.used
-            self._progress(None, "start")
-            pending = deque(i for i in range(len(self.schedule)) if i not in self.answered)
-            if self.test.t == 0 and not self.test.can_reach(self.probe_set.size).any():
-                raise ConfigError(
-                    f"even a perfect copy could not be named with the {self.probe_set.size} triggers of probe set {self.probe_set_id} "
-                    f"at alpha {self.alpha:g} over {len(self.members)} customers", hint="raise --alpha or use more probes per set")
-            reason = None
-            verdict = self.test.decided(self._reachable(pending, {}, max(0, self.budget - self.used)))
-            if verdict == "no_match" and self.test.t == 0:
-                per = 1 + self.decoys_per_trigger
-                need = self.test.triggers_needed(1.0)
-                raise BudgetExhausted(
-                    f"a budget of {self.budget} requests cannot reach a verdict: even a perfect copy needs {need} trigger answers "
-                    f"(about {need * per} requests with {self.decoys_per_trigger} decoy(s) per trigger)",
-                    hint=f"raise --budget (continue this session with --resume {self.session} --budget N)")
-            if verdict is not None:  # decided by the journal alone (interrupted right before the result)
-                reason = "named" if verdict == "match" else "futility"
-            elif self.budget - self.used <= 0:
-                reason = "budget spent"
-            else:
-                reason, _ = asyncio.run(self._loop(ledger))
-            if self.test.t == 0:
-                if reason == "budget spent":
-                    raise BudgetExhausted(f"the query budget ({self.budget} requests) was spent before any trigger was answered",
-                                          hint=f"raise --budget and continue with --resume {self.session}")
-                raise EndpointError("no trigger query was answered", hint=f"check the endpoint; continue with --resume {self.session}")
+                self.on_start(self.plan.session)
+            self._progress("start")
+            reason = self._decide(ledger)
             result = self._result(reason)
-        record_identification(self.ws, self.keyring, result, kind="probe-result", subject=self.url,
-                              details={"session": self.session, "endpoint": self.url, "probe_set": self.probe_set_id,
-                                       "trigger_queries": result.extra["trigger_queries"], "decoy_queries": result.extra["decoy_queries"],
-                                       "trigger_answers": result.extra["trigger_answers"], "stopped": reason,
-                                       "requests": result.queries})
+        x = result.extra
+        record_identification(self.ws, self.keyring, result, kind="probe-result", subject=self.plan.endpoint.public,
+                              details={"session": x["session"], "endpoint": x["endpoint"], "endpoint_hmac": x["endpoint_hmac"],
+                                       "probe_set": self.plan.probe_set.id, "trigger_queries": x["trigger_queries"],
+                                       "decoy_queries": x["decoy_queries"], "trigger_answers": x["trigger_answers"],
+                                       "stopped": reason, "requests": result.queries})
         return result
 
 
-def probe_endpoint(ws: Workspace, keyring: Keyring, url: str, fmt: WireFormat, options: ProbeOptions | None = None, **kwargs) -> IdentificationResult:
+def probe_endpoint(ws: Workspace, keyring: Keyring, url: str | None, fmt: WireFormat | FormatChoice | None,
+                   options: ProbeOptions | None = None, **kwargs: Any) -> IdentificationResult:
     """Probe ``url`` with the workspace's customers and record the outcome; see :class:`ProbeSession`."""
     return ProbeSession(ws, keyring, url, fmt, options, **kwargs).run()

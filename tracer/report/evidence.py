@@ -24,7 +24,6 @@ Nothing secret goes in: no master secret, no codewords, no probe inputs.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,10 +31,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .. import __version__
+from .._jsonable import jsonable
 from ..errors import LedgerTampered
 from ..identify.result import IdentificationResult
 from ..keys.keyring import public_pem
 from ..ledger.entries import _ENTRY_DOMAIN, Entry, canonical, entry_hash, sign_blob, utc_now, verify_blob
+from ..probing.urls import redact_url  # the one redaction of URL credentials, used wherever a URL is written
 
 __all__ = [
     "EVIDENCE_FORMAT",
@@ -47,7 +48,6 @@ __all__ = [
     "verify_evidence",
     "key_fingerprint",
     "safe_extra",
-    "redact_url",
 ]
 
 EVIDENCE_FORMAT = "tracer-evidence/1"
@@ -65,44 +65,6 @@ def key_fingerprint(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    """A plain-JSON copy (numpy scalars to Python, non-finite floats to None), or raise TypeError."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
-        return _jsonable(value.item())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    raise TypeError(type(value).__name__)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user name, password, query or fragment (they may hold API tokens)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if not parts.scheme or not parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def safe_extra(extra: dict[str, Any]) -> dict[str, Any]:
     """The part of ``result.extra`` that may be published: no secrets, no probe inputs, JSON only."""
     out: dict[str, Any] = {}
@@ -115,14 +77,14 @@ def safe_extra(extra: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (list, tuple)) and len(value) > 64:
             continue  # long vectors are per-probe data (inputs or answers): keep them private
         try:
-            out[str(key)] = _jsonable(value)
+            out[str(key)] = jsonable(value)
         except TypeError:
             continue  # arrays, objects: not evidence
     return out
 
 
 def _result_doc(result: IdentificationResult) -> dict[str, Any]:
-    return _jsonable(replace(result, extra=safe_extra(result.extra)).full())
+    return jsonable(replace(result, extra=safe_extra(result.extra)).full())
 
 
 def build_evidence(
@@ -145,7 +107,7 @@ def build_evidence(
         "public_key": public_pem(pub).decode("ascii"),
         "public_key_sha256": key_fingerprint(pub),
     }
-    # values are plain JSON already (_jsonable, Entry payloads), so json.dumps -> json.loads gives back
+    # values are plain JSON already (jsonable, Entry payloads), so json.dumps -> json.loads gives back
     # exactly this body and the verifier re-canonicalizes the same bytes
     return {**body, "signature": sign_blob(signing_key, EVIDENCE_DOMAIN, canonical(body))}
 
@@ -200,9 +162,18 @@ def check_evidence(doc: Any, public_key: Ed25519PublicKey) -> EvidenceCheck:
 
 
 def _check_document(doc: Any, public_key: Ed25519PublicKey, check: EvidenceCheck) -> None:
+    """Every check of one evidence document, each failure recorded in ``check`` (none raises)."""
     if not isinstance(doc, dict):
         check.failed.append("the evidence is not a JSON object")
         return
+    result = _check_shape(doc, check)
+    issuances, ident = _check_entries(doc, public_key, check)  # 1. every embedded ledger entry, on its own
+    _check_signature(doc, public_key, check)  # 2. the whole document's signature
+    _check_agreement(result, issuances, ident, check)  # 3. the parts agree with each other
+
+
+def _check_shape(doc: dict, check: EvidenceCheck) -> dict:
+    """Format, result and signature fields present; returns the result object ({} when missing)."""
     if doc.get("format") != EVIDENCE_FORMAT:
         check.failed.append(f"unknown evidence format {doc.get('format')!r} (expected {EVIDENCE_FORMAT!r})")
     result = doc.get("result")
@@ -211,8 +182,11 @@ def _check_document(doc: Any, public_key: Ed25519PublicKey, check: EvidenceCheck
         result = {}
     if "signature" not in doc or not isinstance(doc.get("signature"), str):
         check.failed.append("the evidence is not signed")
+    return result
 
-    # 1. every embedded ledger entry, on its own (hash recomputed, signature checked)
+
+def _check_entries(doc: dict, public_key: Ed25519PublicKey, check: EvidenceCheck) -> tuple[list[Entry], Entry | None]:
+    """The embedded issuance records and identification record, each hash recomputed and signature checked."""
     raw_issuances = doc.get("issuances")
     if not isinstance(raw_issuances, list):
         check.failed.append("the evidence has no list of issuances")
@@ -233,21 +207,26 @@ def _check_document(doc: Any, public_key: Ed25519PublicKey, check: EvidenceCheck
         if ident is not None and ident.kind not in IDENTIFICATION_KINDS:
             check.failed.append(f"ledger entry {ident.seq} is a {ident.kind!r} entry, not an identification")
             ident = None
+    return issuances, ident
 
-    # 2. the whole document's signature
-    if isinstance(doc.get("signature"), str):
-        body = {k: v for k, v in doc.items() if k != "signature"}
-        try:
-            data = canonical(body)
-        except Exception:
-            check.failed.append("the evidence cannot be canonicalized (modified)")
-        else:
-            if verify_blob(public_key, EVIDENCE_DOMAIN, data, doc["signature"]):
-                check.passed.append(f"evidence signature valid (Ed25519, key sha256 {key_fingerprint(public_key)[:16]}...)")
-            else:
-                check.failed.append("the evidence signature is invalid (the file was modified, or it was not signed with this key)")
 
-    # 3. the parts agree with each other
+def _check_signature(doc: dict, public_key: Ed25519PublicKey, check: EvidenceCheck) -> None:
+    if not isinstance(doc.get("signature"), str):
+        return  # already recorded as "not signed"
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    try:
+        data = canonical(body)
+    except Exception:
+        check.failed.append("the evidence cannot be canonicalized (modified)")
+        return
+    if verify_blob(public_key, EVIDENCE_DOMAIN, data, doc["signature"]):
+        check.passed.append(f"evidence signature valid (Ed25519, key sha256 {key_fingerprint(public_key)[:16]}...)")
+    else:
+        check.failed.append("the evidence signature is invalid (the file was modified, or it was not signed with this key)")
+
+
+def _check_agreement(result: dict, issuances: list[Entry], ident: Entry | None, check: EvidenceCheck) -> None:
+    """Named customers have signed issuance records, the verdict fits them, and the identification record agrees."""
     customers = result.get("customers")
     if not isinstance(customers, list) or not all(isinstance(c, str) for c in customers):
         check.failed.append("the result names no customer list")
@@ -260,21 +239,22 @@ def _check_document(doc: Any, public_key: Ed25519PublicKey, check: EvidenceCheck
         check.passed.append(f"every named customer ({', '.join(map(str, customers))}) has a signed issuance record")
     if result.get("verdict") not in ("match", "no_match") or (result.get("verdict") == "match") != bool(customers):
         check.failed.append(f"the verdict {result.get('verdict')!r} does not fit the named customers")
-    if ident is not None:
-        p = ident.payload
-        mismatched = [
-            name for name, mine, theirs in (
-                ("suspect sha256", result.get("model_sha256"), p.get("suspect_sha256", result.get("model_sha256"))),
-                ("verdict", result.get("verdict"), p.get("verdict", result.get("verdict"))),
-                ("customers", customers, p.get("customers", customers)),
-            ) if mine != theirs
-        ]
-        if result.get("ledger_entry") is not None and result.get("ledger_entry") != ident.seq:
-            mismatched.append("ledger entry number")
-        if mismatched:
-            check.failed.append(f"the identification record (ledger entry {ident.seq}) disagrees with the result: {', '.join(mismatched)}")
-        else:
-            check.passed.append(f"the identification record (ledger entry {ident.seq}) agrees with the result")
+    if ident is None:
+        return
+    p = ident.payload
+    mismatched = [
+        name for name, mine, theirs in (
+            ("suspect sha256", result.get("model_sha256"), p.get("suspect_sha256", result.get("model_sha256"))),
+            ("verdict", result.get("verdict"), p.get("verdict", result.get("verdict"))),
+            ("customers", customers, p.get("customers", customers)),
+        ) if mine != theirs
+    ]
+    if result.get("ledger_entry") is not None and result.get("ledger_entry") != ident.seq:
+        mismatched.append("ledger entry number")
+    if mismatched:
+        check.failed.append(f"the identification record (ledger entry {ident.seq}) disagrees with the result: {', '.join(mismatched)}")
+    else:
+        check.passed.append(f"the identification record (ledger entry {ident.seq}) agrees with the result")
 
 
 def verify_evidence(doc: Any, public_key: Ed25519PublicKey) -> list[str]:

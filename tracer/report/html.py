@@ -29,7 +29,7 @@ from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
 from ..fingerprint.stats import binomial_tails
-from ..identify.result import Candidate, IdentificationResult
+from ..identify.result import EPROCESS_RULE, HOLM_RULE, Candidate, IdentificationResult
 from ..keys.keyring import Keyring, load_public_key
 from ..ledger.entries import Entry, utc_now
 from ..workspace import Workspace
@@ -137,8 +137,7 @@ def write_report(ws: Workspace, keyring: Keyring, result: IdentificationResult, 
 
 # -- the decision rule -----------------------------------------------------------------------------
 
-HOLM = "holm-binomial"
-EPROCESS = "e-process-bonferroni"
+HOLM, EPROCESS = HOLM_RULE, EPROCESS_RULE
 
 
 @dataclass(frozen=True)
@@ -161,13 +160,10 @@ class Decision:
 
 
 def decision_of(r: IdentificationResult) -> Decision:
-    """The rule and family behind ``r``: its fields, or (results made before they existed) the probe's extras."""
-    extra = r.extra or {}
-    tested = sum(1 for c in r.candidates if c.trials > 0)
-    if r.decision_rule == EPROCESS or (r.decision_rule == HOLM and "threshold_e_value" in extra):
-        family = r.family_size or int(extra.get("family_size") or tested)
-        threshold = r.threshold if r.threshold is not None else extra.get("threshold_e_value")
-        return Decision(EPROCESS, family, r.alpha, float(threshold) if threshold is not None else family / r.alpha)
+    """The rule and family behind ``r``, as the result records them."""
+    if r.decision_rule == EPROCESS:
+        threshold = r.threshold if r.threshold is not None else r.family_size / r.alpha
+        return Decision(EPROCESS, r.family_size, r.alpha, float(threshold))
     return Decision(HOLM, r.family_size or len(r.candidates), r.alpha, None)
 
 
