@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
@@ -104,11 +105,117 @@ _no_bool_metavar()
 # -- output ------------------------------------------------------------------------------------------
 
 
-def progress_bar(enabled: bool = True) -> Progress:
-    """Progress bars on stderr, only on a terminal: pipes and logs get the results, not redraws."""
-    from .._progress import progress_bar as bars
+PROGRESS_MODES = ("auto", "bar", "log", "none")
 
-    return bars(err, enabled=enabled)
+
+def check_progress(value: str) -> str:
+    """--progress must name one of :data:`PROGRESS_MODES`."""
+    mode = (value or "auto").strip().lower()
+    if mode not in PROGRESS_MODES:
+        raise UsageError(f"--progress {value!r} is not one of {', '.join(PROGRESS_MODES)}", hint="e.g. --progress log in a batch job")
+    return mode
+
+
+ProgressOpt = typer.Option(
+    "auto", "--progress", metavar="MODE", callback=check_progress,
+    help="auto: a bar on a terminal, else log lines (none with --json); bar; log: one timestamped line on stderr "
+         "per stage and every 10 % of its steps; none.",
+)
+
+
+def _now() -> str:
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class LogProgress:
+    """The subset of rich's Progress the commands use, as timestamped lines on stderr (for logs and pipes).
+
+    One line when a counted stage starts (at its first news), every ``1/every`` of its steps, when a run starts over (a retry
+    or a polish of issuance), and when a stage ends.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def _line(self, text: str) -> None:
+        err.print(f"{_now()} {text}", markup=False, highlight=False)
+
+    def _count(self, t: dict[str, Any]) -> str:
+        return f"{t['completed']}/{t['total']}" if t["total"] else str(t["completed"])
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        tid = len(self.tasks)
+        # the start line waits for the stage's first news: a command that fails first prints only its error
+        self.tasks[tid] = {"description": description, "total": int(total) if total else None, "completed": 0, "logged": 0,
+                           "t0": time.monotonic(), "started": not total}
+        return tid
+
+    def _started(self, t: dict[str, Any]) -> None:
+        if not t["started"]:
+            t["started"] = True
+            self._line(f"{t['description']}: started, 0/{t['total']}")
+
+    def update(self, tid: int, *, completed: float | None = None, advance: float | None = None, description: str | None = None, **_: Any) -> None:
+        t = self.tasks[tid]
+        self._started(t)
+        if description is not None and description != t["description"]:
+            t["description"] = description
+            self._line(f"{description}")
+        if advance is not None:
+            completed = t["completed"] + advance
+        if completed is None:
+            return
+        completed = int(completed)
+        if completed < t["completed"]:
+            self._line(f"{t['description']}: another run (a retry, or a polish of a missed try)")
+            t["logged"] = completed
+        t["completed"] = completed
+        step = max(1, (t["total"] or self.every) // self.every)
+        if completed - t["logged"] >= step or (t["total"] and completed >= t["total"] > t["logged"]):
+            t["logged"] = completed
+            self._line(f"{t['description']}: {self._count(t)} ({time.monotonic() - t['t0']:.1f}s)")
+
+    def advance(self, tid: int, advance: float = 1) -> None:
+        self.update(tid, advance=advance)
+
+    def reset(self, tid: int, **_: Any) -> None:
+        t = self.tasks[tid]
+        t.update(completed=0, logged=0, t0=time.monotonic())
+
+    def remove_task(self, tid: int) -> None:
+        t = self.tasks.pop(tid)
+        self._line(f"{t['description']}: done ({time.monotonic() - t['t0']:.1f}s)")
+
+
+class _NoProgress(LogProgress):
+    def _line(self, text: str) -> None:
+        return None
+
+
+def progress_bar(enabled: bool = True, mode: str = "auto") -> Progress | LogProgress:
+    """Progress on stderr: a bar on a terminal, timestamped log lines elsewhere (``--progress``), or nothing.
+
+    ``enabled=False`` (``--json``) silences ``auto`` only; an explicit ``bar`` or ``log`` is honoured,
+    since stderr stays free of the JSON document either way.
+    """
+    mode = check_progress(mode)
+    if mode == "auto":
+        mode = "none" if not enabled else ("bar" if err.is_terminal else "log")
+    if mode == "log":
+        return LogProgress()
+    if mode == "none":
+        return _NoProgress()
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=err.is_terminal)
 
 
 def workspace() -> Workspace:

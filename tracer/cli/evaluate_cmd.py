@@ -8,13 +8,15 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
-from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
+from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, ProgressOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
 
 HELP = (
     "Attack an issued copy the ways a leaker would (fine-tuning, pruning, quantization, input transformations, "
     "distillation, collusion), identify each result, and train independent models to count false accusations.\n\n"
     "An attack that costs more than 5 points of clean accuracy is reported as not a valid attack (Lukas et al., S&P 2022). "
-    "The attacker's data is the dataset's x_attack share, else a third of x_train. A signed summary is appended to the ledger.\n\n"
+    "The attacker's data is the vendor's attacker share (x_attack, or an attack/ image folder), else the share tracer held out "
+    "of the training data at issuance; the tables say which (LEGACY: copies issued before tracer held one out trained on it). "
+    "A signed summary is appended to the ledger.\n\n"
     "The distill-alt attack, and the false-accusation study's second architecture, need a make_model_alt() function "
     "beside model.factory, in the same module: it returns a fresh nn.Module of another architecture for the same task "
     "(same input shape and number of classes). Without it they are skipped, and the tables say so.\n\n"
@@ -65,6 +67,7 @@ def register(app: typer.Typer) -> None:
         alpha: float = AlphaOpt,
         seed: int = typer.Option(0, "--seed", help="Seed of the attacks and independent models."),
         report: Path = typer.Option(None, "--report", help="Also write a self-contained HTML report with charts here."),
+        progress_mode: str = ProgressOpt,
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
         ws = workspace()
         ws.config  # a bad configuration fails before the passphrase is asked for
         keyring = ws.unlock()
-        progress = progress_bar(not json_out)
+        progress = progress_bar(not json_out, progress_mode)
         with progress:
             bar = progress.add_task("attacks", total=len(names))
 

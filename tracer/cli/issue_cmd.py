@@ -6,8 +6,28 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UsageError
-from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, workspace
+from ..errors import CustomerError, UsageError
+from ._common import EXIT_CODES_SEE, JsonOpt, ProgressOpt, WorkspaceOpt, err, handle_errors, out, print_json, progress_bar, say, workspace
+
+
+def show_gate_resolution(data, config) -> None:  # type: ignore[no-untyped-def]
+    """Before training: the validation size, what one sample is worth, and a warning with the fix when it outweighs the gate."""
+    from ..data import gate_resolution
+
+    res = gate_resolution(data, config)
+    say(res.message())
+    warning = res.warning()
+    if warning:
+        err.print("[bold yellow]warning:[/] ", end="")
+        say(warning)
+
+
+def _refuse_issued(ws, cid: str) -> None:  # type: ignore[no-untyped-def]
+    """The library's refusal of an issued customer (Issuer.issue), before the model and data load."""
+    with ws.ledger() as ledger:
+        previous = ledger.issuances(cid)
+    if previous:
+        raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +41,7 @@ def register(app: typer.Typer) -> None:
         customers: Path = typer.Option(None, "--customers", help="Batch: a file with one id per line, or CSV id,name (UTF-8, or UTF-16 with a BOM). Reruns skip issued customers."),
         out_dir: Path = typer.Option(None, "--out", help="Folder for the ONNX files (default: models/issued in the workspace)."),
         reissue: bool = typer.Option(False, "--reissue", help="Issue another copy to an already-issued customer (both stay traceable)."),
+        progress_mode: str = ProgressOpt,
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -35,12 +56,15 @@ def register(app: typer.Typer) -> None:
         if customer is not None:
             normalize_customer_id(customer)  # a bad id fails now, not after the model has loaded
         ws = workspace()
+        if customer is not None and not reissue:
+            _refuse_issued(ws, normalize_customer_id(customer))  # likewise
         rows = read_customer_list(customers) if customers is not None else None
         keyring = ws.unlock()
-        with progress_bar(not json_out) as progress:
+        with progress_bar(not json_out, progress_mode) as progress:
             load = progress.add_task("loading base model and data", total=None)
             issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say)
             progress.remove_task(load)
+            show_gate_resolution(issuer.data, issuer.config)
             steps = issuer.config.embedding.steps
             if rows is None:
                 task = progress.add_task(f"embedding {customer}", total=steps)
@@ -64,6 +88,7 @@ def register(app: typer.Typer) -> None:
             out.print(
                 f"issued {r.customer} ({r.display_name}): {r.model_path}\n"
                 f"  sha256 {r.sha256}  ledger entry {r.issuance_id}\n"
-                f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, {r.seconds:.1f}s",
+                f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, "
+                f"{r.seconds:.1f}s wall for the whole issuance ({r.embed_seconds:.1f}s embedding the runs that made this copy)",
                 markup=False,
             )

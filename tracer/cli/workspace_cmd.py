@@ -28,6 +28,10 @@ def register(app: typer.Typer) -> None:
         ws = init_workspace(directory, passphrase=passphrase, **kwargs)
         if example:
             prepare_example(ws, example, progress=not json_out)
+            from ..data import load_dataset
+            from .issue_cmd import show_gate_resolution
+
+            show_gate_resolution(load_dataset(ws.config), ws.config)
         err.print(f"[bold yellow]warning:[/] {escape(LOSS_WARNING)}")
         if json_out:
             print_json({"workspace": str(ws.root), "config": str(ws.config_path), "ledger": str(ws.ledger_path), "keys": str(ws.keys_dir), "example": example})

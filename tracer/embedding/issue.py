@@ -151,7 +151,7 @@ class Issuer:
         on_step: Callable[[int], None] | None = None,
     ) -> IssueReport:
         """Embed, gate, export, record and land one copy; nothing is written or recorded unless all succeed."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cid = normalize_customer_id(customer_id)
         display = validate_display_name(name, cid)
         with self._slot(cid, reissue=reissue) as (number, final):  # before any training: fail fast
@@ -163,6 +163,10 @@ class Issuer:
             sha = hashlib.sha256(onnx_bytes).hexdigest()
             payload = self._payload(cid, display, number=number, final=final, sha=sha, best=best, attempts=attempts,
                                     labels=labels, max_diff=max_diff)
+            payload["attacker_share"] = self.data.attacker_share()  # "held_out": issuance never trained on it (README)
+            # embedding.seconds: wall time of the runs that made this copy; these: the whole issuance so far, every try
+            payload["issuance_wall_seconds"] = round(time.perf_counter() - t0, 3)
+            payload["issuance_cpu_seconds"] = round(time.process_time() - c0, 3)
             entry = self._land(cid, final, onnx_bytes, sha, payload)
         return IssueReport(
             customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,

@@ -61,7 +61,7 @@ def record_evaluation(ws: Workspace, keyring: Keyring, ev: Evaluation) -> int:
         "copy_accuracy": s.copy_accuracy,
         "alpha": s.alpha,
         "accuracy_budget": s.budget,
-        "attacker_data": {"source": s.attacker_data, "size": s.attacker_size},
+        "attacker_data": {"source": s.attacker_data, "size": s.attacker_size, "case": s.attacker_case},
         "attacks": [
             {"name": a.name, "verdict": a.verdict, "clean_accuracy": a.clean_accuracy, "matches": a.matches, "trials": a.trials,
              "log10_p": _finite(a.log10_p), "named": a.named, "params": {k: v for k, v in a.params.items() if isinstance(v, (int, float, str))}}

@@ -42,7 +42,7 @@ def _facts(ev: Evaluation) -> str:
         ("Copy", f"<code>{_e(s.model_path)}</code>"),
         ("SHA-256", f'<span class="hash">{_e(s.model_sha256)}</span>'),
         ("Clean accuracy", f"{num(f'{s.copy_accuracy:.4f}')} (base model {num(base)}) on {num(s.validation_size)} held-out inputs"),
-        ("Attacker's data", f"{num(s.attacker_size)} inputs: {_e(s.attacker_data)}"),
+        ("Attacker share", f"{_e(s.attacker_data)}; {num(s.attacker_size)} inputs"),
         ("Identification", f"exact binomial p-values, Holm's step-down over {num(s.issued_customers)} issued customers at "
                            f"alpha {num(f'{s.alpha:g}')}: a customer is named for certain when its p-value is below "
                            f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}"),

@@ -13,7 +13,7 @@ from torch import nn
 
 from .._imports import import_object
 from ..config import Config
-from ..data import Dataset, split_indices
+from ..data import ATTACKER_SHARE_TEXT, Dataset, attacker_share_case, split_indices
 from ..errors import ConfigError, CustomerError, ModelError
 from ..keys import normalize_customer_id
 from ..workspace import Workspace
@@ -54,11 +54,15 @@ def training_recipe(config: Config) -> dict:
 
 
 def attacker_data(data: Dataset) -> tuple[np.ndarray, np.ndarray, str]:
-    """The leaker's data: the dataset's disjoint attacker share, else a deterministic third of x_train."""
+    """The leaker's data: the dataset's attacker share (the vendor's, or held out by tracer), else a third of x_train.
+
+    The third of x_train is left for datasets built by hand (load_dataset always gives a share); the
+    suite labels each case from the copy's issuance record (:func:`tracer.data.attacker_share_case`).
+    """
     if data.x_attack is not None and data.y_attack is not None and len(data.x_attack):
-        return data.x_attack, data.y_attack, "x_attack (disjoint share)"
+        return data.x_attack, data.y_attack, attacker_share_case(data, data.attacker_share())[1]
     _, third = split_indices(len(data.x_train), 1 / 3, label="tracer-evaluate/attack")
-    return data.x_train[third], data.y_train[third], "a deterministic third of x_train (the dataset has no x_attack)"
+    return data.x_train[third], data.y_train[third], ATTACKER_SHARE_TEXT["legacy"]
 
 
 def onnx_to_torch(onnx_bytes: bytes, make_model: Callable[[], nn.Module], sample: np.ndarray) -> nn.Module:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..data import load_dataset
+from ..data import attacker_share_case, load_dataset
 from ..identify import identify_predictor
 from ..keys.keyring import Keyring
 from ..training import accuracy
@@ -86,6 +86,7 @@ class SuiteResult:
     reference: AttackResult  # the copy as issued, unattacked
     attacks: list[AttackResult]
     seconds: float
+    attacker_case: str = "vendor"  # "vendor" | "held_out" | "legacy": see tracer.data.attacker_share_case
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -104,7 +105,7 @@ class SuiteResult:
             "base_accuracy": self.base_accuracy,
             "alpha": self.alpha,
             "issued_customers": self.issued_customers,
-            "attacker_data": {"source": self.attacker_data, "size": self.attacker_size},
+            "attacker_data": {"source": self.attacker_data, "size": self.attacker_size, "case": self.attacker_case},
             "validation_size": self.validation_size,
             "accuracy_budget": self.budget,
             "reference": self.reference.to_json(),
@@ -213,6 +214,7 @@ def run_suite(
     with ws.ledger() as ledger:
         issuance = ledger.issuances(copy.customer)[-1]
     base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
+    case, source = attacker_share_case(data, issuance.payload.get("attacker_share"))  # vendor / held out / LEGACY
 
     def score(row: AttackResult, predict: Predictor) -> None:
         _score(ws, keyring, row, predict, data.x_val, data.y_val, copy_acc, budget, alpha)
@@ -232,5 +234,5 @@ def run_suite(
         customer=copy.customer, display_name=copy.display_name, model_path=str(copy.path), model_sha256=copy.sha256,
         copy_accuracy=copy_acc, base_accuracy=base_acc, alpha=cfg.alpha if alpha is None else alpha, issued_customers=issued,
         attacker_data=source, attacker_size=int(len(y_att)), validation_size=int(len(data.y_val)), budget=budget,
-        reference=ref, attacks=rows, seconds=time.perf_counter() - t0,
+        reference=ref, attacks=rows, seconds=time.perf_counter() - t0, attacker_case=case,
     )

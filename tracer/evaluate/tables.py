@@ -38,7 +38,7 @@ def suite_table(s: SuiteResult, *, params: bool = True) -> str:
     head = (
         f"copy of {s.customer} ({s.display_name}): {s.model_path}\n"
         f"clean accuracy {s.copy_accuracy:.4f} (base {s.base_accuracy:.4f}) on {s.validation_size} validation inputs; "
-        f"attacker data: {s.attacker_size} inputs, {s.attacker_data}\n"
+        f"attacker share: {s.attacker_data}; {s.attacker_size} inputs\n"
         f"identification: Holm over {s.issued_customers} issued customers at alpha {s.alpha:g}; "
         f"an attack costing more than {100 * s.budget:.0f} points of accuracy is not a valid attack\n"
     ) if s.base_accuracy is not None else f"copy of {s.customer}: {s.model_path}\n"
