@@ -115,7 +115,8 @@ def quickstart(tmp_path_factory):
 def test_the_readme_quickstart_covers_a_new_users_steps():
     cmds = quickstart_commands()
     assert cmds[0].startswith("export TRACER_PASSPHRASE") and cmds[1].startswith("tracer init ")
-    order = [next(i for i, c in enumerate(cmds) if c.startswith(p)) for p in ("tracer init", "cd ", "$EDITOR", "python mymodel.py", "tracer issue --customer acme")]
+    steps = ("tracer init", "cd ", "$EDITOR", "python mymodel.py", "tracer issue --customer acme")
+    order = [next(i for i, c in enumerate(cmds) if c.startswith(p)) for p in steps]
     assert order == sorted(order)  # the base model is trained before the first issue
 
 

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         if report is not None and report.suffix.lower() not in (".html", ".htm"):
             raise UsageError(f"--report {report}: give an .html file name")
         ws = workspace()
-        ws.config  # a bad configuration fails before the passphrase is asked for
+        _ = ws.config  # a bad configuration fails before the passphrase is asked for
         keyring = ws.unlock()
         progress = progress_bar(not json_out, progress_mode)
         with progress:

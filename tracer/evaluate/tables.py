@@ -24,7 +24,10 @@ def _row(a: AttackResult) -> list[str]:
 
 def _render(header: list[str], rows: list[list[str]], right_align: set[int]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = lambda r: "  ".join(c.rjust(w) if i in right_align else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right_align else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
