@@ -13,6 +13,7 @@
     ├── ModelError                   a model file is missing, corrupt or does not fit the task
     ├── VendorCodeError              the vendor's factory or loader module failed (raised, or exited)
     ├── GateError                    an issued copy failed an accuracy gate
+    ├── WorkerError                  a batch's worker process (or Ray task) died or failed; nothing was recorded for it
     ├── EndpointError                a prediction API failed or answered nonsense
     │   ├── ResponseError            an answer that parsed but does not fit the task (not retried)
     │   └── MalformedResponse        an answer that cannot be decoded, or too large (retried)
@@ -39,6 +40,7 @@ __all__ = [
     "ModelError",
     "VendorCodeError",
     "GateError",
+    "WorkerError",
     "EndpointError",
     "BudgetExhausted",
     "ResponseError",
@@ -139,6 +141,10 @@ class GateError(TracerError):
         self.gate = gate
         self.measured = measured
         self.required = required
+
+
+class WorkerError(TracerError):
+    """A worker of a parallel batch died or failed before returning its copy; nothing was recorded for that customer."""
 
 
 class EndpointError(TracerError):

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Option(None, "--out", help="Folder for the ONNX files (default: models/issued in the workspace)."),
         reissue: bool = typer.Option(False, "--reissue", help="Issue another copy to an already-issued customer (both stay traceable)."),
         progress_mode: str = ProgressOpt,
+        workers: int = typer.Option(None, "--workers", min=1, help="Batch: fine-tunes at once, in worker processes (default: the usable cores, at most the customers left; 1: one by one in this process)."),
+        backend: str = typer.Option("local", "--backend", help="Batch: where the fine-tunes run: local (worker processes) or ray (needs pip install 'tracer[ray]')."),
+        address: str = typer.Option(None, "--address", help="With --backend ray: the cluster to join (e.g. auto, ray://HOST:10001); default: start a local one."),
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -53,6 +56,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give exactly one of --customer ID or --customers FILE")
         if customers is not None and (name or reissue):
             raise UsageError("--name and --reissue apply to a single --customer")
+        if customers is None and (workers is not None or backend != "local" or address is not None):
+            raise UsageError("--workers, --backend and --address apply to a batch (--customers FILE)")
         if customer is not None:
             normalize_customer_id(customer)  # a bad id fails now, not after the model has loaded
         ws = workspace()
@@ -80,7 +85,8 @@ def register(app: typer.Typer) -> None:
                     if rep is None:
                         say(f"skipped {cid}: already issued")
 
-                reports = issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s))
+                reports = issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s),
+                                             workers=workers, backend=backend, address=address)
         if json_out:
             print_json(reports[0].to_json() if rows is None else {"issued": [r.to_json() for r in reports], "skipped": len(rows) - len(reports)})
             return

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -19,13 +20,14 @@ import numpy as np
 from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
-from ..errors import CustomerError, GateError, WorkspaceError
+from ..errors import CustomerError, GateError, TracerError, WorkerError, WorkspaceError
 from ..fingerprint import ProbeSet, codeword, make_probe_set, probe_set_ids, trigger_commitment
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
 from ..training import accuracy, predict
 from ..workspace import Workspace
+from .backends import Backend, EmbedJob, EmbedOutcome, open_backend, usable_cores
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
 from .finetune import EmbedResult, embed_codeword
@@ -34,7 +36,9 @@ from .landing import PENDING_DIR, issued_file_name, recover_pending, reserve_cus
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Issuer", "IssueReport", "recover_pending", "PENDING_DIR"]
+    from ..config import Config
+
+__all__ = ["CopyMaker", "Issuer", "IssueReport", "recover_pending", "PENDING_DIR"]
 
 
 @dataclass
@@ -116,88 +120,31 @@ def _unwritable(path: Path, exc: OSError) -> WorkspaceError:
                           hint="free disk space, or raise the file-size limit (ulimit -f), then rerun")
 
 
-class Issuer:
-    """What every issuance of a workspace shares, loaded once (config, keys, base model, data, probes)."""
+class CopyMaker:
+    """The part of an issuance that needs no secret: fine-tune, gate, export and check one customer's copy.
 
-    def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
-        """``on_notice`` receives one line per thing crash recovery did or refused to do."""
-        self.ws = ws
-        self.config = ws.config
-        self.keyring = keyring
-        self.out_dir = Path(out_dir) if out_dir else ws.root / "models" / "issued"
-        self.recovered = recover_pending(ws, keyring.master, on_notice=on_notice)
-        self.base = load_base_model(self.config)
-        self.base_sha256 = base_model_sha256(self.config)
-        self.data: Dataset = load_dataset(self.config)
-        task = self.config.task
-        self.probe_sets: list[ProbeSet] = [
-            make_probe_set(keyring.master, sid, task, self.config.probes_per_set)
-            for sid in probe_set_ids(self.config.fingerprint.probe_sets)
-        ]
-        self.triggers = np.concatenate([ps.inputs for ps in self.probe_sets])
-        self.base_accuracy = accuracy(predict(self.base, self.data.x_val), self.data.y_val)
+    It holds the base model, the data and the shared trigger inputs, never a key. :class:`Issuer`
+    is one; a batch's worker processes (:mod:`.backends`) make their own from a job's material.
+    """
 
-    def labels_for(self, customer_id: str) -> np.ndarray:
-        c = self.config.task.num_classes
-        return np.concatenate([codeword(self.keyring.master, customer_id, ps.id, ps.size, c) for ps in self.probe_sets])
+    def __init__(self, config: Config, *, base: nn.Module, data: Dataset, triggers: np.ndarray, base_accuracy: float) -> None:
+        self.config = config
+        self.base = base
+        self.data = data
+        self.triggers = triggers
+        self.base_accuracy = base_accuracy
 
-    def issue(
-        self,
-        customer_id: str,
-        *,
-        name: str | None = None,
-        reissue: bool = False,
-        on_step: Callable[[int], None] | None = None,
-    ) -> IssueReport:
-        """Embed, gate, export, record and land one copy; nothing is written or recorded unless all succeed."""
-        t0, c0 = time.perf_counter(), time.process_time()
-        cid = normalize_customer_id(customer_id)
-        display = validate_display_name(name, cid)
-        with self._slot(cid, reissue=reissue) as (number, final):  # before any training: fail fast
-            labels = self.labels_for(cid)
-            best, attempts = self._embed(cid, labels, on_step)
-            self._check_gates(best, attempts)
-            onnx_bytes = export_onnx(best.model, self.config.task)
-            max_diff = check_onnx(onnx_bytes, best.model, np.concatenate([self.triggers, self.data.x_val[:256]]))
-            sha = hashlib.sha256(onnx_bytes).hexdigest()
-            payload = self._payload(cid, display, number=number, final=final, sha=sha, best=best, attempts=attempts,
-                                    labels=labels, max_diff=max_diff)
-            payload["attacker_share"] = self.data.attacker_share()  # "held_out": issuance never trained on it (README)
-            # embedding.seconds: wall time of the runs that made this copy; these: the whole issuance so far, every try
-            payload["issuance_wall_seconds"] = round(time.perf_counter() - t0, 3)
-            payload["issuance_cpu_seconds"] = round(time.process_time() - c0, 3)
-            entry = self._land(cid, final, onnx_bytes, sha, payload)
-        return IssueReport(
-            customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
-            base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
-            seconds=round(time.perf_counter() - t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps, attempts=attempts,
-            polish_steps=best.polish_steps, weights=best.weights,
-        )
+    def make_copy(self, cid: str, labels: np.ndarray, *, on_step: Callable[[int], None] | None = None) -> tuple[_Copy, int, bytes | None, float]:
+        """(best copy, tries, ONNX bytes, largest ONNX/torch logit difference); no bytes when the best copy misses a gate."""
+        best, attempts = self._embed(cid, labels, on_step)
+        if not best.score[0]:
+            return best, attempts, None, float("nan")
+        return (best, attempts, *self._export(best))
 
-    @contextmanager
-    def _slot(self, cid: str, *, reissue: bool) -> Iterator[tuple[int, Path]]:
-        """Reserve the customer and its next file name for one issuance: (issuance number, final path).
-
-        Raises :class:`CustomerError` before any work when the customer is already issued (without
-        ``reissue``), is being issued by another process, or the file name is taken on disk or in
-        the ledger.
-        """
-        with reserve_customer(self.ws, cid):
-            with self.ws.ledger() as ledger:
-                previous = ledger.issuances(cid)
-                if previous and not reissue:
-                    raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
-                ensure_dir(self.out_dir)
-                final = (self.out_dir / issued_file_name(cid, len(previous) + 1)).resolve()
-                if final.exists() or final.is_symlink() or final in self._recorded_paths(ledger):
-                    raise CustomerError(f"{final} already exists or is recorded for another copy; refusing to overwrite it", hint="choose another --out folder")
-            yield len(previous) + 1, final
-
-    def _recorded_paths(self, ledger: Ledger) -> set[Path]:
-        """Every path the ledger records an issued copy at (resolved)."""
-        paths = (Path(e.payload["model_path"]) for e in ledger.issuances())
-        return {(p if p.is_absolute() else self.ws.root / p).resolve() for p in paths}
+    def _export(self, best: _Copy) -> tuple[bytes, float]:
+        """The copy as ONNX bytes, checked against the torch model on the triggers and validation inputs."""
+        onnx_bytes = export_onnx(best.model, self.config.task)
+        return onnx_bytes, check_onnx(onnx_bytes, best.model, np.concatenate([self.triggers, self.data.x_val[:256]]))
 
     def _check_gates(self, best: _Copy, attempts: int) -> None:
         """Raise :class:`GateError` naming the gate the best copy misses, and by how much."""
@@ -214,40 +161,6 @@ class Issuer:
                 f"clean-accuracy gate failed: accuracy dropped {100 * drop:.2f} points ({self.base_accuracy:.4f} -> {clean:.4f}), allowed {100 * gates.max_accuracy_drop:.2f} (over by {100 * (drop - gates.max_accuracy_drop):.2f}) after {attempts} attempts; nothing written or recorded",
                 gate="clean_accuracy", measured=clean, required=self.base_accuracy - gates.max_accuracy_drop,
                 hint="raise embedding.distill_weight or lower embedding.learning_rate in tracer.toml")
-
-    def _payload(self, cid: str, display: str, *, number: int, final: Path, sha: str, best: _Copy, attempts: int,
-                 labels: np.ndarray, max_diff: float) -> dict:
-        """The issuance entry's payload: everything needed to re-derive, check and remake the copy."""
-        cfg = self.config
-        try:
-            rel_path = str(final.relative_to(self.ws.root))
-        except ValueError:
-            rel_path = str(final)
-        return {
-            "customer_id": cid,
-            "display_name": display,
-            "new_customer": number == 1,
-            "issuance_number": number,
-            "model_sha256": sha,
-            "model_path": rel_path,
-            "base_model_sha256": self.base_sha256,
-            "dataset_fingerprint": self.data.fingerprint(),
-            "probe_sets": [{"id": ps.id, "size": ps.size, "digest": ps.digest()} for ps in self.probe_sets],
-            "trigger_commitment": trigger_commitment(self.keyring.master, cid, self.probe_sets, cfg.task.num_classes),
-            "parameters": cfg.as_record(),
-            "metrics": {
-                "base_accuracy": self.base_accuracy,
-                "clean_accuracy": best.clean,
-                "trigger_accuracy": best.trigger,
-                "validation_size": int(len(self.data.y_val)),
-                "triggers": int(len(labels)),
-                "onnx_max_logit_difference": max_diff,
-            },
-            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
-            "onnx_opset": OPSET,
-            "tracer_version": __version__,
-            "derivation": "tracer/v1",
-        }
 
     def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
@@ -309,6 +222,127 @@ class Issuer:
         drop = self.base_accuracy - clean
         return max(gates.min_trigger_accuracy - trigger, 0.0), (drop - gates.max_accuracy_drop if drop > gates.max_accuracy_drop + 1e-12 else 0.0)
 
+
+class Issuer(CopyMaker):
+    """What every issuance of a workspace shares, loaded once (config, keys, base model, data, probes)."""
+
+    def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> None:
+        """``on_notice`` receives one line per thing crash recovery did or refused to do."""
+        self.ws = ws
+        self.keyring = keyring
+        self.out_dir = Path(out_dir) if out_dir else ws.root / "models" / "issued"
+        self.recovered = recover_pending(ws, keyring.master, on_notice=on_notice)
+        config = ws.config
+        base = load_base_model(config)
+        self.base_sha256 = base_model_sha256(config)
+        data: Dataset = load_dataset(config)
+        self.probe_sets: list[ProbeSet] = [
+            make_probe_set(keyring.master, sid, config.task, config.probes_per_set)
+            for sid in probe_set_ids(config.fingerprint.probe_sets)
+        ]
+        super().__init__(config, base=base, data=data, triggers=np.concatenate([ps.inputs for ps in self.probe_sets]),
+                         base_accuracy=accuracy(predict(base, data.x_val), data.y_val))
+
+    def labels_for(self, customer_id: str) -> np.ndarray:
+        c = self.config.task.num_classes
+        return np.concatenate([codeword(self.keyring.master, customer_id, ps.id, ps.size, c) for ps in self.probe_sets])
+
+    def issue(
+        self,
+        customer_id: str,
+        *,
+        name: str | None = None,
+        reissue: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> IssueReport:
+        """Embed, gate, export, record and land one copy; nothing is written or recorded unless all succeed."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        cid = normalize_customer_id(customer_id)
+        display = validate_display_name(name, cid)
+        with self._slot(cid, reissue=reissue) as (number, final):  # before any training: fail fast
+            labels = self.labels_for(cid)
+            best, attempts = self._embed(cid, labels, on_step)
+            self._check_gates(best, attempts)
+            onnx_bytes, max_diff = self._export(best)
+            sha = hashlib.sha256(onnx_bytes).hexdigest()
+            payload = self._payload(cid, display, number=number, final=final, sha=sha, best=best, attempts=attempts,
+                                    labels=labels, max_diff=max_diff,
+                                    wall_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+            entry = self._land(cid, final, onnx_bytes, sha, payload)
+        return IssueReport(
+            customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
+            base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
+            seconds=round(time.perf_counter() - t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps, attempts=attempts,
+            polish_steps=best.polish_steps, weights=best.weights,
+        )
+
+    @contextmanager
+    def _slot(self, cid: str, *, reissue: bool) -> Iterator[tuple[int, Path]]:
+        """Reserve the customer and its next file name for one issuance: (issuance number, final path).
+
+        Raises :class:`CustomerError` before any work when the customer is already issued (without
+        ``reissue``), is being issued by another process, or the file name is taken on disk or in
+        the ledger.
+        """
+        with reserve_customer(self.ws, cid):
+            with self.ws.ledger() as ledger:
+                previous = ledger.issuances(cid)
+                if previous and not reissue:
+                    raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
+                ensure_dir(self.out_dir)
+                final = (self.out_dir / issued_file_name(cid, len(previous) + 1)).resolve()
+                if final.exists() or final.is_symlink() or final in self._recorded_paths(ledger):
+                    raise CustomerError(f"{final} already exists or is recorded for another copy; refusing to overwrite it", hint="choose another --out folder")
+            yield len(previous) + 1, final
+
+    def _recorded_paths(self, ledger: Ledger) -> set[Path]:
+        """Every path the ledger records an issued copy at (resolved)."""
+        paths = (Path(e.payload["model_path"]) for e in ledger.issuances())
+        return {(p if p.is_absolute() else self.ws.root / p).resolve() for p in paths}
+
+    def _payload(self, cid: str, display: str, *, number: int, final: Path, sha: str, best: _Copy, attempts: int,
+                 labels: np.ndarray, max_diff: float, wall_seconds: float, cpu_seconds: float) -> dict:
+        """The issuance entry's payload: everything needed to re-derive, check and remake the copy.
+
+        Times: ``embedding.seconds`` is the wall time of the runs that made this copy;
+        ``issuance_wall_seconds`` and ``issuance_cpu_seconds`` cover the whole issuance, every try included
+        (in a worker process, its CPU time).
+        """
+        cfg = self.config
+        try:
+            rel_path = str(final.relative_to(self.ws.root))
+        except ValueError:
+            rel_path = str(final)
+        return {
+            "customer_id": cid,
+            "display_name": display,
+            "new_customer": number == 1,
+            "issuance_number": number,
+            "model_sha256": sha,
+            "model_path": rel_path,
+            "base_model_sha256": self.base_sha256,
+            "dataset_fingerprint": self.data.fingerprint(),
+            "probe_sets": [{"id": ps.id, "size": ps.size, "digest": ps.digest()} for ps in self.probe_sets],
+            "trigger_commitment": trigger_commitment(self.keyring.master, cid, self.probe_sets, cfg.task.num_classes),
+            "parameters": cfg.as_record(),
+            "metrics": {
+                "base_accuracy": self.base_accuracy,
+                "clean_accuracy": best.clean,
+                "trigger_accuracy": best.trigger,
+                "validation_size": int(len(self.data.y_val)),
+                "triggers": int(len(labels)),
+                "onnx_max_logit_difference": max_diff,
+            },
+            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
+            "attacker_share": self.data.attacker_share(),  # "held_out": issuance never trained on it (README)
+            "issuance_wall_seconds": round(wall_seconds, 3),
+            "issuance_cpu_seconds": round(cpu_seconds, 3),
+            "onnx_opset": OPSET,
+            "tracer_version": __version__,
+            "derivation": "tracer/v1",
+        }
+
     def _land(self, cid: str, final: Path, data: bytes, sha: str, payload: dict):
         """Marker, temporary file, ledger commit, rename (see :mod:`.landing`); undone on any failure before the commit."""
         tmp = staging_path(final, sha)
@@ -342,20 +376,152 @@ class Issuer:
         *,
         on_customer: Callable[[str, IssueReport | None], None] | None = None,
         on_step: Callable[[int], None] | None = None,
+        workers: int | None = 1,
+        backend: str | Backend = "local",
+        address: str | None = None,
     ) -> list[IssueReport]:
-        """Issue each customer not yet issued; already-issued ones are skipped, so a rerun resumes."""
+        """Issue each customer not yet issued; already-issued ones are skipped, so a rerun resumes.
+
+        ``workers`` 1 (with the local backend) issues one after another in this process, reporting
+        ``on_step``. More (None: the usable cores, never more than the customers left), ``backend="ray"``
+        or a :class:`.backends.Backend` fine-tune in workers (:mod:`.backends`) while this process alone
+        derives, checks, lands and records; ``on_customer`` then reports each copy as it lands. A
+        failure (a gate, a dead worker) stops new submissions; the copies already in flight still land,
+        then the first failure is raised, naming its customer: a rerun issues what is left.
+        """
+        todo = self._not_issued(customers, on_customer)
+        if isinstance(backend, str):
+            if backend == "local" and address is None and (workers == 1 or len(todo) <= 1 or (workers is None and usable_cores() == 1)):
+                return self._issue_here(todo, on_customer, on_step)
+            with closing(open_backend(backend, workers=workers, jobs=len(todo), address=address)) as opened:
+                return self._issue_on(opened, todo, on_customer)
+        return self._issue_on(backend, todo, on_customer)
+
+    def _not_issued(self, customers: Iterable[tuple[str, str | None]],
+                    on_customer: Callable[[str, IssueReport | None], None] | None) -> list[tuple[str, str | None]]:
+        """The batch's customers without a copy yet, each once; the others are reported skipped."""
         with self.ws.ledger() as ledger:
             done = set(ledger.issued_customer_ids())
-        out = []
+        todo = []
         for cid, name in customers:
             cid = normalize_customer_id(cid)
             if cid in done:
                 if on_customer:
                     on_customer(cid, None)
                 continue
-            rep = self.issue(cid, name=name, on_step=on_step)
             done.add(cid)
+            todo.append((cid, name))
+        return todo
+
+    def _issue_here(self, todo: list[tuple[str, str | None]], on_customer, on_step) -> list[IssueReport]:
+        out = []
+        for cid, name in todo:
+            rep = self.issue(cid, name=name, on_step=on_step)
             out.append(rep)
             if on_customer:
                 on_customer(cid, rep)
         return out
+
+    def job_for(self, cid: str) -> EmbedJob:
+        """What a worker gets for ``cid``: its codeword, the trigger inputs and the base model/data spec; no key."""
+        return EmbedJob(customer_id=cid, labels=self.labels_for(cid), triggers=self.triggers, config=self.config,
+                        base_sha256=self.base_sha256, dataset_fingerprint=self.data.fingerprint(), base_accuracy=self.base_accuracy)
+
+    def _issue_on(self, backend: Backend, todo: list[tuple[str, str | None]], on_customer) -> list[IssueReport]:
+        """Keep ``backend.workers`` jobs in flight, each customer reserved from submission to landing."""
+        out: list[IssueReport] = []
+        failures: list[TracerError] = []
+        queue = iter(todo)
+        running: dict[Future, _InFlight] = {}
+        try:
+            while True:
+                while not failures and len(running) < backend.workers and (nxt := next(queue, None)) is not None:
+                    try:
+                        flight = self._submit(backend, *nxt)
+                    except TracerError as exc:  # reserved elsewhere, name taken: nothing started for it
+                        failures.append(_for_customer(exc, nxt[0]))
+                        continue
+                    running[flight.future] = flight
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    flight = running.pop(fut)
+                    try:
+                        rep = self._finish(flight)
+                    except TracerError as exc:
+                        failures.append(_for_customer(exc, flight.customer))
+                        continue
+                    out.append(rep)
+                    if on_customer:
+                        on_customer(flight.customer, rep)
+        finally:
+            for flight in running.values():  # only on an exception escaping the loop (e.g. Ctrl-C): nothing of theirs was landed
+                flight.future.cancel()
+                flight.slot.close()
+        if failures:
+            first = failures[0]
+            first.message = f"{first.message} ({len(out)} issued in this run; rerun the batch to issue the rest)"
+            first.args = (first.message,)
+            raise first
+        return out
+
+    def _submit(self, backend: Backend, cid: str, name: str | None) -> _InFlight:
+        display = validate_display_name(name, cid)
+        slot = ExitStack()
+        number, final = slot.enter_context(self._slot(cid, reissue=False))
+        try:
+            future = backend.submit(self.job_for(cid))
+        except BaseException:
+            slot.close()
+            raise
+        return _InFlight(customer=cid, display=display, number=number, final=final, slot=slot, future=future, t0=time.perf_counter())
+
+    def _finish(self, flight: _InFlight) -> IssueReport:
+        """Gate, record and land one worker's copy, exactly as :meth:`issue` would; the reservation ends here."""
+        cid = flight.customer
+        with flight.slot:
+            try:
+                outcome: EmbedOutcome = flight.future.result()
+            except Exception as exc:  # the worker died, was lost, or broke: it wrote nothing
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise WorkerError(f"the worker issuing {cid} failed ({type(exc).__name__}: {first}); nothing was recorded for {cid}",
+                                  hint="rerun the batch: issued customers are skipped") from exc
+            outcome.raise_error()
+            best, attempts = outcome.copy, outcome.attempts
+            self._check_gates(best, attempts)
+            if outcome.onnx is None:
+                raise WorkerError(f"the worker returned no model for {cid}; nothing was recorded")
+            labels = self.labels_for(cid)
+            sha = hashlib.sha256(outcome.onnx).hexdigest()
+            payload = self._payload(cid, flight.display, number=flight.number, final=flight.final, sha=sha, best=best,
+                                    attempts=attempts, labels=labels, max_diff=outcome.max_diff,
+                                    wall_seconds=time.perf_counter() - flight.t0, cpu_seconds=outcome.cpu_seconds)
+            entry = self._land(cid, flight.final, outcome.onnx, sha, payload)
+        return IssueReport(
+            customer=cid, display_name=flight.display, issuance_id=entry.seq, model_path=str(flight.final), sha256=sha,
+            base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
+            seconds=round(time.perf_counter() - flight.t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps,
+            attempts=attempts, polish_steps=best.polish_steps, weights=best.weights,
+        )
+
+
+@dataclass
+class _InFlight:
+    """A customer whose job a backend is running: its reservation is held until the copy lands or fails."""
+
+    customer: str
+    display: str
+    number: int
+    final: Path
+    slot: ExitStack
+    future: Future
+    t0: float
+
+
+def _for_customer(exc: TracerError, cid: str) -> TracerError:
+    """``exc`` with its customer named (a batch's error must say whose issuance failed)."""
+    if not isinstance(exc, WorkerError):  # a worker error names its customer already
+        exc.message = f"{cid}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
