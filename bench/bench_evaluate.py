@@ -23,9 +23,8 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from _common import PASSPHRASE, ROOT, build_issued_workspace
-
 import torch
+from _common import PASSPHRASE, ROOT, build_issued_workspace
 
 from tracer import __version__
 from tracer.evaluate import Evaluation, false_accusation_study, run_suite
@@ -35,9 +34,9 @@ from tracer.workspace import Workspace
 
 def cost_ratio(repeat: int = 2) -> str:
     """Embedding time / base-model training time on digits, same data, same process, alternated."""
-    import numpy as np
-
     import tomllib
+
+    import numpy as np
 
     from tracer.config import parse_config
     from tracer.embedding.finetune import embed_codeword

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import FAST_SCRYPT, PASSPHRASE  # noqa: E402 - FAST_SCRYPT for the ledger part only: append speed does not depend on it
+from _common import FAST_SCRYPT, PASSPHRASE
 
 
 def _writer(root: str, count: int, worker: int, barrier, results) -> None:

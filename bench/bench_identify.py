@@ -48,7 +48,7 @@ def main() -> None:
             identify_model(ws, keyring, suspect)
         for _ in range(2):
             for label, (ws, keyring) in spaces.items():
-                t = timed(lambda: identify_model(ws, keyring, suspect), repeat=3)
+                t = timed(lambda ws=ws, keyring=keyring: identify_model(ws, keyring, suspect), repeat=3)
                 results[label] = min(results.get(label, t), t)
         cli: dict[str, float] = {}
         env = {**os.environ, "TRACER_PASSPHRASE": PASSPHRASE}

@@ -44,6 +44,7 @@ from tracer.examples.base import train_base
 from tracer.training import accuracy, predict
 from tracer.workspace import init_workspace
 
+
 def _onnx_accuracy(path, x, y, *, torch_model=None) -> float:
     if torch_model is not None:
         return float(accuracy(predict(torch_model, x), y))

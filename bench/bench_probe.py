@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
 from _common import FAST_SCRYPT, PASSPHRASE  # noqa: E402
-from tracer.examples.servers import TEMPLATE_TENSOR, Faults, ModelServer  # noqa: E402
+
 from tracer.errors import TracerError  # noqa: E402
+from tracer.examples.servers import TEMPLATE_TENSOR, Faults, ModelServer  # noqa: E402
 from tracer.fingerprint import codeword, make_probe_set, probe_set_ids, trigger_commitment  # noqa: E402
 from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_endpoint  # noqa: E402
 from tracer.workspace import Workspace  # noqa: E402
@@ -281,8 +281,8 @@ def main() -> None:
     print(f"|{'-' * 10}|{'-' * 62}|{'-' * 10}|{'-' * 64}|{'-' * 19}|{'-' * 12}|{'-' * 7}|")
     for f in faults:
         inj = ", ".join(f"{k}:{v}" for k, v in sorted(f["injected"].items()))
-        print(f"| {str(f['seed']):<8} | {f['outcome'][:60]:<60} | {f['server_requests']:>8} | {inj[:62]:<62} | {f['journaled_answers']:>17} | "
-              f"{str(f['journal_consistent']):>10} | {f['seconds']:>5} |")
+        print(f"| {f['seed']!s:<8} | {f['outcome'][:60]:<60} | {f['server_requests']:>8} | {inj[:62]:<62} | {f['journaled_answers']:>17} | "
+              f"{f['journal_consistent']!s:>10} | {f['seconds']:>5} |")
     with ws.ledger() as ledger:
         count, _ = ledger.verify(keyring.public_key)
     print(f"\nledger verified after the bench: {count} entries")

@@ -16,10 +16,9 @@ A backend is anything with ``workers`` (how many jobs run at once), ``submit(job
 
 from __future__ import annotations
 
-import time
-
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class _Copy:
     """A gated candidate copy and the runs that made it (what the ledger records of the one that lands)."""
 
     score: tuple[bool, float]  # (passes both gates, minus how far it misses them): larger is better
-    model: "nn.Module"
+    model: nn.Module
     clean: float
     trigger: float
     runs: list[dict]  # the try, then each polish: {seed, steps, learning_rate, weights}; replaying them remakes the copy
