@@ -176,8 +176,8 @@ def _read_image(f: Path, *, mode: str, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(f) as img:
-            img = img.convert(mode).resize(size, Image.Resampling.BILINEAR)
+        with Image.open(f) as opened:
+            img = opened.convert(mode).resize(size, Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float64) / 255.0
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ConfigError(f"data.image_folder: cannot read image {f}: {exc}") from exc

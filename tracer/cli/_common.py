@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from typer.core import TyperGroup
 
 from ..errors import EXIT_ERROR, EXIT_USAGE, TracerError, UsageError
@@ -153,8 +153,8 @@ class LogProgress:
     def _count(self, t: dict[str, Any]) -> str:
         return f"{t['completed']}/{t['total']}" if t["total"] else str(t["completed"])
 
-    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
-        tid = len(self.tasks)
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> TaskID:
+        tid = TaskID(len(self.tasks))
         # the start line waits for the stage's first news: a command that fails first prints only its error
         self.tasks[tid] = {"description": description, "total": int(total) if total else None, "completed": 0, "logged": 0,
                            "t0": time.monotonic(), "started": not total}
@@ -215,8 +215,9 @@ def progress_bar(enabled: bool = True, mode: str = "auto") -> Progress | LogProg
         return LogProgress()
     if mode == "none":
         return _NoProgress()
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=err.is_terminal)
+    from .._progress import progress_bar as bars
+
+    return bars(err, force=True)
 
 
 def workspace() -> Workspace:

@@ -41,7 +41,7 @@ class EvaluateCommand(TyperCommand):
             if param.name == "attacks" and isinstance(param, TyperOption):
                 param.help = attacks_help()
 
-    def format_help(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+    def format_help(self, ctx, formatter) -> None:
         self.fill_help()
         super().format_help(ctx, formatter)
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..errors import CustomerError, UsageError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..data import Dataset
+    from ..workspace import Workspace
+
 from ._common import EXIT_CODES_SEE, JsonOpt, ProgressOpt, WorkspaceOpt, err, handle_errors, out, print_json, progress_bar, say, workspace
 
 
-def show_gate_resolution(data, config) -> None:  # type: ignore[no-untyped-def]
+def show_gate_resolution(data: Dataset, config: Config) -> None:
     """Before training: the validation size, what one sample is worth, and a warning with the fix when it outweighs the gate."""
     from ..data import gate_resolution
 
@@ -22,7 +29,7 @@ def show_gate_resolution(data, config) -> None:  # type: ignore[no-untyped-def]
         say(warning)
 
 
-def _refuse_issued(ws, cid: str) -> None:  # type: ignore[no-untyped-def]
+def _refuse_issued(ws: Workspace, cid: str) -> None:
     """The library's refusal of an issued customer (Issuer.issue), before the model and data load."""
     with ws.ledger() as ledger:
         previous = ledger.issuances(cid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
         config_text = example_config(example) if example else None
         passphrase = get_passphrase(confirm=True)
-        kwargs = {"config_text": config_text} if config_text else {}
+        kwargs: dict[str, Any] = {"config_text": config_text} if config_text else {}
         ws = init_workspace(directory, passphrase=passphrase, **kwargs)
         if example:
             prepare_example(ws, example, progress=not json_out)

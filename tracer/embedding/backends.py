@@ -17,6 +17,7 @@ A backend is anything with ``workers`` (how many jobs run at once), ``submit(job
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -120,7 +121,7 @@ def run_job(job: EmbedJob) -> EmbedOutcome:
     except TracerError as exc:
         return EmbedOutcome(job.customer_id, None, 0, None, float("nan"),  # type: ignore[arg-type]
                             error=(type(exc).__name__, exc.message, dict(exc.__dict__)))
-    return EmbedOutcome(job.customer_id, replace(best, model=None), attempts, onnx, max_diff,
+    return EmbedOutcome(job.customer_id, replace(best, model=None), attempts, onnx, max_diff,  # type: ignore[arg-type]  # the model stays here
                         cpu_seconds=round(time.process_time() - c0, 3))
 
 
@@ -182,7 +183,7 @@ class RayBackend:
         self._ray = ray
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, cpus // threads)
         self.threads = threads
