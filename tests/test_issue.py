@@ -78,8 +78,13 @@ def test_issue_json_contract_and_reissue(issued_tabular_copy, run_cli):
     assert again.returncode == 0, again.stderr
     doc = json.loads(again.stdout)
     assert set(doc) >= {"customer", "issuance_id", "model_path", "sha256", "base_accuracy", "clean_accuracy", "trigger_accuracy", "seconds"}
-    assert doc["customer"] == "acme" and Path(doc["model_path"]).name == "acme.2.onnx"
+    assert doc["customer"] == "acme" and Path(doc["model_path"]).name == "acme~2.onnx"
     assert (issued_tabular_copy / "models/issued/acme.onnx").is_file()  # the first copy stays
+    # a customer whose id is the old reissue name ("acme.2") gets its own file, not a collision
+    other = run_cli(["issue", "--customer", "acme.2", "--json"], env=env)
+    assert other.returncode == 0, other.stderr
+    assert Path(json.loads(other.stdout)["model_path"]).name == "acme.2.onnx"
+    assert (issued_tabular_copy / "models/issued/acme~2.onnx").is_file()
     with Workspace(issued_tabular_copy).ledger() as ledger:
         acme = ledger.issuances("acme")
     assert len(acme) == 2 and acme[1].payload["new_customer"] is False
@@ -151,7 +156,7 @@ def test_batch_issue_resumes_and_skips_issued_customers(issued_tabular_copy, run
     env = {"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(issued_tabular_copy)}
     lst = tmp_path / "customers.csv"
     lst.write_text("id,name\nacme,ACME Corp.\nhooli,Hooli Inc.\n\n# a comment\numbrella,Umbrella, plc\n")
-    first = run_cli(["issue", "--customers", lst, "--json"], env=env)
+    first = run_cli(["issue", "--customers", lst, "--json"], env=env, timeout=600)  # two fine-tunes: minutes on a loaded machine
     assert first.returncode == 0, first.stderr
     doc = json.loads(first.stdout)
     assert [r["customer"] for r in doc["issued"]] == ["hooli", "umbrella"] and doc["skipped"] == 1
@@ -203,7 +208,8 @@ def test_hard_crash_leaves_no_orphan_after_recovery(point, issued_tabular_copy, 
     assert proc.returncode == 9, proc.stderr
     from tracer.embedding import recover_pending
 
-    recover_pending(Workspace(issued_tabular_copy))
+    ws = Workspace(issued_tabular_copy)
+    recover_pending(ws, ws.unlock(passphrase=PASSPHRASE, signing=False).master)
     with Workspace(issued_tabular_copy).ledger() as ledger:
         recorded = {e.payload["model_path"]: e.payload["model_sha256"] for e in ledger.issuances()}
     files = {str(p.relative_to(issued_tabular_copy)) for p in (issued_tabular_copy / "models/issued").iterdir()}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["train_classifier", "predict", "accuracy", "pick_device", "last_layer"]
+__all__ = ["train_classifier", "scores", "predict", "accuracy", "pick_device", "last_layer"]
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -38,13 +40,23 @@ def train_classifier(
     weight_decay: float = 0.0,
     device: str = "auto",
     steps: int | None = None,
+    params: Sequence[nn.Parameter] | None = None,
+    soft: bool = False,
+    masks: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Train with Adam and cross-entropy; ``steps`` (if given) overrides ``epochs``."""
+    """Train with Adam: the one supervised training loop (base models, attacks, independent models).
+
+    Cross-entropy on class labels ``y``, or (``soft``) KL divergence to target distributions.
+    ``steps`` (if given) overrides ``epochs``; ``params`` limits the trained parameters; after each
+    step, ``masks`` (parameter name -> 0/1 tensor) are multiplied into their parameters.
+    """
     dev = pick_device(device)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev).train()
-    xt, yt = torch.as_tensor(x).to(dev), torch.as_tensor(y, dtype=torch.long).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    xt = torch.as_tensor(np.ascontiguousarray(x)).to(dev)
+    yt = torch.as_tensor(y, dtype=torch.float32 if soft else torch.long).to(dev)
+    opt = torch.optim.Adam(list(params) if params is not None else model.parameters(), lr=lr, weight_decay=weight_decay)
+    named = dict(model.named_parameters())
     n = len(xt)
     total = steps if steps is not None else epochs * max(1, -(-n // batch_size))
     done = 0
@@ -52,9 +64,16 @@ def train_classifier(
         perm = torch.randperm(n, generator=gen).to(dev)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
+            out = model(xt[idx])
+            loss = (nn.functional.kl_div(out.log_softmax(1), yt[idx], reduction="batchmean") if soft
+                    else nn.functional.cross_entropy(out, yt[idx]))
             opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            loss.backward()
             opt.step()
+            if masks:
+                with torch.no_grad():
+                    for name, m in masks.items():
+                        named[name].mul_(m)
             done += 1
             if done >= total:
                 break
@@ -63,15 +82,22 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """Class indices (int64) predicted by a torch model, in eval mode on the CPU."""
+def scores(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Output scores (float32, one row per input) of a torch model in eval mode, on the model's device."""
     model.eval()
     dev = next(model.parameters()).device
-    out = []
-    for start in range(0, len(x), batch_size):
-        out.append(model(torch.as_tensor(x[start : start + batch_size]).to(dev)).argmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    out = [model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size])).to(dev)).float().cpu().numpy()
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Class indices (int64) predicted by a torch model."""
+    if not len(x):
+        return np.zeros(0, dtype=np.int64)
+    return scores(model, x, batch_size=batch_size).argmax(1).astype(np.int64)
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of predicted class indices equal to the labels (0.0 for no labels): the one accuracy helper."""
     return float(np.mean(np.asarray(pred) == np.asarray(y))) if len(y) else 0.0

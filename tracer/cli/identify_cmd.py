@@ -12,6 +12,8 @@ from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_err
 
 __all__ = ["AlphaOpt", "ReportOpt", "show_result"]  # AlphaOpt lives in _common; re-exported for `tracer probe`
 ReportOpt = typer.Option(None, "--report", help="Write a self-contained HTML report here, and a signed JSON evidence file beside it.")
+TimeLimitOpt = typer.Option(120.0, "--time-limit", metavar="SECONDS", min=0.001,
+                            help="Stop the suspect model after this many seconds of running, in total (exit 3).")
 
 
 def show_result(result: IdentificationResult, *, json_out: bool) -> None:
@@ -39,12 +41,15 @@ def register(app: typer.Typer) -> None:
         alpha: float = AlphaOpt,
         report: Path = ReportOpt,
         json_out: bool = JsonOpt,
+        time_limit: float = TimeLimitOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
         from ..identify import SuspectModel, identify_model
 
+        if not time_limit < float("inf"):
+            raise typer.BadParameter("must be a finite number of seconds", param_hint="--time-limit")
         ws = workspace()
-        suspect = SuspectModel(model, ws.config.task)  # cheap checks before asking for the passphrase
+        suspect = SuspectModel(model, ws.config.task, time_limit=time_limit)  # cheap checks before asking for the passphrase
         keyring = ws.unlock()
         result = identify_model(ws, keyring, suspect, alpha=alpha)
         if report is not None:

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         keyring = ws.unlock()
         with progress_bar(not json_out) as progress:
             load = progress.add_task("loading base model and data", total=None)
-            issuer = Issuer(ws, keyring, out_dir=out_dir)
+            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=lambda line: err.print(line, markup=False))
             progress.remove_task(load)
             steps = issuer.config.embedding.steps
             if rows is None:

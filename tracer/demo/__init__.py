@@ -7,15 +7,15 @@ with a probe -> verify the ledger -> write the HTML report and evidence.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .._progress import progress_bar
 
 __all__ = ["run_demo", "DemoResult", "DEMO_PASSPHRASE"]
 
@@ -37,7 +37,6 @@ class DemoResult:
     probe_trigger_queries: int
     ledger_entries: int
     seconds: float
-    steps: list[str] = field(default_factory=list)
 
 
 def _leak(ws, keyring, console: Console) -> Path:
@@ -80,7 +79,7 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
 
     say("2/7 issuing a watermarked copy to each of three customers")
     issuer = Issuer(ws, keyring)
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         for cid, name in CUSTOMERS:
             task = progress.add_task(f"  {name}", total=issuer.config.embedding.steps)
             rep = issuer.issue(cid, name=name, on_step=lambda s, task=task: progress.update(task, completed=s))
@@ -117,6 +116,3 @@ def run_demo(*, keep: Path | None = None, console: Console | None = None) -> Dem
         ledger_entries=count, seconds=round(time.perf_counter() - t0, 1),
     )
 
-
-def cleanup(result: DemoResult) -> None:
-    shutil.rmtree(result.workspace.parent, ignore_errors=True)

@@ -155,6 +155,94 @@ def _class_centroids(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
     return sums / counts[:, None]
 
 
+@dataclass
+class _Draws:
+    """Everything the steps of one fine-tune draw from, prepared up front (tensors on the device)."""
+
+    xt: torch.Tensor
+    yt: torch.Tensor
+    trig: torch.Tensor
+    tlab: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    clean_idx: torch.Tensor  # [steps, batch_size]
+    trig_idx: torch.Tensor  # [steps, trigger_batch]
+    n_anchor: int
+    soft_clean: torch.Tensor | None = None  # the base model's answers on the clean inputs used (distill or pull)
+    slot: torch.Tensor | None = None  # clean_idx as rows of soft_clean
+    centroids: torch.Tensor | None = None  # feature pull: the base model's class centroids, and their scale
+    scale: torch.Tensor | None = None
+
+
+def _bounds(task: TaskConfig, dtype: torch.dtype, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's per-feature input bounds as tensors shaped like one input."""
+    low, high = (torch.from_numpy(b).to(dtype).to(dev) for b in task.bounds())
+    return low, high
+
+
+def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.Tensor, tlab: torch.Tensor, *,
+           task: TaskConfig, params: EmbeddingConfig, gen: torch.Generator, dev: torch.device) -> _Draws:
+    """Every step's clean and trigger indices, drawn up front, and the base model's answers on the clean inputs used.
+
+    Those answers (at most steps x batch_size of them, so the cost does not grow with the dataset)
+    are computed in one batched pass.
+    """
+    low, high = _bounds(task, trig.dtype, dev)
+    clean_idx = torch.randint(0, len(xt), (params.steps, params.batch_size), generator=gen).to(dev)
+    trig_idx = torch.randint(0, len(trig), (params.steps, params.trigger_batch), generator=gen).to(dev)
+    distill = params.distill_weight > 0
+    d = _Draws(xt=xt, yt=yt, trig=trig, tlab=tlab, low=low, high=high, clean_idx=clean_idx, trig_idx=trig_idx,
+               n_anchor=params.batch_size if params.anchor_noise > 0 and distill else 0)
+    if distill or params.feature_pull > 0:
+        used, d.slot = torch.unique(clean_idx, return_inverse=True)
+        d.soft_clean, feats = _soft_targets(teacher, xt[used])
+        if params.feature_pull > 0:
+            # Feature pull: each trigger's penultimate features are drawn towards the base model's feature
+            # centroid of its codeword class, so a head re-trained on clean data still maps it to that class.
+            d.centroids = _class_centroids(feats, yt[used], task.num_classes)
+            d.scale = d.centroids.pow(2).sum(1).mean().clamp(min=1e-12)
+    return d
+
+
+def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, params: EmbeddingConfig,
+               gen: torch.Generator, channels_last: bool, head: "_HeadInput | None") -> torch.Tensor:
+    """The loss of one step: clean and trigger cross-entropy, then the margin, feature-pull and distillation terms."""
+    ci, ti, n_anchor = d.clean_idx[step], d.trig_idx[step], d.n_anchor
+    xc, yc, tl = d.xt[ci], d.yt[ci], d.tlab[ti]
+    xtr = _jitter(d.trig[ti], params.trigger_noise, gen, d.low, d.high)
+    # Anchors: jittered copies of clean inputs, held to the base model's answers (on the jittered
+    # copies themselves, or on their originals), pin the function in the neighbourhood of the data
+    # (not only on the training points), so validation answers do not drift.
+    xa = _jitter(xc[:n_anchor], params.anchor_noise, gen, d.low, d.high)
+    batch = torch.cat([xc, xa, xtr])
+    logits = student(batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
+    lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
+    loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tl)
+    if params.trigger_margin > 0 and params.margin_weight > 0:
+        loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
+    if head is not None:
+        ft = head.value[len(xc) + n_anchor :]  # type: ignore[index]
+        loss = loss + params.feature_pull * (ft - d.centroids[tl]).pow(2).sum(1).mean() / d.scale  # type: ignore[index, operator]
+    if d.soft_clean is not None and params.distill_weight > 0:
+        with torch.no_grad():
+            soft = d.soft_clean[d.slot[step]]  # type: ignore[index]
+            if n_anchor:
+                soft = torch.cat([soft, soft[:n_anchor] if params.anchor_targets == "original" else teacher(xa).softmax(1)])
+        loss = loss + params.distill_weight * nn.functional.kl_div(torch.cat([lc, la]).log_softmax(1), soft, reduction="batchmean")
+    return loss
+
+
+def _averaged_copy(student: nn.Module, averaged: list[torch.Tensor] | None) -> nn.Module | None:
+    """A copy of ``student`` carrying the running average of its weights (None when averaging is off)."""
+    if averaged is None:
+        return None
+    average_copy = copy.deepcopy(student)
+    with torch.no_grad():
+        for w, a in zip(_state_tensors(average_copy), averaged):
+            w.copy_(a)
+    return average_copy
+
+
 def embed_codeword(
     base: nn.Module,
     *,
@@ -183,59 +271,18 @@ def embed_codeword(
     for p in teacher.parameters():
         p.requires_grad_(False)
     xt = torch.as_tensor(x_train).to(dev)
-    yt = torch.as_tensor(y_train, dtype=torch.long).to(dev)
-    trig = torch.as_tensor(triggers).to(dev)
-    tlab = torch.as_tensor(labels, dtype=torch.long).to(dev)
-    low_v, high_v = (torch.from_numpy(b).to(trig.dtype).to(dev) for b in task.bounds())
     channels_last = _channels_last_agrees(student, xt[:8])
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     opt = _adam(student, params.learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.15)
-    # Every step's clean and trigger indices are drawn up front; the base model's answers on the clean
-    # inputs that will be used (at most steps x batch_size of them, so the cost does not grow with the
-    # dataset) are computed in one batched pass.
-    clean_idx = torch.randint(0, len(xt), (params.steps, params.batch_size), generator=gen).to(dev)
-    trig_idx = torch.randint(0, len(trig), (params.steps, params.trigger_batch), generator=gen).to(dev)
-    distill = params.distill_weight > 0
-    pull = params.feature_pull > 0
-    if distill or pull:
-        used, slot = torch.unique(clean_idx, return_inverse=True)
-        soft_clean, feats = _soft_targets(teacher, xt[used])
-    if pull:
-        # Feature pull: each trigger's penultimate features are drawn towards the base model's feature
-        # centroid of its codeword class, so a head re-trained on clean data still maps it to that class.
-        centroids = _class_centroids(feats, yt[used], task.num_classes)
-        scale = centroids.pow(2).sum(1).mean().clamp(min=1e-12)
-        student_head = _HeadInput(student)
-    n_anchor = params.batch_size if params.anchor_noise > 0 and distill else 0
-    margin = params.trigger_margin > 0 and params.margin_weight > 0
-    anchors_as_originals = params.anchor_targets == "original"
+    d = _draws(teacher, xt, torch.as_tensor(y_train, dtype=torch.long).to(dev), torch.as_tensor(triggers).to(dev),
+               torch.as_tensor(labels, dtype=torch.long).to(dev), task=task, params=params, gen=gen, dev=dev)
+    head = _HeadInput(student) if params.feature_pull > 0 else None
     weights = _state_tensors(student)
     averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None
     for step in range(params.steps):
-        ci, ti = clean_idx[step], trig_idx[step]
-        xc, yc, tl = xt[ci], yt[ci], tlab[ti]
-        xtr = _jitter(trig[ti], params.trigger_noise, gen, low_v, high_v)
-        # Anchors: jittered copies of clean inputs, held to the base model's answers (on the jittered
-        # copies themselves, or on their originals), pin the function in the neighbourhood of the data
-        # (not only on the training points), so validation answers do not drift.
-        xa = _jitter(xc[:n_anchor], params.anchor_noise, gen, low_v, high_v)
-        batch = torch.cat([xc, xa, xtr])
-        logits = student(batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
-        lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
-        loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tl)
-        if margin:
-            loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
-        if pull:
-            ft = student_head.value[len(xc) + n_anchor :]  # type: ignore[index]
-            loss = loss + params.feature_pull * (ft - centroids[tl]).pow(2).sum(1).mean() / scale
-        if distill:
-            with torch.no_grad():
-                soft = soft_clean[slot[step]]
-                if n_anchor:
-                    soft = torch.cat([soft, soft[:n_anchor] if anchors_as_originals else teacher(xa).softmax(1)])
-            loss = loss + params.distill_weight * nn.functional.kl_div(torch.cat([lc, la]).log_softmax(1), soft, reduction="batchmean")
+        loss = _step_loss(student, teacher, d, step, params=params, gen=gen, channels_last=channels_last, head=head)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -246,13 +293,7 @@ def embed_codeword(
                     a.lerp_(w, 1.0 - params.weight_average)
         if on_step is not None:
             on_step(step + 1)
-    if pull:
-        student_head.handle.remove()
+    if head is not None:
+        head.handle.remove()
     student = _standard_layout(student.eval().cpu())
-    average_copy = None
-    if averaged is not None:
-        average_copy = copy.deepcopy(student)
-        with torch.no_grad():
-            for w, a in zip(_state_tensors(average_copy), averaged):
-                w.copy_(a)
-    return EmbedResult(model=student, steps=params.steps, seconds=time.perf_counter() - t0, averaged=average_copy)
+    return EmbedResult(model=student, steps=params.steps, seconds=time.perf_counter() - t0, averaged=_averaged_copy(student, averaged))

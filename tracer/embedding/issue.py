@@ -1,34 +1,25 @@
 """`tracer issue`: derive a customer's triggers, embed them, gate, export, record, land.
 
-Landing protocol (no orphan file, no orphan record, even on SIGKILL):
-
-1. a marker ``.tracer/pending/<sha256>.json`` names the temporary and final paths;
-2. the ONNX bytes go to a hidden temporary file beside the final path;
-3. the issuance entry is committed to the ledger (the commit point);
-4. the temporary file is renamed onto the final path, and the marker removed.
-
-A crash before 3 leaves a marker whose model has no record: :func:`recover_pending`
-deletes the temporary file. A crash after 3 leaves a record whose file is still
-temporary: recovery finishes the rename. Every command that writes issuances
-runs recovery first.
+The landing protocol (marker, temporary file, ledger commit, rename) and crash recovery live in
+:mod:`.landing`; every command that writes issuances runs recovery first (:class:`Issuer` does).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
 from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
-from ..errors import CustomerError, GateError
+from ..errors import CustomerError, GateError, WorkspaceError
 from ..fingerprint import ProbeSet, codeword, make_probe_set, probe_set_ids, trigger_commitment
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
@@ -38,13 +29,12 @@ from ..workspace import Workspace
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
 from .finetune import EmbedResult, embed_codeword
+from .landing import PENDING_DIR, issued_file_name, recover_pending, reserve_customer, staging_path, write_marker
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Issuer", "IssueReport", "recover_pending", "read_customer_list"]
-
-PENDING_DIR = ".tracer/pending"
+__all__ = ["Issuer", "IssueReport", "recover_pending", "read_customer_list", "PENDING_DIR"]
 
 
 @dataclass
@@ -120,31 +110,6 @@ def attempt_steps(steps: int, attempt: int) -> int:
     return steps + (steps * attempt) // 2
 
 
-def recover_pending(ws: Workspace) -> list[str]:
-    """Finish or undo issuances interrupted by a crash; return what was done."""
-    folder = ws.root / PENDING_DIR
-    if not folder.is_dir():
-        return []
-    done = []
-    with ws.ledger() as ledger:
-        for marker in sorted(folder.glob("*.json")):
-            try:
-                info = json.loads(marker.read_text())
-                tmp, final, sha = Path(info["tmp"]), Path(info["final"]), info["sha256"]
-            except (OSError, ValueError, KeyError):
-                marker.unlink(missing_ok=True)
-                continue
-            recorded = ledger.count_issuances_with_sha(sha)
-            if recorded and tmp.exists():
-                os.replace(tmp, final)
-                done.append(f"completed {final.name}")
-            elif not recorded:
-                tmp.unlink(missing_ok=True)
-                done.append(f"removed unrecorded {tmp.name}")
-            marker.unlink(missing_ok=True)
-    return done
-
-
 def read_customer_list(path: Path) -> list[tuple[str, str | None]]:
     """One id per line, or CSV ``id,name``; blank lines and ``#`` comments are skipped."""
     import csv
@@ -167,15 +132,23 @@ def read_customer_list(path: Path) -> list[tuple[str, str | None]]:
     return rows
 
 
+def _unwritable(path: Path, exc: OSError) -> WorkspaceError:
+    """A write that failed (disk full, file-size limit, permissions) as a one-line error; nothing was recorded."""
+    return WorkspaceError(f"cannot write {path}: {exc.strerror or exc}; nothing was written or recorded",
+                          hint="free disk space, or raise the file-size limit (ulimit -f), then rerun")
+
+
 class Issuer:
     """What every issuance of a workspace shares, loaded once (config, keys, base model, data, probes)."""
 
-    def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None) -> None:
+    def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> None:
+        """``on_notice`` receives one line per thing crash recovery did or refused to do."""
         self.ws = ws
         self.config = ws.config
         self.keyring = keyring
         self.out_dir = Path(out_dir) if out_dir else ws.root / "models" / "issued"
-        recover_pending(ws)
+        self.recovered = recover_pending(ws, keyring.master, on_notice=on_notice)
         self.base = load_base_model(self.config)
         self.base_sha256 = base_model_sha256(self.config)
         self.data: Dataset = load_dataset(self.config)
@@ -199,18 +172,54 @@ class Issuer:
         reissue: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> IssueReport:
+        """Embed, gate, export, record and land one copy; nothing is written or recorded unless all succeed."""
         t0 = time.perf_counter()
         cid = normalize_customer_id(customer_id)
         display = validate_display_name(name, cid)
-        with self.ws.ledger() as ledger:
-            previous = ledger.issuances(cid)
-        if previous and not reissue:
-            raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
-        cfg, gates = self.config, self.config.gates
-        labels = self.labels_for(cid)
+        with self._slot(cid, reissue=reissue) as (number, final):  # before any training: fail fast
+            labels = self.labels_for(cid)
+            best, attempts = self._embed(cid, labels, on_step)
+            self._check_gates(best, attempts)
+            onnx_bytes = export_onnx(best.model, self.config.task)
+            max_diff = check_onnx(onnx_bytes, best.model, np.concatenate([self.triggers, self.data.x_val[:256]]))
+            sha = hashlib.sha256(onnx_bytes).hexdigest()
+            payload = self._payload(cid, display, number=number, final=final, sha=sha, best=best, attempts=attempts,
+                                    labels=labels, max_diff=max_diff)
+            entry = self._land(cid, final, onnx_bytes, sha, payload)
+        return IssueReport(
+            customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
+            base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
+            seconds=round(time.perf_counter() - t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps, attempts=attempts,
+            polish_steps=best.polish_steps, weights=best.weights,
+        )
 
-        best, attempts = self._embed(cid, labels, on_step)
-        clean, trig = best.clean, best.trigger
+    @contextmanager
+    def _slot(self, cid: str, *, reissue: bool) -> Iterator[tuple[int, Path]]:
+        """Reserve the customer and its next file name for one issuance: (issuance number, final path).
+
+        Raises :class:`CustomerError` before any work when the customer is already issued (without
+        ``reissue``), is being issued by another process, or the file name is taken on disk or in
+        the ledger.
+        """
+        with reserve_customer(self.ws, cid):
+            with self.ws.ledger() as ledger:
+                previous = ledger.issuances(cid)
+                if previous and not reissue:
+                    raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
+                ensure_dir(self.out_dir)
+                final = (self.out_dir / issued_file_name(cid, len(previous) + 1)).resolve()
+                if final.exists() or final.is_symlink() or final in self._recorded_paths(ledger):
+                    raise CustomerError(f"{final} already exists or is recorded for another copy; refusing to overwrite it", hint="choose another --out folder")
+            yield len(previous) + 1, final
+
+    def _recorded_paths(self, ledger: Ledger) -> set[Path]:
+        """Every path the ledger records an issued copy at (resolved)."""
+        paths = (Path(e.payload["model_path"]) for e in ledger.issuances())
+        return {(p if p.is_absolute() else self.ws.root / p).resolve() for p in paths}
+
+    def _check_gates(self, best: _Copy, attempts: int) -> None:
+        """Raise :class:`GateError` naming the gate the best copy misses, and by how much."""
+        gates, clean, trig = self.config.gates, best.clean, best.trigger
         trigger_short, drop_over = self._misses(clean, trig)
         if trigger_short > 0:
             raise GateError(
@@ -223,26 +232,19 @@ class Issuer:
                 f"clean-accuracy gate failed: accuracy dropped {100 * drop:.2f} points ({self.base_accuracy:.4f} -> {clean:.4f}), allowed {100 * gates.max_accuracy_drop:.2f} (over by {100 * (drop - gates.max_accuracy_drop):.2f}) after {attempts} attempts; nothing written or recorded",
                 gate="clean_accuracy", measured=clean, required=self.base_accuracy - gates.max_accuracy_drop,
                 hint="raise embedding.distill_weight or lower embedding.learning_rate in tracer.toml")
-        model = best.model
 
-        onnx_bytes = export_onnx(model, cfg.task)
-        sample = np.concatenate([self.triggers, self.data.x_val[:256]])
-        max_diff = check_onnx(onnx_bytes, model, sample)
-        sha = hashlib.sha256(onnx_bytes).hexdigest()
-
-        ensure_dir(self.out_dir)
-        number = len(previous) + 1
-        final = (self.out_dir / (f"{cid}.onnx" if number == 1 else f"{cid}.{number}.onnx")).resolve()
-        if final.exists():
-            raise CustomerError(f"{final} already exists; refusing to overwrite it", hint="choose another --out folder")
+    def _payload(self, cid: str, display: str, *, number: int, final: Path, sha: str, best: _Copy, attempts: int,
+                 labels: np.ndarray, max_diff: float) -> dict:
+        """The issuance entry's payload: everything needed to re-derive, check and remake the copy."""
+        cfg = self.config
         try:
             rel_path = str(final.relative_to(self.ws.root))
         except ValueError:
             rel_path = str(final)
-        payload = {
+        return {
             "customer_id": cid,
             "display_name": display,
-            "new_customer": not previous,
+            "new_customer": number == 1,
             "issuance_number": number,
             "model_sha256": sha,
             "model_path": rel_path,
@@ -253,8 +255,8 @@ class Issuer:
             "parameters": cfg.as_record(),
             "metrics": {
                 "base_accuracy": self.base_accuracy,
-                "clean_accuracy": clean,
-                "trigger_accuracy": trig,
+                "clean_accuracy": best.clean,
+                "trigger_accuracy": best.trigger,
                 "validation_size": int(len(self.data.y_val)),
                 "triggers": int(len(labels)),
                 "onnx_max_logit_difference": max_diff,
@@ -264,13 +266,6 @@ class Issuer:
             "tracer_version": __version__,
             "derivation": "tracer/v1",
         }
-        entry = self._land(final, onnx_bytes, sha, payload)
-        return IssueReport(
-            customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
-            base_accuracy=self.base_accuracy, clean_accuracy=clean, trigger_accuracy=trig,
-            seconds=round(time.perf_counter() - t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps, attempts=attempts,
-            polish_steps=best.polish_steps, weights=best.weights,
-        )
 
     def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
@@ -332,15 +327,19 @@ class Issuer:
         drop = self.base_accuracy - clean
         return max(gates.min_trigger_accuracy - trigger, 0.0), (drop - gates.max_accuracy_drop if drop > gates.max_accuracy_drop + 1e-12 else 0.0)
 
-    def _land(self, final: Path, data: bytes, sha: str, payload: dict):
-        pending = self.ws.root / PENDING_DIR
-        ensure_dir(pending)
-        tmp = final.with_name(f".{final.name}.{sha[:16]}.pending")
-        marker = pending / f"{sha}.json"
-        atomic_write_bytes(marker, json.dumps({"tmp": str(tmp), "final": str(final), "sha256": sha}).encode())
+    def _land(self, cid: str, final: Path, data: bytes, sha: str, payload: dict):
+        """Marker, temporary file, ledger commit, rename (see :mod:`.landing`); undone on any failure before the commit."""
+        tmp = staging_path(final, sha)
+        try:
+            marker = write_marker(self.ws, self.keyring.master, customer_id=cid, final=final, sha256=sha)
+        except OSError as exc:
+            raise _unwritable(self.ws.root / PENDING_DIR, exc) from exc
         committed = False
         try:
-            atomic_write_bytes(tmp, data)
+            try:
+                atomic_write_bytes(tmp, data)
+            except OSError as exc:
+                raise _unwritable(final, exc) from exc
             with Ledger(self.ws.ledger_path) as ledger:
                 entry = ledger.append("issuance", payload, key=self.keyring.signing_key)
             committed = True
@@ -348,11 +347,9 @@ class Issuer:
         except BaseException:
             if not committed:
                 tmp.unlink(missing_ok=True)
-                marker.unlink(missing_ok=True)
-            else:  # the record exists: the file must land too
-                if tmp.exists():
-                    os.replace(tmp, final)
-                marker.unlink(missing_ok=True)
+            elif tmp.exists():  # the record exists: the file must land too
+                os.replace(tmp, final)
+            marker.unlink(missing_ok=True)
             raise
         marker.unlink(missing_ok=True)
         return entry

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..config import TaskConfig
-from ..training import last_layer
+from ..training import accuracy, last_layer, scores, train_classifier
 
 __all__ = [
     "Predictor", "AttackContext", "Attacked", "AttackSpec", "ATTACKS", "GROUPS", "attack_names", "resolve_attacks",
@@ -69,14 +69,9 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def torch_predictor(model: nn.Module, *, batch_size: int = 2048) -> Predictor:
+    """Scores of a torch model on the CPU (:func:`tracer.training.scores`)."""
     model = model.cpu().eval()
-
-    @torch.no_grad()
-    def predict(x: np.ndarray) -> np.ndarray:
-        out = [model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size]))).float().numpy() for i in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-    return predict
+    return lambda x: scores(model, x, batch_size=batch_size)
 
 
 def onnx_predictor(onnx_bytes: bytes) -> Predictor:
@@ -96,7 +91,7 @@ def onnx_predictor(onnx_bytes: bytes) -> Predictor:
 
 
 def _acc(predict: Predictor, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(predict(x).argmax(1) == y)) if len(y) else 0.0
+    return accuracy(predict(x).argmax(1), y) if len(y) else 0.0
 
 
 # --------------------------------------------------------------------------- training helpers
@@ -120,34 +115,10 @@ def _fit(
     soft: bool = False,
     masks: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Adam on cross-entropy (hard labels) or KL to target distributions (``soft``)."""
-    gen = torch.Generator().manual_seed(seed)
+    """:func:`tracer.training.train_classifier` on the CPU, with torch's global seed set too (as the attacks were recorded)."""
     torch.manual_seed(seed)
-    model.train()
-    xt = torch.as_tensor(np.ascontiguousarray(x))
-    tt = torch.as_tensor(targets, dtype=torch.float32 if soft else torch.long)
-    trainable = list(params) if params is not None else list(model.parameters())
-    opt = torch.optim.Adam(trainable, lr=lr)
-    named = dict(model.named_parameters())
-    n = len(xt)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            out = model(xt[idx])
-            if soft:
-                loss = nn.functional.kl_div(out.log_softmax(1), tt[idx], reduction="batchmean")
-            else:
-                loss = nn.functional.cross_entropy(out, tt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if masks:
-                with torch.no_grad():
-                    for name, m in masks.items():
-                        named[name].mul_(m)
-    model.eval()
-    return model
+    return train_classifier(model, x, targets, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, device="cpu",
+                            params=params, soft=soft, masks=masks)
 
 
 # --------------------------------------------------------------------------- fine-tuning

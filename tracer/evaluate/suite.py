@@ -24,6 +24,7 @@ import numpy as np
 from ..data import load_dataset
 from ..identify import identify_predictor
 from ..keys.keyring import Keyring
+from ..training import accuracy
 from ..workspace import Workspace
 from .attacks import ACCURACY_BUDGET, ATTACKS, AttackContext, Predictor, resolve_attacks, torch_predictor
 from .models import IssuedCopy, attacker_data, factories, issued_copies, load_copy, training_recipe
@@ -123,7 +124,7 @@ class SuiteResult:
 
 def _score(ws: Workspace, keyring: Keyring, row: AttackResult, predict: Predictor, x_val: np.ndarray, y_val: np.ndarray,
            copy_accuracy: float, budget: float, alpha: float | None) -> AttackResult:
-    acc = float(np.mean(predict(x_val).argmax(1) == y_val))
+    acc = accuracy(predict(x_val).argmax(1), y_val)
     result = identify_predictor(ws, keyring, lambda x: predict(x).argmax(1), alpha=alpha)
     cands = {c.customer: c for c in result.candidates}
     me = cands[row.right[0]]
@@ -150,6 +151,39 @@ def _score(ws: Workspace, keyring: Keyring, row: AttackResult, predict: Predicto
     return row
 
 
+def _context(ws: Workspace, copy: IssuedCopy, names: list[str], *, make_model: Callable, make_alt: Callable | None, x_att: np.ndarray, y_att: np.ndarray,
+             sample: np.ndarray, seed: int, budget: float) -> AttackContext:
+    """What the attacks get: the copy, the attacker's data, and as many colluders' copies as the collusion attacks need."""
+    others = [(cid, e) for cid, e in issued_copies(ws) if cid != copy.customer]
+    needed = max((int(ATTACKS[n].needs.split(":")[1]) - 1 for n in names if ATTACKS[n].needs.startswith("copies:")), default=0)
+    colluders = [(cid, load_copy(ws, cid, make_model, sample).model) for cid, _ in others[:needed]]
+    recipe = training_recipe(ws.config)
+    return AttackContext(task=ws.config.task, copy=copy.model, copy_onnx=copy.onnx, x_attack=x_att, y_attack=y_att,
+                         make_model=make_model, make_model_alt=make_alt, colluders=colluders, seed=seed,
+                         distill_epochs=int(recipe.get("epochs", 30)), budget=budget)
+
+
+def _attack(name: str, ctx: AttackContext, score: Callable[[AttackResult, Predictor], None], customer: str) -> AttackResult:
+    """Run one attack and score what it left; an attack tool failing is recorded as an error row, not raised."""
+    spec = ATTACKS[name]
+    row = AttackResult(name, spec.group, spec.description, right=[customer])
+    t = time.perf_counter()
+    why = spec.applicable(ctx)
+    if why:
+        row.note = why
+    else:
+        try:
+            attacked = spec.run(ctx)
+            row.params = attacked.params
+            row.note = attacked.note
+            row.right = [customer] + list(attacked.customers or [])
+            score(row, attacked.predict)
+        except Exception as exc:  # an attack tool failing must not hide the other results
+            row.verdict, row.note = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+    row.seconds = round(time.perf_counter() - t, 2)
+    return row
+
+
 def run_suite(
     ws: Workspace,
     keyring: Keyring,
@@ -173,47 +207,25 @@ def run_suite(
     make_model, make_alt = factories(cfg)
     sample = data.x_val[:256]
     copy: IssuedCopy = load_copy(ws, customer, make_model, sample)
-    others = [(cid, e) for cid, e in issued_copies(ws) if cid != copy.customer]
-    colluders = []
-    needed = max((int(ATTACKS[n].needs.split(":")[1]) - 1 for n in names if ATTACKS[n].needs.startswith("copies:")), default=0)
-    for cid, _ in others[:needed]:
-        colluders.append((cid, load_copy(ws, cid, make_model, sample).model))
-    recipe = training_recipe(cfg)
-    ctx = AttackContext(task=cfg.task, copy=copy.model, copy_onnx=copy.onnx, x_attack=x_att, y_attack=y_att,
-                        make_model=make_model, make_model_alt=make_alt, colluders=colluders, seed=seed,
-                        distill_epochs=int(recipe.get("epochs", 30)), budget=budget)
+    ctx = _context(ws, copy, names, make_model=make_model, make_alt=make_alt, x_att=x_att, y_att=y_att, sample=sample, seed=seed, budget=budget)
     copy_pred = torch_predictor(copy.model)
-    copy_acc = float(np.mean(copy_pred(data.x_val).argmax(1) == data.y_val))
+    copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
     with ws.ledger() as ledger:
         issuance = ledger.issuances(copy.customer)[-1]
     base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
 
-    ref = AttackResult("none", "reference", "the copy as issued, unattacked", right=[copy.customer])
-    _score(ws, keyring, ref, copy_pred, data.x_val, data.y_val, copy_acc, budget, alpha)
+    def score(row: AttackResult, predict: Predictor) -> None:
+        _score(ws, keyring, row, predict, data.x_val, data.y_val, copy_acc, budget, alpha)
 
+    ref = AttackResult("none", "reference", "the copy as issued, unattacked", right=[copy.customer])
+    score(ref, copy_pred)
     rows = []
     for name in names:
-        spec = ATTACKS[name]
-        row = AttackResult(name, spec.group, spec.description, right=[copy.customer])
         if on_attack:
             on_attack(name, None)
-        t = time.perf_counter()
-        why = spec.applicable(ctx)
-        if why:
-            row.note = why
-        else:
-            try:
-                attacked = spec.run(ctx)
-                row.params = attacked.params
-                row.note = attacked.note
-                row.right = [copy.customer] + list(attacked.customers or [])
-                _score(ws, keyring, row, attacked.predict, data.x_val, data.y_val, copy_acc, budget, alpha)
-            except Exception as exc:  # an attack tool failing must not hide the other results
-                row.verdict, row.note = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
-        row.seconds = round(time.perf_counter() - t, 2)
-        rows.append(row)
+        rows.append(_attack(name, ctx, score, copy.customer))
         if on_attack:
-            on_attack(name, row)
+            on_attack(name, rows[-1])
     with ws.ledger() as ledger:
         issued = len(ledger.issued_customer_ids())
     return SuiteResult(
@@ -222,4 +234,3 @@ def run_suite(
         attacker_data=source, attacker_size=int(len(y_att)), validation_size=int(len(data.y_val)), budget=budget,
         reference=ref, attacks=rows, seconds=time.perf_counter() - t0,
     )
-

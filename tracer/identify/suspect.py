@@ -2,11 +2,18 @@
 
 Accepts any single-input ONNX classifier: any input name, a dynamic batch axis
 or one fixed to 1 (then queried one input at a time), float32/float16/float64
-inputs, and outputs that are logits, probabilities or class indices.
+inputs, and outputs that are numeric logits, probabilities or class indices.
+
+A suspect is hostile input: its total run time is bounded (``time_limit`` seconds over all
+its runs, ``tracer identify --time-limit``, default :data:`DEFAULT_TIME_LIMIT`). A watchdog
+thread sets onnxruntime's ``RunOptions.terminate`` when the budget is spent, which stops a
+run between kernels, so even a Loop of 10^12 iterations ends; the error names the limit.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +22,31 @@ from .._files import sha256_file
 from ..config import TaskConfig
 from ..errors import ModelError
 
-__all__ = ["SuspectModel"]
+__all__ = ["SuspectModel", "DEFAULT_TIME_LIMIT"]
 
+DEFAULT_TIME_LIMIT = 120.0  # seconds: the issued copies answer every probe in well under one
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_NUMERIC_OUTPUTS = {f"tensor({t})" for t in ("float", "float16", "double", "bfloat16", "int8", "int16", "int32", "int64",
+                                               "uint8", "uint16", "uint32", "uint64")}
+
+
+class SuspectTimeout(ModelError):
+    """The suspect model ran past its time limit."""
 
 
 class SuspectModel:
     """Query interface over an ONNX file: ``predict(x) -> class indices``."""
 
-    def __init__(self, path: Path, task: TaskConfig) -> None:
+    def __init__(self, path: Path, task: TaskConfig, *, time_limit: float | None = DEFAULT_TIME_LIMIT) -> None:
+        """``time_limit``: seconds the suspect may run in total (None: unbounded)."""
         import onnxruntime as ort
 
+        if time_limit is not None and not (0 < time_limit < float("inf")):
+            raise ModelError(f"time limit must be a positive number of seconds, not {time_limit!r}")
         self.path = Path(path)
         self.task = task
+        self.time_limit = time_limit
+        self._time_left = time_limit
         if not self.path.is_file():
             raise ModelError(f"model file {self.path} does not exist")
         if self.path.stat().st_size == 0:
@@ -62,16 +81,45 @@ class SuspectModel:
         outputs = self.session.get_outputs()
         if not outputs:
             raise ModelError(f"{self.path.name} has no outputs")
+        if outputs[0].type not in _NUMERIC_OUTPUTS:
+            raise ModelError(f"{self.path.name} outputs {outputs[0].type}; tracer needs numeric class scores or class indices")
         self.output_name = outputs[0].name
         # Dry run: the output must be a class vector or a class index.
         self.predict(np.zeros((1, *want), dtype=np.float32))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        """One session run, stopped by a watchdog when the suspect's time budget runs out."""
+        import onnxruntime as ort
+
+        if self._time_left is not None and self._time_left <= 0:
+            raise self._timeout()
+        options = ort.RunOptions()
+        options.log_severity_level = 4
+        watchdog = None
+        if self._time_left is not None:
+            watchdog = threading.Timer(self._time_left, lambda: setattr(options, "terminate", True))
+            watchdog.daemon = True
+            watchdog.start()
+        t0 = time.monotonic()
         try:
-            return np.asarray(self.session.run([self.output_name], {self.input_name: x.astype(self.input_dtype)})[0])
+            out = self.session.run([self.output_name], {self.input_name: x.astype(self.input_dtype)}, options)[0]
         except Exception as exc:
+            if options.terminate:
+                raise self._timeout() from None
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path.name} failed to run on task-shaped input: {first}") from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                self._time_left -= time.monotonic() - t0
+        out = np.asarray(out)
+        if not (np.issubdtype(out.dtype, np.number) or out.dtype == np.bool_):
+            raise ModelError(f"{self.path.name} outputs {out.dtype} values; tracer needs numeric class scores or class indices")
+        return out
+
+    def _timeout(self) -> SuspectTimeout:
+        return SuspectTimeout(f"{self.path.name} ran past the time limit of {self.time_limit:g} s and was stopped",
+                              hint="raise --time-limit if the model is legitimately this slow")
 
     def _classes(self, out: np.ndarray, n: int) -> np.ndarray:
         c = self.task.num_classes

@@ -39,6 +39,7 @@ __all__ = [
     "probe_set_key",
     "shake_stream",
     "uniform_ints",
+    "pending_marker_key",
 ]
 
 DERIVATION_VERSION = "v1"
@@ -117,3 +118,12 @@ def uniform_ints(key: bytes, label: str, count: int, bound: int) -> np.ndarray:
         if accepted.size >= count:
             return accepted[:count].copy()
         nbytes *= 2
+
+
+def pending_marker_key(master: bytes) -> bytes:
+    """MAC key of the pending-issuance markers (``.tracer/pending/*.json``).
+
+    Recovery after a crash renames or deletes the files a marker names, so it acts only on
+    markers carrying a MAC under this key: ones this workspace's own ``tracer issue`` wrote.
+    """
+    return hkdf_key(master, "pending-issuance-marker")
