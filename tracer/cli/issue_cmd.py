@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         customers: Path = typer.Option(None, "--customers", help="Batch: a file with one id per line, or CSV id,name (UTF-8, or UTF-16 with a BOM). Reruns skip issued customers."),
         out_dir: Path = typer.Option(None, "--out", help="Folder for the ONNX files (default: models/issued in the workspace)."),
         reissue: bool = typer.Option(False, "--reissue", help="Issue another copy to an already-issued customer (both stay traceable)."),
+        threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: embedding.threads in tracer.toml; 0 there: the cores this process may use)."),
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         keyring = ws.unlock()
         with progress_bar(not json_out) as progress:
             load = progress.add_task("loading base model and data", total=None)
-            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=lambda line: err.print(line, markup=False))
+            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say, threads=threads)
             progress.remove_task(load)
             steps = issuer.config.embedding.steps
             if rows is None:

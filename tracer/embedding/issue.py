@@ -28,7 +28,7 @@ from ..training import accuracy, predict
 from ..workspace import Workspace
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
-from .finetune import EmbedResult, embed_codeword
+from .finetune import BATCHNORM_POLICY, EmbedResult, embed_codeword, use_threads
 from .landing import PENDING_DIR, issued_file_name, recover_pending, reserve_customer, staging_path, write_marker
 
 if TYPE_CHECKING:
@@ -142,10 +142,11 @@ class Issuer:
     """What every issuance of a workspace shares, loaded once (config, keys, base model, data, probes)."""
 
     def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
-        """``on_notice`` receives one line per thing crash recovery did or refused to do."""
+                 on_notice: Callable[[str], None] | None = None, threads: int | None = None) -> None:
+        """``on_notice`` receives one line per thing crash recovery did or refused to do; ``threads`` replaces ``[embedding] threads``."""
         self.ws = ws
-        self.config = ws.config
+        self.config = ws.config if threads is None else replace(ws.config, embedding=replace(ws.config.embedding, threads=threads))
+        use_threads(self.config.embedding.effective_threads)
         self.keyring = keyring
         self.out_dir = Path(out_dir) if out_dir else ws.root / "models" / "issued"
         self.recovered = recover_pending(ws, keyring.master, on_notice=on_notice)
@@ -261,7 +262,8 @@ class Issuer:
                 "triggers": int(len(labels)),
                 "onnx_max_logit_difference": max_diff,
             },
-            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
+            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3),
+                          "batchnorm": BATCHNORM_POLICY},
             "onnx_opset": OPSET,
             "tracer_version": __version__,
             "derivation": "tracer/v1",
