@@ -298,7 +298,6 @@ class Config:
         d = dataclasses.asdict(self)
         d.pop("root")
         d["fingerprint"]["probes_per_set_effective"] = self.probes_per_set
-        d["embedding"]["threads_effective"] = self.embedding.effective_threads
         return d
 
 

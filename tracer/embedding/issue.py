@@ -263,7 +263,7 @@ class Issuer:
                 "onnx_max_logit_difference": max_diff,
             },
             "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3),
-                          "batchnorm": BATCHNORM_POLICY},
+                          "batchnorm": BATCHNORM_POLICY, "threads": cfg.embedding.effective_threads},
             "onnx_opset": OPSET,
             "tracer_version": __version__,
             "derivation": "tracer/v1",
