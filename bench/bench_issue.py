@@ -111,9 +111,10 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
     first = sum(r.attempts == 1 for r in reports)
     print(f"mean cost ratio: embedding fine-tune {mean_embed:.3f}, whole issuance (all tries, gates, export, record) {mean_issue:.3f}"
           + ("  (target on digits: <= 0.25)" if example == "digits" else ""))
-    print(f"paired with the base training that followed each issuance: embedding {sum(paired_embed) / len(paired_embed):.3f} "
-          f"[{min(paired_embed):.3f}-{max(paired_embed):.3f}], whole issuance {sum(paired_issue) / len(paired_issue):.3f} "
-          f"[{min(paired_issue):.3f}-{max(paired_issue):.3f}]")
+    if paired_embed:  # none with --base-runs 0
+        print(f"paired with the base training that followed each issuance: embedding {sum(paired_embed) / len(paired_embed):.3f} "
+              f"[{min(paired_embed):.3f}-{max(paired_embed):.3f}], whole issuance {sum(paired_issue) / len(paired_issue):.3f} "
+              f"[{min(paired_issue):.3f}-{max(paired_issue):.3f}]")
     print(f"unseen data ({len(y_un)} inputs): base accuracy {base_unseen:.4f}, mean drop {sum(unseen) / len(unseen):+.2f} points "
           f"[{min(unseen):+.2f} to {max(unseen):+.2f}]")
     print(f"tries: {first} of {len(reports) + len(failed)} customers passed both gates on the first seed; "

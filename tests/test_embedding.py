@@ -187,3 +187,96 @@ def test_bad_embedding_settings_are_refused_with_the_key_named(line, message):
     text = "\n".join(kept).replace("[embedding]", f"[embedding]\n{line}")
     with pytest.raises(ConfigError, match=message):
         parse_config(tomllib.loads(text), Path("."))
+
+
+class _TinyBN(torch.nn.Module):
+    """A conv + BatchNorm image model, small enough to fine-tune for a few steps in a test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def test_batchnorm_keeps_the_base_running_statistics_while_fine_tuning():
+    """Eval-mode batch norm: triggers and anchors never move the statistics clean inputs are normalised with."""
+    from tracer.examples import digits
+
+    cfg = parse_config(tomllib.loads(example_config("digits")), Path("."))
+    data = digits.load_data()
+    torch.manual_seed(0)
+    base = _TinyBN()
+    base.bn.running_mean.fill_(0.3)
+    base.bn.running_var.fill_(2.0)
+    rng = np.random.default_rng(1)
+    triggers = rng.random((16, 1, 8, 8)).astype(np.float32)
+    res = embed_codeword(base.eval(), x_train=data["x_train"], y_train=data["y_train"], triggers=triggers,
+                         labels=rng.integers(0, 10, 16), task=cfg.task, params=dataclasses.replace(cfg.embedding, steps=5), seed=0)
+    for _, model in res.candidates():
+        assert torch.equal(model.bn.running_mean, base.bn.running_mean) and torch.equal(model.bn.running_var, base.bn.running_var)
+        assert int(model.bn.num_batches_tracked) == 0
+        assert not torch.equal(model.conv.weight, base.conv.weight)  # the layers still trained
+
+
+def test_the_optimizer_is_torchs_adam_under_one_cycle_exactly():
+    """The hand-written Adam (no torch.optim, so no torch._dynamo import) follows torch's update bit for bit."""
+    from tracer.embedding.finetune import _OneCycleAdam
+
+    def run(own: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+        x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+        if own:
+            opt, sched = _OneCycleAdam(list(m.parameters()), max_lr=2e-2, total=40), None
+        else:
+            opt = torch.optim.Adam(m.parameters(), lr=2e-2, foreach=True)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-2, total_steps=40, pct_start=0.15)
+        for _ in range(40):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    assert torch.equal(run(True), run(False))
+
+
+def test_a_fine_tune_does_not_import_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, dataclasses, tomllib, numpy as np; from pathlib import Path\n"
+            "from tracer.config import parse_config; from tracer.examples import example_config, digits\n"
+            "from tracer.embedding.finetune import embed_codeword\n"
+            "cfg = parse_config(tomllib.loads(example_config('digits')), Path('.')); rng = np.random.default_rng(0)\n"
+            "x = rng.random((64, 1, 8, 8)).astype(np.float32)\n"
+            "embed_codeword(digits.make_model(), x_train=x, y_train=rng.integers(0, 10, 64), triggers=x[:8], labels=rng.integers(0, 10, 8),"
+            " task=cfg.task, params=dataclasses.replace(cfg.embedding, steps=2), seed=0)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_threads_default_to_omp_num_threads_then_the_cpu_affinity(monkeypatch):
+    import os
+
+    from tracer.config import EmbeddingConfig
+    from tracer.embedding.finetune import use_threads
+
+    assert EmbeddingConfig(threads=3).effective_threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert EmbeddingConfig().effective_threads == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert EmbeddingConfig().effective_threads == len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        use_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -210,6 +211,18 @@ class EmbeddingConfig:
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
+    threads: Int = Field(default=0, ge=0, le=4096, description="CPU threads for torch (`tracer issue --threads`); 0: OMP_NUM_THREADS if set,\n"
+                                                                 "else the cores this process may use")
+
+    @property
+    def effective_threads(self) -> int:
+        """The torch thread count ``threads`` stands for (0: OMP_NUM_THREADS, else the CPU affinity's size)."""
+        if self.threads:
+            return self.threads
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        if env.isdigit() and int(env) > 0:
+            return int(env)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     @field_validator("device")
     @classmethod

@@ -43,12 +43,15 @@ def train_classifier(
     params: Sequence[nn.Parameter] | None = None,
     soft: bool = False,
     masks: dict[str, torch.Tensor] | None = None,
+    schedule: str = "constant",
 ) -> nn.Module:
     """Train with Adam: the one supervised training loop (base models, attacks, independent models).
 
     Cross-entropy on class labels ``y``, or (``soft``) KL divergence to target distributions.
     ``steps`` (if given) overrides ``epochs``; ``params`` limits the trained parameters; after each
     step, ``masks`` (parameter name -> 0/1 tensor) are multiplied into their parameters.
+    ``schedule``: ``"constant"`` learning rate, or ``"onecycle"`` (warm up to ``lr``, then anneal
+    towards zero): a base that ends on a decaying rate converges instead of hovering.
     """
     dev = pick_device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -59,6 +62,7 @@ def train_classifier(
     named = dict(model.named_parameters())
     n = len(xt)
     total = steps if steps is not None else epochs * max(1, -(-n // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25) if schedule == "onecycle" else None
     done = 0
     while done < total:
         perm = torch.randperm(n, generator=gen).to(dev)
@@ -70,6 +74,8 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             if masks:
                 with torch.no_grad():
                     for name, m in masks.items():

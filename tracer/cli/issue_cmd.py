@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
             help="Batch: where the fine-tunes run: local (worker processes) or ray (needs pip install 'tracer[ray]')."),
         address: str = typer.Option(None, "--address",
             help="With --backend ray: the cluster to join (e.g. auto, ray://HOST:10001); default: start a local one."),
+        threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: embedding.threads in tracer.toml; 0 there: the cores this process may use)."),
         json_out: bool = JsonOpt,
         _workspace: str = WorkspaceOpt,
     ) -> None:
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
         keyring = ws.unlock()
         with progress_bar(not json_out, progress_mode) as progress:
             load = progress.add_task("loading base model and data", total=None)
-            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say)
+            issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say, threads=threads)
             progress.remove_task(load)
             show_gate_resolution(issuer.data, issuer.config)
             steps = issuer.config.embedding.steps

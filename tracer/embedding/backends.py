@@ -73,6 +73,7 @@ class EmbedOutcome:
     max_diff: float
     error: tuple[str, str, dict] | None = None  # a library error raised in the worker: (class name, message, attributes)
     cpu_seconds: float = 0.0  # the worker's CPU time for this job (recorded as issuance_cpu_seconds)
+    threads: int = 1  # the torch threads it fine-tuned with (recorded as embedding.threads)
 
     def raise_error(self) -> None:
         """Re-raise the worker's library error here, as the same class (their constructors differ, so not by pickling)."""
@@ -122,7 +123,7 @@ def run_job(job: EmbedJob) -> EmbedOutcome:
         return EmbedOutcome(job.customer_id, None, 0, None, float("nan"),  # type: ignore[arg-type]
                             error=(type(exc).__name__, exc.message, dict(exc.__dict__)))
     return EmbedOutcome(job.customer_id, replace(best, model=None), attempts, onnx, max_diff,  # type: ignore[arg-type]  # the model stays here
-                        cpu_seconds=round(time.process_time() - c0, 3))
+                        cpu_seconds=round(time.process_time() - c0, 3), threads=job.threads)
 
 
 class Backend(Protocol):

@@ -49,6 +49,7 @@ polish at a low learning rate, which the issuer uses before a fresh retry.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,27 @@ from torch import nn
 from ..config import EmbeddingConfig, TaskConfig
 from ..training import last_layer, pick_device
 
-__all__ = ["EmbedResult", "embed_codeword"]
+__all__ = ["EmbedResult", "embed_codeword", "use_threads"]
+
+BATCHNORM_POLICY = "eval"  # recorded in each issuance: batch-norm layers use the base's running statistics
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    """Put batch-norm layers in eval mode: they normalise with the base model's running statistics (no-op without them).
+
+    Measured on the shapes example (bench/results/issue_shapes.txt): in train mode, each step's
+    statistics come from a batch that is a third triggers and a third noisy anchors, so the copy
+    learns under statistics its users never see, and its running averages drift with them; first
+    tries missed the gates on 5 of 5 customers. Re-estimating the statistics on clean data after
+    the fine-tune (clean drop 6-8 points), or clean-batch statistics with triggers normalised by
+    them (8-15 points) were worse. Eval mode keeps training and inference on one function, and a
+    step costs about half as much; it needs a cooler learning rate (3e-3 on shapes: at 2e-2 the
+    unnormalised activations blew up).
+    """
+    for m in model.modules():
+        if isinstance(m, _BN_TYPES):
+            m.eval()
 
 
 @dataclass
@@ -73,12 +94,58 @@ class EmbedResult:
         return [("final", self.model)] + ([("average", self.averaged)] if self.averaged is not None else [])
 
 
-def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel per step where this torch build supports it (the same update rule)."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+def use_threads(count: int) -> None:
+    """Set torch's intra-op CPU thread count for this process (issuance start: ``[embedding] threads``)."""
+    if count >= 1 and count != torch.get_num_threads():
+        torch.set_num_threads(count)
+
+
+def _one_cycle(step: int, total: int, max_lr: float, *, pct_start: float = 0.15) -> tuple[float, float]:
+    """(learning rate, Adam beta1) at ``step`` of torch's OneCycleLR (cosine, div 25, final div 1e4, beta1 0.95 -> 0.85 -> 0.95)."""
+    initial = max_lr / 25.0
+    phases = ((pct_start * total - 1, initial, max_lr, 0.95, 0.85), (total - 1, max_lr, initial / 1e4, 0.85, 0.95))
+    start = 0.0
+    for i, (end, lr0, lr1, b0, b1) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            cos = math.cos(math.pi * (step - start) / (end - start)) + 1 if end != start else 0.0
+            return lr1 + (lr0 - lr1) / 2.0 * cos, b1 + (b0 - b1) / 2.0 * cos
+        start = end
+    raise AssertionError("unreachable")
+
+
+class _OneCycleAdam:
+    """Adam (torch's update rule: beta2 0.999, eps 1e-8, bias-corrected) under the one-cycle schedule, in foreach ops.
+
+    Not ``torch.optim``: constructing any torch.optim optimizer imports ``torch._dynamo`` (about 5 s
+    of start-up, 17 % of a digits ``tracer issue``), and the fused kernel saved nothing measurable
+    over a whole issuance (bench/results/startup.txt).
+    """
+
+    def __init__(self, params: list[nn.Parameter], *, max_lr: float, total: int, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.max_lr, self.total, self.beta2, self.eps, self.done = max_lr, total, beta2, eps, 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr, beta1 = _one_cycle(min(self.done, self.total), self.total, self.max_lr)
+        self.done += 1
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        params: list[torch.Tensor] = [self.params[i] for i in live]
+        grads: list[torch.Tensor] = [g for g in (p.grad for p in params) if g is not None]
+        m, v = [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live]
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, self.beta2)
+        torch._foreach_addcmul_(v, grads, grads, 1 - self.beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(1 - self.beta2**self.done))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, m, denom, -lr / (1 - beta1**self.done))
 
 
 def _jitter(x: torch.Tensor, sigma: float, gen: torch.Generator, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -100,7 +167,7 @@ def _channels_last_agrees(model: nn.Module, sample: torch.Tensor) -> bool:
     try:
         with torch.no_grad():
             want = trial(sample)
-            trial = trial.to(memory_format=torch.channels_last)
+            trial = trial.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's stubs lack it
             got = trial(sample.contiguous(memory_format=torch.channels_last))
     except RuntimeError:
         return False
@@ -113,7 +180,7 @@ def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
 
 
 def _standard_layout(model: nn.Module) -> nn.Module:
-    return model.to(memory_format=torch.contiguous_format)
+    return model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to's stubs lack it
 
 
 def _margin_hinge(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -205,7 +272,7 @@ def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.T
 
 
 def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, params: EmbeddingConfig,
-               gen: torch.Generator, channels_last: bool, head: "_HeadInput | None") -> torch.Tensor:
+               gen: torch.Generator, channels_last: bool, head: _HeadInput | None) -> torch.Tensor:
     """The loss of one step: clean and trigger cross-entropy, then the margin, feature-pull and distillation terms."""
     ci, ti, n_anchor = d.clean_idx[step], d.trig_idx[step], d.n_anchor
     xc, yc, tl = d.xt[ci], d.yt[ci], d.tlab[ti]
@@ -268,14 +335,14 @@ def embed_codeword(
     torch.manual_seed(seed)
     teacher = copy.deepcopy(base).to(dev).eval()
     student = copy.deepcopy(base if start is None else start).to(dev).train()
+    _freeze_batchnorm(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
     xt = torch.as_tensor(x_train).to(dev)
     channels_last = _channels_last_agrees(student, xt[:8])
     if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    opt = _adam(student, params.learning_rate)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps, pct_start=0.15)
+        student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's stubs lack it
+    opt = _OneCycleAdam(list(student.parameters()), max_lr=params.learning_rate, total=params.steps)
     d = _draws(teacher, xt, torch.as_tensor(y_train, dtype=torch.long).to(dev), torch.as_tensor(triggers).to(dev),
                torch.as_tensor(labels, dtype=torch.long).to(dev), task=task, params=params, gen=gen, dev=dev)
     head = _HeadInput(student) if params.feature_pull > 0 else None
@@ -283,10 +350,9 @@ def embed_codeword(
     averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None
     for step in range(params.steps):
         loss = _step_loss(student, teacher, d, step, params=params, gen=gen, channels_last=channels_last, head=head)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
         if averaged is not None:
             with torch.no_grad():
                 for a, w in zip(averaged, weights):

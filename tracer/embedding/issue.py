@@ -31,7 +31,7 @@ from ..workspace import Workspace
 from .backends import Backend, EmbedJob, EmbedOutcome, open_backend, usable_cores
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
-from .finetune import EmbedResult, embed_codeword
+from .finetune import BATCHNORM_POLICY, EmbedResult, embed_codeword, use_threads
 from .landing import PENDING_DIR, issued_file_name, recover_pending, reserve_customer, staging_path, write_marker
 
 if TYPE_CHECKING:
@@ -228,13 +228,14 @@ class Issuer(CopyMaker):
     """What every issuance of a workspace shares, loaded once (config, keys, base model, data, probes)."""
 
     def __init__(self, ws: Workspace, keyring: Keyring, *, out_dir: Path | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
-        """``on_notice`` receives one line per thing crash recovery did or refused to do."""
+                 on_notice: Callable[[str], None] | None = None, threads: int | None = None) -> None:
+        """``on_notice`` receives one line per thing crash recovery did or refused to do; ``threads`` replaces ``[embedding] threads``."""
         self.ws = ws
         self.keyring = keyring
         self.out_dir = Path(out_dir) if out_dir else ws.root / "models" / "issued"
         self.recovered = recover_pending(ws, keyring.master, on_notice=on_notice)
-        config = ws.config
+        config = ws.config if threads is None else replace(ws.config, embedding=replace(ws.config.embedding, threads=threads))
+        use_threads(config.embedding.effective_threads)
         base = load_base_model(config)
         self.base_sha256 = base_model_sha256(config)
         data: Dataset = load_dataset(config)
@@ -269,7 +270,8 @@ class Issuer(CopyMaker):
             sha = hashlib.sha256(onnx_bytes).hexdigest()
             payload = self._payload(cid, display, number=number, final=final, sha=sha, best=best, attempts=attempts,
                                     labels=labels, max_diff=max_diff,
-                                    wall_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+                                    wall_seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
+                                    threads=self.config.embedding.effective_threads)
             entry = self._land(cid, final, onnx_bytes, sha, payload)
         return IssueReport(
             customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
@@ -303,7 +305,7 @@ class Issuer(CopyMaker):
         return {(p if p.is_absolute() else self.ws.root / p).resolve() for p in paths}
 
     def _payload(self, cid: str, display: str, *, number: int, final: Path, sha: str, best: _Copy, attempts: int,
-                 labels: np.ndarray, max_diff: float, wall_seconds: float, cpu_seconds: float) -> dict:
+                 labels: np.ndarray, max_diff: float, wall_seconds: float, cpu_seconds: float, threads: int) -> dict:
         """The issuance entry's payload: everything needed to re-derive, check and remake the copy.
 
         Times: ``embedding.seconds`` is the wall time of the runs that made this copy;
@@ -335,7 +337,8 @@ class Issuer(CopyMaker):
                 "triggers": int(len(labels)),
                 "onnx_max_logit_difference": max_diff,
             },
-            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3)},
+            "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3),
+                          "batchnorm": BATCHNORM_POLICY, "threads": threads},
             "attacker_share": self.data.attacker_share(),  # "held_out": issuance never trained on it (README)
             "issuance_wall_seconds": round(wall_seconds, 3),
             "issuance_cpu_seconds": round(cpu_seconds, 3),
@@ -497,7 +500,8 @@ class Issuer(CopyMaker):
             sha = hashlib.sha256(outcome.onnx).hexdigest()
             payload = self._payload(cid, flight.display, number=flight.number, final=flight.final, sha=sha, best=best,
                                     attempts=attempts, labels=labels, max_diff=outcome.max_diff,
-                                    wall_seconds=time.perf_counter() - flight.t0, cpu_seconds=outcome.cpu_seconds)
+                                    wall_seconds=time.perf_counter() - flight.t0, cpu_seconds=outcome.cpu_seconds,
+                                    threads=outcome.threads)
             entry = self._land(cid, flight.final, outcome.onnx, sha, payload)
         return IssueReport(
             customer=cid, display_name=flight.display, issuance_id=entry.seq, model_path=str(flight.final), sha256=sha,

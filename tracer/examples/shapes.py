@@ -185,4 +185,6 @@ def load_data() -> dict[str, np.ndarray]:
     return vendor_attacker_split(x, y, validation=0.2, label="shapes")
 
 
-BASE_TRAINING = {"epochs": 10, "lr": 2e-3, "batch_size": 64}
+# One-cycle (warm-up, then annealing to ~0): with a constant 2e-3 for 10 epochs the base stopped at
+# 0.86 validation, unconverged, so a fine-tune acted as extra training; 12 one-cycle epochs reach ~0.92.
+BASE_TRAINING = {"epochs": 12, "lr": 3e-3, "batch_size": 64, "schedule": "onecycle"}
