@@ -240,3 +240,18 @@ def test_one_jsonable_with_two_documented_policies():
     assert jsonable(object(), raw=True).startswith("<object")
     with pytest.raises(TypeError):
         jsonable(object())
+
+
+def test_a_write_the_file_system_refuses_is_one_line_not_an_internal_error(issued_tabular_copy, tmp_path):
+    """Any command, not only issue: an OSError nobody diagnosed (here EFBIG writing an export) is one line, exit 3."""
+    limit = 4096
+    out = tmp_path / "ledger.jsonl"
+    env = {**os.environ, **_env(issued_tabular_copy)}
+    with Workspace(issued_tabular_copy).ledger():  # the WAL index exists: the child need not create it past the limit
+        res = subprocess.run([sys.executable, "-m", "tracer", "ledger", "export", "-o", str(out)], env=env, capture_output=True,
+                             text=True, timeout=600, preexec_fn=_limit_file_size(limit))
+    assert res.returncode == 3, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "File too large" in lines[0] and len(lines) <= 2, res.stderr
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written

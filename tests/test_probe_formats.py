@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from tracer._jsonable import jsonable
 from tracer.config import TaskConfig
 from tracer.errors import ConfigError
 from tracer.fingerprint import make_probe_set
@@ -23,7 +24,7 @@ from tracer.probing.formats import (
     load_label_map,
     make_format,
 )
-from tracer.probing.session import _jsonable, input_sha256, make_schedule
+from tracer.probing.session import input_sha256, make_schedule
 
 GRAY = TaskConfig(num_classes=10, input_shape=(1, 8, 8))
 RGB = TaskConfig(num_classes=5, input_shape=(3, 4, 6), low=tuple((-1.0, 0.0, 2.0)[i // 24] for i in range(72)),
@@ -141,7 +142,8 @@ def test_decode_answers() -> None:
     fmt = WireFormat("kserve-v1", GRAY)
     assert fmt.decode(b'{"predictions": [3]}', "application/json") == {"predictions": [3]}
     assert fmt.decode(b"seven\n", "text/plain") == "seven"
-    for body in (b'{"predictions": [3', b"", b"\xff\xfe", b"[1, 2"):
+    deep = b'{"predictions": ' + b"[" * 100_000 + b"3" + b"]" * 100_000 + b"}"  # RecursionError in json.loads
+    for body in (b'{"predictions": [3', b"", b"\xff\xfe", b"[1, 2", deep, b'{"predictions": [' + b"9" * 5000 + b"]}"):
         with pytest.raises(MalformedResponse):
             fmt.decode(body, "application/json")
     assert fmt.classify({"predictions": [[0.0] * 3 + [1.0] + [0.0] * 6]}) == 3
@@ -172,4 +174,4 @@ def test_schedule_is_a_seeded_shuffle_with_decoys() -> None:
 
 
 def test_raw_answers_are_made_canonical_json() -> None:
-    assert _jsonable({"a": [float("nan"), float("inf"), 1.5, 2**60, True, None], 3: "x"}) == {"a": ["nan", "inf", 1.5, str(2**60), True, None], "3": "x"}
+    assert jsonable({"a": [float("nan"), float("inf"), 1.5, 2**60, True, None], 3: "x"}, raw=True) == {"a": ["nan", "inf", 1.5, str(2**60), True, None], "3": "x"}

@@ -24,7 +24,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["StrictJSONError", "JSONSyntaxError", "loads_strict", "MAX_DEPTH", "MAX_NUMBER_CHARS"]
+__all__ = ["StrictJSONError", "JSONSyntaxError", "loads_strict", "loads_bounded", "MAX_DEPTH", "MAX_NUMBER_CHARS"]
 
 #: Deepest nesting accepted: tracer's own documents nest fewer than 10 levels (a stored probe
 #: response adds its own depth), and Python's parser and canonicalizer recurse about 1000 deep.
@@ -110,3 +110,13 @@ def loads_strict(data: str | bytes) -> Any:
         raise JSONSyntaxError(f"not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from exc
     except (ValueError, RecursionError) as exc:  # defensive: the checks above should have caught these
         raise StrictJSONError(f"not acceptable JSON ({type(exc).__name__})") from exc
+
+
+def loads_bounded(text: str) -> Any:
+    """``json.loads`` for JSON nobody signed (server answers, label maps, templates): duplicate keys and
+    NaN are the sender's business, but nesting deeper than :data:`MAX_DEPTH` raises ``ValueError``
+    instead of exhausting the stack (RecursionError), like any other undecodable document."""
+    if not _depth_ok(text):
+        raise ValueError(f"JSON nested more than {MAX_DEPTH} levels deep")
+    return json.loads(text)
+

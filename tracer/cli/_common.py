@@ -278,6 +278,12 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, *, json_out: bool) -
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise  # click turns these into exit codes
+    except OSError as exc:  # the file system said no (disk full, file too large, permissions) where no diagnosis was written
+        if STATE.verbose:
+            say(traceback.format_exc())
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise report_error(f"{where}{exc.strerror or exc}", hint="free disk space, raise the file-size limit or fix permissions, then rerun",
+                           exit_code=EXIT_ERROR, json_out=json_out) from None
     except Exception as exc:  # a bug: say so briefly; traceback only on request
         if STATE.verbose:
             say(traceback.format_exc())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .._files import atomic_write_bytes
 from ..report import charts
-from ..report._page import escape, format_p, kv_table, num, page
+from ..report._page import escape, format_alpha, format_p, kv_table, num, page
 from .evaluation import Evaluation
 from .false_accusation import FalseAccusationResult
 from .suite import VERDICTS, AttackResult, SuiteResult
@@ -44,7 +44,7 @@ def _facts(ev: Evaluation) -> str:
         ("Clean accuracy", f"{num(f'{s.copy_accuracy:.4f}')} (base model {num(base)}) on {num(s.validation_size)} held-out inputs"),
         ("Attacker share", f"{_e(s.attacker_data)}; {num(s.attacker_size)} inputs"),
         ("Identification", f"exact binomial p-values, Holm's step-down over {num(s.issued_customers)} issued customers at "
-                           f"alpha {num(f'{s.alpha:g}')}: a customer is named for certain when its p-value is below "
+                           f"alpha {num(format_alpha(s.alpha))}: a customer is named for certain when its p-value is below "
                            f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}"),
         ("Ledger entry", num(ev.ledger_entry if ev.ledger_entry is not None else "-")),
     ]

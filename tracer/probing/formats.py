@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .._json import loads_bounded
 from ..config import TaskConfig
 from ..errors import ConfigError, MalformedResponse, ResponseError
 
@@ -205,7 +206,7 @@ def load_label_map(path: Path, num_classes: int) -> dict[str, int]:
     """A JSON object {label: index}, a JSON list of labels (index = position), or one label per line."""
     text = _read_text(path, "label map")
     try:
-        doc = json.loads(text)
+        doc = loads_bounded(text)
     except ValueError:
         doc = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(doc, list):
@@ -230,7 +231,7 @@ def load_label_map(path: Path, num_classes: int) -> dict[str, int]:
 def load_template(path: Path) -> Any:
     text = _read_text(path, "request template")
     try:
-        doc = json.loads(text)
+        doc = loads_bounded(text)
     except ValueError as exc:
         raise ConfigError(f"request template {Path(path).name} is not JSON: {exc}") from exc
     if "$INPUT" not in text:
@@ -333,7 +334,7 @@ class WireFormat:
         if not text.strip():
             raise MalformedResponse("answer body is empty")
         try:
-            return json.loads(text)
+            return loads_bounded(text)
         except ValueError as exc:
             if ctype.endswith("json") or text.lstrip()[:1] in ("{", "["):
                 raise MalformedResponse(f"answer is not valid JSON: {text[:60]!r}") from exc

@@ -12,7 +12,7 @@ import math
 from html import escape as _html_escape
 from typing import Any
 
-__all__ = ["CSP", "CSS", "escape", "format_p", "odds_text", "superscript", "num", "kv_table", "page", "plain_count"]
+__all__ = ["format_alpha", "CSP", "CSS", "escape", "format_p", "odds_text", "superscript", "num", "kv_table", "page", "plain_count"]
 
 #: Nothing may be loaded: inline styles and data: images only (the SVG charts are inline markup).
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -89,6 +89,15 @@ def format_p(p: float | None, log10_p: float | None) -> str:
     if round(m, 1) >= 10:
         m, e = 1.0, e + 1
     return f"{m:.1f} × 10{superscript(e)}"
+
+
+def format_alpha(alpha: float) -> str:
+    """An error bound for people: '10⁻⁶', '2.5 × 10⁻⁷', '0.05' (not Python's '1e-06')."""
+    if alpha >= 1e-3:
+        return f"{alpha:g}"
+    e = math.floor(math.log10(alpha) + 1e-9)
+    m = alpha / 10**e
+    return f"10{superscript(e)}" if abs(m - 1) < 1e-9 else f"{m:.2g} × 10{superscript(e)}"
 
 
 def odds_text(p: float, log10_p: float) -> str:

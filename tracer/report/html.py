@@ -34,7 +34,7 @@ from ..keys.keyring import Keyring, load_public_key
 from ..ledger.entries import Entry, utc_now
 from ..workspace import Workspace
 from . import charts
-from ._page import escape, format_p, kv_table, num, odds_text, page, plain_count
+from ._page import escape, format_alpha, format_p, kv_table, num, odds_text, page, plain_count
 from .evidence import EvidenceCheck, _check_entry, build_evidence, key_fingerprint, safe_extra
 
 __all__ = ["write_report", "render_html", "evidence_path_for", "ReportData", "Decision", "decision_of"]
@@ -287,7 +287,7 @@ def _verdict(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
            else f"{len(r.candidates)} issued customers")
     lines = [f"<p><strong>No issued customer can be named: {subject[0].lower() + subject[1:]} does not match any of the "
              f"{who}' secret fingerprints more than chance explains at the chosen error bound "
-             f"(alpha = {num(f'{r.alpha:g}')}).</strong></p>"]
+             f"(alpha = {num(format_alpha(r.alpha))}).</strong></p>"]
     if tested:
         best = tested[0]
         lines.append(f'<p class="small">The closest customer, {_e(best.display_name)} (<code>{_e(best.customer)}</code>), '
@@ -327,7 +327,7 @@ def _extra_rows(extra: dict[str, Any], dec: Decision) -> list[tuple[str, str]]:
                                     "whose copies carry the probe set used; the error bound is shared among them</span>")
         explained["threshold_e_value"] = ("Naming threshold (e-value)", lambda v: f"{num(charts.format_e(math.log10(float(v))))}"
                                           f"<span class=explain>a customer is named once its evidence reaches family size / "
-                                          f"alpha = {num(dec.family_size)} / {num(f'{dec.alpha:g}')}</span>")
+                                          f"alpha = {num(dec.family_size)} / {num(format_alpha(dec.alpha))}</span>")
     rows = []
     for key, value in extra.items():
         if key in ("endpoint", "session", "model_path", "subject") or isinstance(value, (dict, list)) or value is None:
@@ -363,7 +363,7 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
                     "the probe set used</span>")
     rows.append(("Issued customers checked", checked))
     rows.append(("Possible answers per question (C)", num(r.num_classes)))
-    rows.append(("Error bound alpha", f"{num(f'{r.alpha:g}')}: the chance that tracer names any innocent customer is at most alpha"))
+    rows.append(("Error bound alpha", f"{num(format_alpha(r.alpha))}: the chance that tracer names any innocent customer is at most alpha"))
     rows += _extra_rows({k: v for k, v in extra.items() if k not in counts}, dec)
     rows.append(("Report made", _e(_when(d.created))))
     return "<h2>The suspect</h2>" + kv_table(rows)
@@ -380,7 +380,7 @@ def _null_figure(r: IdentificationResult, dec: Decision, n: int, group: list[Can
         label = "named from here on"
     svg = charts.null_chart(n, r.num_classes, group, threshold=m_star, threshold_label=label)
     if m_star is None:
-        thr = (f"With only {n} probes no customer could be named at alpha = {r.alpha:g}: even {n} matches out of {n} "
+        thr = (f"With only {n} probes no customer could be named at alpha = {format_alpha(r.alpha)}: even {n} matches out of {n} "
                "would not be unlikely enough.")
     elif dec.sequential:
         thr = (f"The red dashed line marks {m_star} matches: after these {n} secret probes, a customer with {m_star} or more "
@@ -524,7 +524,7 @@ def _method_holm(r: IdentificationResult, dec: Decision) -> str:
 A tiny p-value means the assumption is not credible: the suspect must descend from that customer's copy.</p>
 <h3 class="keep">What alpha means</h3>
 <p>A customer is named only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
-customer is at most alpha</strong> (here {num(f"{r.alpha:g}")}), however many customers were checked ({n:,} here). To achieve this,
+customer is at most alpha</strong> (here {num(format_alpha(r.alpha))}), however many customers were checked ({n:,} here). To achieve this,
 the customers are sorted by p-value (Holm's correction): the smallest is compared with alpha / {n:,}, the next with
 alpha / {max(n - 1, 1):,}, and so on, stopping at the first customer that does not clear its bar. Several customers can be
 named, for example when a model was merged from several copies.</p>"""
@@ -542,7 +542,7 @@ chance that this e-value <strong>ever</strong> reaches a level L, however long t
 1 / L (Ville's inequality). The reported p-value, 1 / (largest e-value reached), keeps that meaning.</p>
 <h3 class="keep">What alpha means</h3>
 <p>A customer is named only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
-customer is at most alpha</strong> (here {num(f"{r.alpha:g}")}). Only the {n:,} customers whose copies carry the probe set used
+customer is at most alpha</strong> (here {num(format_alpha(r.alpha))}). Only the {n:,} customers whose copies carry the probe set used
 can be tested; the error bound is shared equally among them (Bonferroni's correction): a customer is named once its e-value
 reaches {n:,} / alpha = {num(thr)}, the dashed line in the charts. Customers whose copies do not carry that probe set are not
 tested and are never named.</p>"""
