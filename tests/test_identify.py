@@ -226,7 +226,8 @@ def test_bad_model_files_give_one_line_errors_and_exit_3(issued_digits_copy, run
     for case, (path, needle) in _bad_files(tmp_path, ws.config.task).items():
         res = run_cli(["identify", path, "--json"], env=_env(issued_digits_copy))
         assert res.returncode == 3, (case, res.stderr)
-        assert res.stdout == "", case
+        doc = json.loads(res.stdout)  # --json: the one error document, never an empty stdout
+        assert doc["exit_code"] == 3 and needle in doc["error"], (case, doc)
         lines = res.stderr.strip().splitlines()
         assert lines[0].startswith("error:") and needle in lines[0], (case, res.stderr)
         assert "Traceback" not in res.stderr

@@ -378,14 +378,15 @@ def test_probe_result_report_redacts_the_endpoint(reported, tmp_path):
     assert html_path == tmp_path / "probe" / "api.html" and ev_path == tmp_path / "probe" / "api.evidence.json"
     page = html_path.read_text(encoding="utf-8")
     text = _text(page)
-    assert ("The prediction service at https://api.example.com/v1/predict is serving a model derived from the copy issued to "
+    # the one redaction (tracer.probing.urls): userinfo and the fragment go, a secret-named parameter keeps its name only
+    assert ("The prediction service at https://api.example.com/v1/predict?api_key=REDACTED is serving a model derived from the copy issued to "
             "Globex Corporation (customer globex)") in text
     assert "This identification was not recorded in the ledger." in text
     for blob in (page, ev_path.read_text()):
         assert "t0ps3cret" not in blob and "K3Y" not in blob and "frag" not in blob
         assert "probe_inputs" not in blob and "raw_answers" not in blob
     doc = json.loads(ev_path.read_text())
-    assert doc["result"]["endpoint"] == "https://api.example.com/v1/predict" and doc["result"]["trigger_queries"] == 128
+    assert doc["result"]["endpoint"] == "https://api.example.com/v1/predict?api_key=REDACTED" and doc["result"]["trigger_queries"] == 128
     assert doc["identification_entry"] is None and [e["payload"]["customer_id"] for e in doc["issuances"]] == ["globex"]
     assert verify_evidence(doc, keyring.public_key)
 

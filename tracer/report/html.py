@@ -319,6 +319,9 @@ def _extra_rows(extra: dict[str, Any], dec: Decision) -> list[tuple[str, str]]:
         "budget": ("Query budget", lambda v: f"{num(v)}<span class=explain>the most requests this probe was allowed to send "
                    "to the service</span>"),
         "stopped": ("Why the probe stopped", lambda v: f"{_e(v)}<span class=explain>{_e(_STOPPED.get(str(v), ''))}</span>"),
+        "endpoint_hmac": ("Endpoint fingerprint", lambda v: f"<span class=hash>{_e(v)}</span><span class=explain>a keyed hash "
+                          "(HMAC-SHA256) of the full address probed, credentials included: the vendor can prove which "
+                          "endpoint it was without the address's secrets ever being written down</span>"),
         "format": ("Wire format", lambda v: f"<code>{_e(v)}</code><span class=explain>how the questions were encoded for "
                    "the service's interface</span>"),
     }
@@ -328,6 +331,8 @@ def _extra_rows(extra: dict[str, Any], dec: Decision) -> list[tuple[str, str]]:
         explained["threshold_e_value"] = ("Naming threshold (e-value)", lambda v: f"{num(charts.format_e(math.log10(float(v))))}"
                                           f"<span class=explain>a customer is named once its evidence reaches family size / "
                                           f"alpha = {num(dec.family_size)} / {num(format_alpha(dec.alpha))}</span>")
+    if dec.sequential:  # the decision's own figures, from the result's fields (older results carried them in extra)
+        extra = {**extra, "family_size": dec.family_size, "threshold_e_value": dec.threshold}
     rows = []
     for key, value in extra.items():
         if key in ("endpoint", "session", "model_path", "subject") or isinstance(value, (dict, list)) or value is None:
