@@ -84,8 +84,13 @@ def format_p(p: float | None, log10_p: float | None) -> str:
         return f"{p:.3g}"
     if not math.isfinite(log10_p):
         return "0"
-    e = math.floor(log10_p)
-    m = 10 ** (log10_p - e)
+    return scientific(log10_p)
+
+
+def scientific(log10_x: float) -> str:
+    """'3.1 × 10⁻⁹' from log10 of the number, so neither underflow nor overflow can touch it."""
+    e = math.floor(log10_x)
+    m = 10 ** (log10_x - e)
     if round(m, 1) >= 10:
         m, e = 1.0, e + 1
     return f"{m:.1f} × 10{superscript(e)}"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..identify.result import Candidate
-from ._page import escape, format_p, odds_text, superscript
+from ._page import escape, format_p, odds_text, scientific, superscript
 
 __all__ = ["null_chart", "strength_chart", "bar_chart", "binomial_pmf", "threshold_count", "format_p", "odds_text",
            "superscript", "format_e"]
@@ -300,11 +300,7 @@ def format_e(log10_e: float) -> str:
         return "1"
     if log10_e < 3:
         return f"{10 ** log10_e:.3g}"
-    e = math.floor(log10_e)
-    m = 10 ** (log10_e - e)
-    if round(m, 1) >= 10:
-        m, e = 1.0, e + 1
-    return f"{m:.1f} × 10{superscript(e)}"
+    return scientific(log10_e)
 
 
 def _e_label(s: float) -> str:
