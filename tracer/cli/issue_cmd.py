@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import CustomerError, UsageError
+from ..keys import normalize_customer_id
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..data import Dataset
+    from ..embedding import Issuer, IssueReport
     from ..workspace import Workspace
 
 from ._common import EXIT_CODES_SEE, JsonOpt, ProgressOpt, WorkspaceOpt, err, handle_errors, out, print_json, progress_bar, say, workspace
@@ -62,19 +64,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..embedding import Issuer
         from ..embedding.customers import read_customer_list
-        from ..keys import normalize_customer_id
 
-        if (customer is None) == (customers is None):
-            raise UsageError("give exactly one of --customer ID or --customers FILE")
-        if customers is not None and (name or reissue):
-            raise UsageError("--name and --reissue apply to a single --customer")
-        if customers is None and (workers is not None or backend != "local" or address is not None):
-            raise UsageError("--workers, --backend and --address apply to a batch (--customers FILE)")
-        if customer is not None:
-            normalize_customer_id(customer)  # a bad id fails now, not after the model has loaded
+        _check_usage(customer, customers, name=name, reissue=reissue, batch_options=(workers, backend, address))
         ws = workspace()
         if customer is not None and not reissue:
-            _refuse_issued(ws, normalize_customer_id(customer))  # likewise
+            _refuse_issued(ws, normalize_customer_id(customer))  # before the model and data load
         rows = read_customer_list(customers) if customers is not None else None
         keyring = ws.unlock()
         with progress_bar(not json_out, progress_mode) as progress:
@@ -82,31 +76,51 @@ def register(app: typer.Typer) -> None:
             issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say, threads=threads)
             progress.remove_task(load)
             show_gate_resolution(issuer.data, issuer.config)
-            steps = issuer.config.embedding.steps
             if rows is None:
-                task = progress.add_task(f"embedding {customer}", total=steps)
-                rep = issuer.issue(customer, name=name, reissue=reissue, on_step=lambda s: progress.update(task, completed=s))
-                reports = [rep]
+                task = progress.add_task(f"embedding {customer}", total=issuer.config.embedding.steps)
+                reports = [issuer.issue(customer, name=name, reissue=reissue, on_step=lambda s: progress.update(task, completed=s))]
             else:
-                overall = progress.add_task("customers", total=len(rows))
-                step_task = progress.add_task("embedding", total=steps)
+                reports = _issue_batch(issuer, rows, progress, workers=workers, backend=backend, address=address)
+        _show(reports, rows, json_out=json_out)
 
-                def on_customer(cid, rep):
-                    progress.advance(overall)
-                    progress.reset(step_task)
-                    if rep is None:
-                        say(f"skipped {cid}: already issued")
 
-                reports = issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s),
-                                             workers=workers, backend=backend, address=address)
-        if json_out:
-            print_json(reports[0].to_json() if rows is None else {"issued": [r.to_json() for r in reports], "skipped": len(rows) - len(reports)})
-            return
-        for r in reports:
-            out.print(
-                f"issued {r.customer} ({r.display_name}): {r.model_path}\n"
-                f"  sha256 {r.sha256}  ledger entry {r.issuance_id}\n"
-                f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, "
-                f"{r.seconds:.1f}s wall for the whole issuance ({r.embed_seconds:.1f}s embedding the runs that made this copy)",
-                markup=False,
-            )
+def _check_usage(customer: str | None, customers: Path | None, *, name: str | None, reissue: bool,
+                 batch_options: tuple[int | None, str, str | None]) -> None:
+    """Usage errors (exit 2), and a bad customer id, before anything loads."""
+    if (customer is None) == (customers is None):
+        raise UsageError("give exactly one of --customer ID or --customers FILE")
+    if customers is not None and (name or reissue):
+        raise UsageError("--name and --reissue apply to a single --customer")
+    workers, backend, address = batch_options
+    if customers is None and (workers is not None or backend != "local" or address is not None):
+        raise UsageError("--workers, --backend and --address apply to a batch (--customers FILE)")
+    if customer is not None:
+        normalize_customer_id(customer)  # a bad id fails now, not after the model has loaded
+
+
+def _issue_batch(issuer: Issuer, rows: list[tuple[str, str | None]], progress: Any, **backend: Any) -> list[IssueReport]:
+    """A batch with a customers bar and a per-customer steps bar; skipped customers say so."""
+    overall = progress.add_task("customers", total=len(rows))
+    step_task = progress.add_task("embedding", total=issuer.config.embedding.steps)
+
+    def on_customer(cid: str, rep: IssueReport | None) -> None:
+        progress.advance(overall)
+        progress.reset(step_task)
+        if rep is None:
+            say(f"skipped {cid}: already issued")
+
+    return issuer.issue_many(rows, on_customer=on_customer, on_step=lambda s: progress.update(step_task, completed=s), **backend)
+
+
+def _show(reports: list[IssueReport], rows: list | None, *, json_out: bool) -> None:
+    if json_out:
+        print_json(reports[0].to_json() if rows is None else {"issued": [r.to_json() for r in reports], "skipped": len(rows) - len(reports)})
+        return
+    for r in reports:
+        out.print(
+            f"issued {r.customer} ({r.display_name}): {r.model_path}\n"
+            f"  sha256 {r.sha256}  ledger entry {r.issuance_id}\n"
+            f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, "
+            f"{r.seconds:.1f}s wall for the whole issuance ({r.embed_seconds:.1f}s embedding the runs that made this copy)",
+            markup=False,
+        )
