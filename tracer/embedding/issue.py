@@ -468,7 +468,8 @@ class Issuer(CopyMaker):
             first.message = f"{first.message} ({len(out)} issued in this run; rerun the batch to issue the rest)"
             first.args = (first.message,)
             raise first
-        return out
+        rank = {cid: i for i, (cid, _) in enumerate(todo)}
+        return sorted(out, key=lambda r: rank[r.customer])  # the batch file's order, whatever order the copies landed in
 
     def _submit(self, backend: Backend, cid: str, name: str | None) -> _InFlight:
         display = validate_display_name(name, cid)
