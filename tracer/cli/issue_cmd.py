@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..errors import CustomerError, UsageError
+from ..errors import UsageError
 from ..keys import normalize_customer_id
 
 if TYPE_CHECKING:
@@ -32,11 +32,11 @@ def show_gate_resolution(data: Dataset, config: Config) -> None:
 
 
 def _refuse_issued(ws: Workspace, cid: str) -> None:
-    """The library's refusal of an issued customer (Issuer.issue), before the model and data load."""
+    """The library's refusal of an issued customer (Issuer.issue asks it again), before the model and data load."""
+    from ..embedding.landing import previous_issuances
+
     with ws.ledger() as ledger:
-        previous = ledger.issuances(cid)
-    if previous:
-        raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
+        previous_issuances(ledger, cid, reissue=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
-from ..errors import LedgerError, LedgerTampered, UsageError
+from ..errors import CustomerError, LedgerError, LedgerTampered, UsageError
+from ..keys.derive import normalize_customer_id
 from ..keys.keyring import load_public_key
 from ..ledger import export_lines, list_entries, make_checkpoint, parse_time, read_checkpoint, verify_export
 from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, err, handle_errors, out, print_json, say, workspace
@@ -16,25 +18,21 @@ from ._common import EXIT_CODES_SEE, JsonOpt, WorkspaceOpt, err, handle_errors, 
 app = typer.Typer(help="The signed, append-only evidence ledger.\n\n" + EXIT_CODES_SEE, no_args_is_help=True)
 
 
-def _since(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise UsageError(f"--since: {exc}") from exc
+def _parsed(option: str, convert: Callable[[str], str], refused: type[Exception]) -> Callable[[str | None], str | None]:
+    """An option callback: ``convert`` the value, turning ``refused`` into a usage error (exit 2) naming the option."""
+    def callback(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except refused as exc:
+            raise UsageError(f"{option}: {exc}") from exc
+
+    return callback
 
 
-def _customer(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from ..errors import CustomerError
-    from ..keys.derive import normalize_customer_id
-
-    try:
-        return normalize_customer_id(value)
-    except CustomerError as exc:
-        raise UsageError(f"--customer: {exc.message}") from exc
+_since = _parsed("--since", parse_time, ValueError)
+_customer = _parsed("--customer", normalize_customer_id, CustomerError)
 
 
 @app.command("list", help="List ledger entries, oldest first. Per-query probe entries are hidden unless --all.")

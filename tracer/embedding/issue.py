@@ -32,7 +32,7 @@ from .backends import Backend, EmbedJob, EmbedOutcome, open_backend, usable_core
 from .basemodel import base_model_sha256, load_base_model
 from .export import OPSET, check_onnx, export_onnx
 from .finetune import BATCHNORM_POLICY, EmbedResult, embed_codeword, use_threads
-from .landing import PENDING_DIR, issued_file_name, recover_pending, reserve_customer, staging_path, write_marker
+from .landing import PENDING_DIR, issued_file_name, previous_issuances, recover_pending, reserve_customer, staging_path, write_marker
 
 if TYPE_CHECKING:
     from torch import nn
@@ -290,9 +290,7 @@ class Issuer(CopyMaker):
         """
         with reserve_customer(self.ws, cid):
             with self.ws.ledger() as ledger:
-                previous = ledger.issuances(cid)
-                if previous and not reissue:
-                    raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})", hint="pass --reissue to issue another traceable copy")
+                previous = previous_issuances(ledger, cid, reissue=reissue)
                 ensure_dir(self.out_dir)
                 final = (self.out_dir / issued_file_name(cid, len(previous) + 1)).resolve()
                 if final.exists() or final.is_symlink() or final in self._recorded_paths(ledger):

@@ -38,13 +38,27 @@ from pathlib import Path
 from .._files import atomic_write_bytes, ensure_dir, sha256_file
 from ..errors import CustomerError
 from ..keys.derive import normalize_customer_id, pending_marker_key
+from ..ledger import Entry, Ledger
 from ..workspace import Workspace
 
-__all__ = ["PENDING_DIR", "issued_file_name", "recover_pending", "reserve_customer", "staging_path", "write_marker"]
+__all__ = ["PENDING_DIR", "issued_file_name", "previous_issuances", "recover_pending", "reserve_customer", "staging_path", "write_marker"]
 
 PENDING_DIR = ".tracer/pending"
 _MARKER_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
 _MARKER_KEYS = {"customer", "tmp", "final", "sha256", "mac"}
+
+
+def previous_issuances(ledger: Ledger, cid: str, *, reissue: bool) -> list[Entry]:
+    """The customer's issuance entries; :class:`CustomerError` when there are some and ``reissue`` is not set.
+
+    The one refusal of an issued customer: the CLI asks it before the model loads, the issuer again
+    under the customer's reservation.
+    """
+    previous = ledger.issuances(cid)
+    if previous and not reissue:
+        raise CustomerError(f"customer {cid} was already issued a copy (ledger entry {previous[-1].seq})",
+                            hint="pass --reissue to issue another traceable copy")
+    return previous
 
 
 def issued_file_name(customer_id: str, number: int) -> str:
