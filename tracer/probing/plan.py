@@ -37,7 +37,7 @@ from .sequential import METHOD
 from .urls import Endpoint, url_hmac
 
 __all__ = ["ProbeOptions", "FormatChoice", "SessionPlan", "JournalState", "resolve_format", "new_plan", "resumed_plan",
-           "session_entries", "make_schedule", "input_sha256", "revealed_probe_sets", "find_session"]
+           "make_schedule", "input_sha256", "revealed_probe_sets", "find_session"]
 
 
 @dataclass
@@ -114,11 +114,6 @@ def make_schedule(seed: bytes, probes: int, validation: int, decoys_per_trigger:
 
 
 # -- the ledger, read ----------------------------------------------------------------------------
-
-
-def session_entries(ledger: Ledger, session: str) -> dict[str, list[dict[str, Any]]]:
-    """Payloads of every entry of ``session``, by kind, in ledger order."""
-    return ledger.session_journal(session)
 
 
 def revealed_probe_sets(ledger: Ledger) -> list[str]:
@@ -329,7 +324,7 @@ class JournalState:
 
     @classmethod
     def replay(cls, entries: dict[str, list[dict[str, Any]]]) -> JournalState:
-        """Rebuild the state from :func:`session_entries`.
+        """Rebuild the state from :meth:`Ledger.session_journal` (payloads by kind, in ledger order).
 
         Requests are counted by their ``probe-sent`` entries (journaled before
         sending, so a killed run's in-flight requests count); answers and

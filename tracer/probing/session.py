@@ -68,7 +68,6 @@ from .plan import (
     resolve_format,
     resumed_plan,
     revealed_probe_sets,
-    session_entries,
 )
 from .sequential import METHOD, EProcess
 
@@ -132,7 +131,7 @@ class ProbeSession:
         """Build the plan (new or resumed) and replay what the journal says happened."""
         if self.resume:
             plan = resumed_plan(self.ws, self.keyring, ledger, self.resume, self.url, self.fmt, self.opt)
-            self.state = JournalState.replay(session_entries(ledger, self.resume))
+            self.state = JournalState.replay(ledger.session_journal(self.resume))
             if self.state.finished:
                 raise TracerError(f"probe session {self.resume} already reached its verdict",
                                  hint="`tracer ledger list --kind probe-result` shows it; start a new probe instead")
