@@ -185,9 +185,23 @@ class DataConfig:
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
-    probe_sets: Int = Field(default=2, ge=1, le=64, description="independent probe sets; one shown to a suspect API can be retired")
+    style: Literal["natural-mix/v1", "uniform-grid/v1"] = Field(
+        default="uniform-grid/v1", json_schema_extra={"example": "natural-mix/v1"},
+        description="keys: natural-mix/v1, mixtures of your own inputs that APIs cannot filter (tracer init);\n"
+                    "absent: uniform-grid/v1, noise probe sets (workspaces made before natural-mix)")
+    pool_size: Int = Field(default=4096, ge=64, le=MAX_PROBES_PER_SET,
+                           description="natural-mix: keys every copy carries; identify uses all of them")
+    keys_per_probe: Int = Field(default=64, ge=8, le=MAX_PROBES_PER_SET,
+                                description="natural-mix: fresh keys each probed endpoint is shown, never reused")
+    probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
     probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
-                                description="0: automatic (64 at 10 classes, 224 at 2 classes)")
+                                description="uniform-grid: 0: automatic (64 at 10 classes, 224 at 2 classes)")
+
+    @model_validator(mode="after")
+    def _probe_fits_pool(self) -> FingerprintConfig:
+        if self.keys_per_probe > self.pool_size:
+            raise _Bad("keys_per_probe", f"is {self.keys_per_probe}, more than pool_size ({self.pool_size})")
+        return self
 
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)

@@ -158,9 +158,13 @@ class _RecordedSet:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.id, self.size, self._digest = str(doc["id"]), int(doc["size"]), str(doc["digest"])
+        self._bound = int(doc["bound"]) if "bound" in doc else None  # key pools record their label-set size
 
     def digest(self) -> str:
         return self._digest
+
+    def bound(self, num_classes: int) -> int:
+        return num_classes if self._bound is None else self._bound
 
 
 def _commitment_matches(master: bytes, e: Entry, public_key: Any) -> bool:

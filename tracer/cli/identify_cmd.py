@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
+from ..fingerprint.revelation import pool_warning
 from ..identify.result import IdentificationResult
 from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, say, workspace
 
@@ -17,7 +18,10 @@ TimeLimitOpt = typer.Option(120.0, "--time-limit", metavar="SECONDS", min=0.001,
 
 
 def show_result(result: IdentificationResult, *, json_out: bool) -> None:
-    """Print the verdict (shared with `tracer probe`) and exit 0 on match, 1 otherwise."""
+    """Print the verdict (shared with `tracer probe`) and exit 0 on match, 1 otherwise; warn when the key pool runs low."""
+    warning = pool_warning(result.extra.get("key_pool"))
+    if warning:
+        say(f"warning: {warning}")
     if json_out:
         print_json(result.to_json())
     else:

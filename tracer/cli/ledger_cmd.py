@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import CustomerError, LedgerError, LedgerTampered, UsageError
+from ..errors import ConfigError, CustomerError, LedgerError, LedgerTampered, UsageError
+from ..fingerprint.revelation import recorded_pool_usage
 from ..keys.derive import normalize_customer_id
 from ..keys.keyring import load_public_key
 from ..ledger import export_lines, list_entries, make_checkpoint, parse_time, read_checkpoint, verify_export
@@ -35,6 +36,16 @@ _since = _parsed("--since", parse_time, ValueError)
 _customer = _parsed("--customer", normalize_customer_id, CustomerError)
 
 
+def _keys_per_probe(ws) -> int:
+    """The configured keys per probe; listing the ledger must not need a loadable tracer.toml."""
+    from ..config import FingerprintConfig
+
+    try:
+        return ws.config.fingerprint.keys_per_probe
+    except ConfigError:
+        return FingerprintConfig().keys_per_probe
+
+
 @app.command("list", help="List ledger entries, oldest first. Per-query probe entries are hidden unless --all.")
 @handle_errors
 def list_(
@@ -48,8 +59,14 @@ def list_(
     json_out: bool = JsonOpt,
     _workspace: str = WorkspaceOpt,
 ) -> None:
-    with workspace().ledger(readonly=True) as ledger:
+    ws = workspace()
+    with ws.ledger(readonly=True) as ledger:
         listing = list_entries(ledger, kind=kind, all_entries=all_entries, since=since, limit=limit, customer=customer)
+        pools = recorded_pool_usage(ledger, _keys_per_probe(ws))
+    for usage in pools:  # on stderr, whatever the format: say early that fresh probe keys run low
+        warning = usage.warning()
+        if warning:
+            err.print(f"warning: {warning}", markup=False)
     if json_out:
         print_json(listing.rows())
         return

@@ -22,7 +22,9 @@ from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
 from ..errors import CustomerError, GateError, TracerError, WorkerError, WorkspaceError
-from ..fingerprint import ProbeSet, codeword, make_probe_set, probe_set_ids, trigger_commitment
+from ..fingerprint import ProbeSet, customer_labels, trigger_commitment
+from ..fingerprint.keysets import issuing_key_sets
+from ..fingerprint.pool import POOL_ID
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -239,16 +241,17 @@ class Issuer(CopyMaker):
         base = load_base_model(config)
         self.base_sha256 = base_model_sha256(config)
         data: Dataset = load_dataset(config)
-        self.probe_sets: list[ProbeSet] = [
-            make_probe_set(keyring.master, sid, config.task, config.probes_per_set)
-            for sid in probe_set_ids(config.fingerprint.probe_sets)
-        ]
+        with ws.ledger() as ledger:
+            recorded = ledger.recorded_key_set_digests(POOL_ID)
+        #: the key sets every copy issued here embeds ([fingerprint] style): noise probe sets, or the key pool
+        self.probe_sets: list[ProbeSet] = issuing_key_sets(config, keyring.master, ws.keys_dir, recorded_digests=recorded,
+                                                           data=lambda: (data.x_train, data.y_train, data.fingerprint()))
         super().__init__(config, base=base, data=data, triggers=np.concatenate([ps.inputs for ps in self.probe_sets]),
                          base_accuracy=accuracy(predict(base, data.x_val), data.y_val))
 
     def labels_for(self, customer_id: str) -> np.ndarray:
         c = self.config.task.num_classes
-        return np.concatenate([codeword(self.keyring.master, customer_id, ps.id, ps.size, c) for ps in self.probe_sets])
+        return np.concatenate([customer_labels(self.keyring.master, customer_id, ps, c) for ps in self.probe_sets])
 
     def issue(
         self,
@@ -324,7 +327,8 @@ class Issuer(CopyMaker):
             "model_path": rel_path,
             "base_model_sha256": self.base_sha256,
             "dataset_fingerprint": self.data.fingerprint(),
-            "probe_sets": [{"id": ps.id, "size": ps.size, "digest": ps.digest()} for ps in self.probe_sets],
+            "key_style": cfg.fingerprint.style,
+            "probe_sets": [ps.record() for ps in self.probe_sets],
             "trigger_commitment": trigger_commitment(self.keyring.master, cid, self.probe_sets, cfg.task.num_classes),
             "parameters": cfg.as_record(),
             "metrics": {

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import TaskConfig
 from ..keys.derive import customer_key, hkdf_key, normalize_customer_id, probe_set_key, uniform_ints
 
-__all__ = ["ProbeSet", "probe_set_ids", "make_probe_set", "codeword", "codewords", "trigger_commitment", "PROBE_STYLE"]
+__all__ = ["ProbeSet", "probe_set_ids", "make_probe_set", "codeword", "customer_labels", "codewords", "trigger_commitment", "PROBE_STYLE"]
 
 PROBE_STYLE = "uniform-grid/v1"
 _TABULAR_STEPS = 65536
@@ -44,6 +44,18 @@ class ProbeSet:
     @property
     def size(self) -> int:
         return int(self.inputs.shape[0])
+
+    def bound(self, num_classes: int) -> int:
+        """Codeword entries are drawn in ``[0, bound)``: here the classes themselves."""
+        return num_classes
+
+    def labels(self, index: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """The classes codeword entries ``index`` stand for (here: themselves; ``keys`` selects columns already taken)."""
+        return np.asarray(index, dtype=np.int64)
+
+    def record(self) -> dict:
+        """What an issuance records of the set (its ``probe_sets`` entry)."""
+        return {"id": self.id, "size": self.size, "digest": self.digest()}
 
     def digest(self) -> str:
         """Public fingerprint of the probe inputs (reveals nothing about any codeword)."""
@@ -68,6 +80,11 @@ def codeword(master: bytes, customer_id: str, set_id: str, count: int, num_class
     return uniform_ints(customer_key(master, customer_id), f"codeword/{set_id}", count, num_classes)
 
 
+def customer_labels(master: bytes, customer_id: str, key_set: ProbeSet, num_classes: int) -> np.ndarray:
+    """The classes customer ``customer_id``'s copies answer on ``key_set``'s inputs (any key style)."""
+    return key_set.labels(codeword(master, customer_id, key_set.id, key_set.size, key_set.bound(num_classes)))
+
+
 def codewords(master: bytes, customer_ids: list[str], set_id: str, count: int, num_classes: int) -> np.ndarray:
     """Codeword matrix [N customers, P probes] as int16, for vectorized scoring."""
     out = np.empty((len(customer_ids), count), dtype=np.int16)
@@ -76,17 +93,20 @@ def codewords(master: bytes, customer_ids: list[str], set_id: str, count: int, n
     return out
 
 
-def trigger_commitment(master: bytes, customer_id: str, probe_sets: list[ProbeSet], num_classes: int) -> str:
+def trigger_commitment(master: bytes, customer_id: str, probe_sets: list, num_classes: int) -> str:
     """A hiding, binding commitment to a customer's trigger set, for the ledger.
 
-    SHA-256 over a salt derived from the customer's key, the probe-set digests
-    and the codewords. Without the master secret the commitment reveals
-    nothing; with it, anyone can re-derive the triggers and check the record.
+    SHA-256 over a salt derived from the customer's key, the key-set digests
+    and the codewords (for a key pool, the indices into each key's label set;
+    the label sets are in the pool's digest). Without the master secret the
+    commitment reveals nothing; with it, anyone can re-derive the triggers and
+    check the record. ``probe_sets`` holds :class:`ProbeSet` objects or anything
+    with their ``id``, ``size``, ``digest()`` and ``bound(num_classes)``.
     """
     cid = normalize_customer_id(customer_id)
     salt = hkdf_key(master, f"commitment/{cid}")
     h = hashlib.sha256(b"tracer-trigger-commitment/v1\0" + salt)
     for ps in probe_sets:
         h.update(ps.digest().encode())
-        h.update(codeword(master, cid, ps.id, ps.size, num_classes).astype(">u2").tobytes())
+        h.update(codeword(master, cid, ps.id, ps.size, ps.bound(num_classes)).astype(">u2").tobytes())
     return h.hexdigest()

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
-from ..fingerprint import make_probe_set, probe_set_ids
+from ..fingerprint import ProbeSet, probe_set_ids
+from ..fingerprint.keysets import is_pool, key_set
+from ..fingerprint.pool import KEY_STYLE, POOL_ID, KeyPool, pool_path
+from ..fingerprint.revelation import pool_usage
 from ..keys.keyring import Keyring
+from ..ledger import Ledger
 from ..workspace import Workspace
 from .result import IdentificationResult
 from .scoring import issued_customers, score_answers
 from .suspect import SuspectModel
 
-__all__ = ["identify_model", "identify_predictor", "record_identification"]
+__all__ = ["identify_model", "identify_predictor", "record_identification", "carried_key_sets"]
 
 
 def identify_predictor(
@@ -21,15 +27,34 @@ def identify_predictor(
 ) -> IdentificationResult:
     """Score any ``predict(x) -> class indices`` callable (an ONNX session, a torch model, an attack)."""
     cfg = ws.config
-    sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in (probe_sets or probe_set_ids(cfg.fingerprint.probe_sets))]
-    answers = {ps.id: predict(ps.inputs) for ps in sets}
     with ws.ledger() as ledger:
         customers = issued_customers(ledger)
+        sets = carried_key_sets(ws, keyring, ledger, probe_sets or sorted(set().union(*customers.set_groups)))
+        pools = [pool_usage(ledger, ps.id, ps.size, cfg.fingerprint.keys_per_probe)[0].to_json() for ps in sets if isinstance(ps, KeyPool)]
+    answers = {ps.id: predict(ps.inputs) for ps in sets}
+    if pools:
+        extra = {**(extra or {}), "key_pool": pools[0]}
     return score_answers(
         keyring.master, customers, sets, answers, num_classes=cfg.task.num_classes,
         alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets),
         model_sha256=model_sha256, extra=extra, cache_dir=ws.cache_dir,
     )
+
+
+def carried_key_sets(ws: Workspace, keyring: Keyring, ledger: Ledger, set_ids: list[str]) -> list[ProbeSet]:
+    """The key sets ``set_ids`` (those issued copies carry; every key of a pool), or the configured ones before any issuance."""
+    cfg = ws.config
+    if not set_ids:
+        set_ids = [POOL_ID] if cfg.fingerprint.style == KEY_STYLE and pool_path(ws.keys_dir).exists() else probe_set_ids(cfg.fingerprint.probe_sets)
+
+    def data() -> tuple[np.ndarray, np.ndarray, str]:
+        from ..data import load_dataset
+
+        d = load_dataset(cfg)
+        return d.x_train, d.y_train, d.fingerprint()
+
+    return [key_set(cfg, keyring.master, ws.keys_dir, sid, **({"data": data, "recorded_digests": ledger.recorded_key_set_digests(sid)}
+                                                               if is_pool(sid) else {})) for sid in set_ids]
 
 
 def record_identification(ws: Workspace, keyring: Keyring, result: IdentificationResult, *, kind: str = "identification",

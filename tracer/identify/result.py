@@ -76,6 +76,14 @@ class IdentificationResult:
     decision_rule: str = HOLM_RULE  # HOLM_RULE or EPROCESS_RULE: which test decided
     family_size: int = 0  # hypotheses the error rate is controlled over (Holm: issued customers; probe: carriers of the set)
     threshold: float | None = None  # probe: the e-value a customer must reach (family_size / alpha); Holm: None
+    #: answers each key's secret label is drawn from, so chance matches a key w.p. 1/label_choices: num_classes for
+    #: noise probe sets (uniform-grid), the label-set size (2) for a natural-mix pool; 0 when the scored sets differ
+    label_choices: int = 0
+
+    @property
+    def choices(self) -> int:
+        """The chance denominator of a match (``label_choices``, else the classes)."""
+        return self.label_choices or self.num_classes
 
     @property
     def matched(self) -> bool:
@@ -95,6 +103,7 @@ class IdentificationResult:
                 for c in shown
             ],
             "num_classes": self.num_classes,
+            "label_choices": self.choices,
             "probe_sets": list(self.probe_sets),
             "method": self.method,
             "decision_rule": self.decision_rule,
@@ -129,6 +138,7 @@ def build_result(
     family_size: int,
     threshold: float | None = None,
     extra: dict[str, Any] | None = None,
+    label_choices: int = 0,
 ) -> IdentificationResult:
     """The one way to turn per-customer scores into a result: order best first, name the rejected ones.
 
@@ -145,5 +155,5 @@ def build_result(
         verdict="match" if chosen else "no_match", customers=chosen, alpha=alpha, queries=int(queries),
         model_sha256=model_sha256, candidates=cands, num_classes=num_classes, probe_sets=list(probe_sets),
         method=method, extra=dict(extra or {}), decision_rule=decision_rule, family_size=int(family_size),
-        threshold=threshold,
+        threshold=threshold, label_choices=label_choices,
     )

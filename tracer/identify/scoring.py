@@ -132,7 +132,7 @@ def score_answers(
     table = customers if isinstance(customers, IssuedCustomers) else IssuedCustomers.from_list(list(customers))
     n_cust = len(table)
     matches = np.zeros(n_cust, dtype=np.int64)
-    trials = np.zeros(n_cust, dtype=np.int64)
+    by_bound: dict[int, np.ndarray] = {}  # label choices per key -> keys scored per customer
     for ps in probe_sets:
         if ps.id not in answers:
             continue
@@ -140,21 +140,52 @@ def score_answers(
         if not member.any():
             continue
         sel = table.ids if member.all() else [cid for cid, m in zip(table.ids, member) if m]
-        cw = cached_codewords(master, sel, ps.id, ps.size, num_classes, folder=cache_dir)
-        matches[member] += (cw == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
-        trials[member] += ps.size
-    p = np.ones(n_cust)
-    logp = np.zeros(n_cust)
-    for n in np.unique(trials):
-        if n == 0:
-            continue
-        rows = trials == n
-        p[rows] = _tails(int(n), num_classes)[matches[rows]]
-        logp[rows] = _log10_tails(int(n), num_classes)[matches[rows]]
+        bound = ps.bound(num_classes)
+        labels = ps.labels(cached_codewords(master, sel, ps.id, ps.size, bound, folder=cache_dir))
+        matches[member] += (labels == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
+        by_bound.setdefault(bound, np.zeros(n_cust, dtype=np.int64))[member] += ps.size
+    bounds = sorted(by_bound)
+    trials = sum(by_bound.values(), np.zeros(n_cust, dtype=np.int64))
+    p, logp = null_tails(matches, {b: by_bound[b] for b in bounds})
     named = holm(np.where(trials > 0, p, 1.0), alpha) if n_cust else np.zeros(0, bool)
     return build_result(
         ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
         alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,
         probe_sets=[ps.id for ps in probe_sets if ps.id in answers], method=METHOD + f" ({n_cust} customers)",
         decision_rule=HOLM_RULE, family_size=n_cust, threshold=None, extra=extra,
+        label_choices=bounds[0] if len(bounds) == 1 else 0,
     )
+
+
+def null_tails(matches: np.ndarray, by_bound: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(p, log10 p) per customer: P[X >= matches] where X sums Binomial(n_b, 1/b) over the label-choice counts b.
+
+    Customers with the same keys (the usual case: one profile) share one exact tail table.
+    """
+    n_cust = len(matches)
+    p, logp = np.ones(n_cust), np.zeros(n_cust)
+    if not by_bound or n_cust == 0:
+        return p, logp
+    bounds = sorted(by_bound)
+    profiles = np.stack([by_bound[b] for b in bounds], axis=1)  # [customers, bounds]
+    uniq, inverse = np.unique(profiles, axis=0, return_inverse=True)
+    for g, prof in enumerate(uniq):
+        if not prof.any():
+            continue
+        rows = inverse.reshape(-1) == g
+        groups = {b: int(n) for b, n in zip(bounds, prof) if n}
+        tails, log_tails = _group_tails(tuple(sorted(groups.items())))
+        p[rows] = tails[matches[rows]]
+        logp[rows] = log_tails[matches[rows]]
+    return p, logp
+
+
+@lru_cache(maxsize=64)
+def _group_tails(groups: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    if len(groups) == 1:
+        (b, n), = groups
+        return _tails(n, b), _log10_tails(n, b)
+    from ..fingerprint.stats import poisson_binomial_log10_tails, poisson_binomial_tails
+
+    ks = np.concatenate([np.full(n, b, dtype=np.int64) for b, n in groups])
+    return poisson_binomial_tails(ks), poisson_binomial_log10_tails(ks)

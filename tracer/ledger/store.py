@@ -302,6 +302,11 @@ class Ledger:
         """How many issuances recorded a copy with this SHA-256 (crash recovery: was it committed?)."""
         return self.db.execute("SELECT count(*) FROM issuances WHERE model_sha256 = ?", [sha256]).fetchone()[0]
 
+    def recorded_key_set_digests(self, set_id: str) -> set[str]:
+        """Every digest the issuance records give for key set ``set_id`` (one per distinct record, normally one)."""
+        docs = (r[0] for r in self.db.execute("SELECT DISTINCT probe_sets FROM issuances").fetchall())
+        return {str(ps["digest"]) for doc in docs for ps in json.loads(doc) if isinstance(ps, dict) and ps.get("id") == set_id}
+
     def issued_customers(self) -> list[tuple[str, str, frozenset[str]]]:
         """(customer id, display name, ids of every probe set its copies carry), in order of first issuance.
 
@@ -337,6 +342,31 @@ class Ledger:
         for seq, kind, text in rows:
             out.setdefault(kind, []).append(_payload(seq, text))
         return out
+
+    def recorded_pools(self) -> dict[str, int]:
+        """Key pools (id -> size) the issuance records name."""
+        docs = (r[0] for r in self.db.execute("SELECT DISTINCT probe_sets FROM issuances").fetchall())
+        return {str(ps["id"]): int(ps["size"]) for doc in docs for ps in json.loads(doc)
+                if isinstance(ps, dict) and str(ps.get("id", "")).startswith("pool")}
+
+    def sent_keys(self, pool_id: str) -> set[int]:
+        """Pool keys that left for an endpoint: the ``key`` of every ``probe-sent`` entry of ``pool_id`` (revelation per key)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT json_extract(payload, '$.key') FROM entries WHERE kind = 'probe-sent' "
+            "AND json_extract(payload, '$.pool') = ?", [pool_id]).fetchall()
+        return {int(k) for (k,) in rows if k is not None}
+
+    def pool_sessions(self, pool_id: str) -> list[tuple[str, list[int]]]:
+        """(session, keys it scheduled) of every probe session that drew keys from ``pool_id``."""
+        rows = self.db.execute(
+            "SELECT json_extract(payload, '$.session'), json_extract(payload, '$.keys') FROM entries WHERE kind = 'probe-start' "
+            "AND json_extract(payload, '$.probe_set') = ? AND json_extract(payload, '$.keys') IS NOT NULL", [pool_id]).fetchall()
+        return [(str(sess), [int(k) for k in json.loads(keys)]) for sess, keys in rows]
+
+    def session_finished(self, session: str) -> bool:
+        """Whether probe session ``session`` has its ``probe-result``."""
+        return self.db.execute("SELECT 1 FROM entries WHERE kind = 'probe-result' AND json_extract(payload, '$.session') = ? LIMIT 1",
+                               [session]).fetchone() is not None
 
     def probe_answers(self, session: str) -> dict[int, Any]:
         return {r["idx"]: json.loads(r["response"]) for r in self.db.query(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,12 @@ import numpy as np
 from .. import __version__
 from ..config import TaskConfig
 from ..errors import ConfigError, TracerError, UsageError
-from ..fingerprint import ProbeSet, make_probe_set, probe_set_ids
+from ..fingerprint import ProbeSet, probe_set_ids
 from ..fingerprint.cache import cached_codewords
+from ..fingerprint.keysets import is_pool
+from ..fingerprint.pool import KEY_STYLE, KeyPool
+from ..fingerprint.revelation import PoolUsage, draw_keys, pool_usage
+from ..identify.identify import carried_key_sets
 from ..identify.scoring import IssuedCustomer, issued_customers
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -157,6 +161,9 @@ class SessionPlan:
     y_val: np.ndarray
     options: ProbeOptions
     endpoint_hmac: str | None  # HMAC of the full URL (None for sessions journaled before it existed)
+    keys: tuple[int, ...] | None = None  # natural-mix: the pool index of each trigger j (probe_set.inputs[j] is pool key keys[j])
+    label_choices: int = 0  # a match's chance denominator: the pool's label-set size, or the classes (noise probe sets)
+    pool_left: PoolUsage | None = None  # natural-mix: what is left of the pool once this session's keys are taken
 
     @property
     def threshold(self) -> float:
@@ -183,14 +190,20 @@ class SessionPlan:
             "client": {"timeout": c.timeout, "rate": c.rate, "concurrency": c.concurrency, "max_retries": c.max_retries,
                        "max_response_bytes": c.max_response_bytes, "header_names": sorted(c.headers)},
             "method": METHOD, "tracer_version": __version__,
+            **({"key_style": KEY_STYLE, "keys": list(self.keys), "label_choices": self.label_choices} if self.keys is not None else {}),
         }
+
+    def key_of(self, idx: int) -> int | None:
+        """The pool key schedule item ``idx`` shows (None for decoys and noise probe sets)."""
+        kind, j = self.schedule[idx]
+        return self.keys[j] if self.keys is not None and kind == "t" else None
 
 
 @dataclass(frozen=True)
 class _Common:
     members: tuple[IssuedCustomer, ...]
     others: tuple[IssuedCustomer, ...]
-    probe_set: ProbeSet
+    probe_set: ProbeSet  # a noise probe set, or the whole key pool (the session's keys are drawn from it)
     x_val: np.ndarray
     y_val: np.ndarray
 
@@ -208,8 +221,8 @@ def _common(ws: Workspace, keyring: Keyring, ledger: Ledger, probe_set_id: str, 
 
         data = load_dataset(cfg)
         x_val, y_val = data.x_val, data.y_val
-    return _Common(members, tuple(c for c in customers if probe_set_id not in c.probe_sets),
-                   make_probe_set(keyring.master, probe_set_id, task, cfg.probes_per_set), x_val, y_val)
+    key_set = carried_key_sets(ws, keyring, ledger, [probe_set_id])[0]
+    return _Common(members, tuple(c for c in customers if probe_set_id not in c.probe_sets), key_set, x_val, y_val)
 
 
 def _inputs_digest(common: _Common, schedule: list[tuple[str, int]], dtype: str) -> tuple[tuple[str, ...], str]:
@@ -218,24 +231,37 @@ def _inputs_digest(common: _Common, schedule: list[tuple[str, int]], dtype: str)
     return hashes, digest
 
 
-def _finish(ws: Workspace, keyring: Keyring, common: _Common, **fields: Any) -> SessionPlan:
+def _finish(ws: Workspace, keyring: Keyring, common: _Common, *, keys: list[int] | None = None, **fields: Any) -> SessionPlan:
+    """The plan over ``common``'s set (a pool: only its ``keys``, in that order): input hashes, the family's codewords."""
     task = ws.config.task
     schedule = fields["schedule"]
     if fields["budget"] < 1:
         raise ConfigError("--budget must be at least 1")
+    key_set, bound = common.probe_set, common.probe_set.bound(task.num_classes)
+    index = cached_codewords(keyring.master, [c.customer_id for c in common.members], key_set.id, key_set.size, bound, folder=ws.cache_dir)
+    if keys is not None:
+        chosen = np.asarray(keys, dtype=np.int64)
+        cw = key_set.labels(index[:, chosen], keys=chosen)
+        common = replace(common, probe_set=ProbeSet(key_set.id, key_set.inputs[chosen]))
+    else:
+        cw = key_set.labels(index)
     hashes, digest = _inputs_digest(common, schedule, task.input_dtype)
-    cw = cached_codewords(keyring.master, [c.customer_id for c in common.members], common.probe_set.id,
-                          common.probe_set.size, task.num_classes, folder=ws.cache_dir)
     return SessionPlan(probe_set=common.probe_set, hashes=hashes, digest=digest, members=common.members, others=common.others,
-                       codewords=cw, x_val=common.x_val, y_val=common.y_val, **{**fields, "schedule": tuple(schedule)})
+                       codewords=cw, x_val=common.x_val, y_val=common.y_val, keys=None if keys is None else tuple(keys),
+                       label_choices=bound, **{**fields, "schedule": tuple(schedule)})
 
 
 def _pick_probe_set(ws: Workspace, ledger: Ledger, wanted: str | None) -> str:
+    """The key set a new session draws from: ``--probe-set``, else the pool when copies carry it, else the first unrevealed probe set."""
     ids = probe_set_ids(ws.config.fingerprint.probe_sets)
+    carried = set().union(*issued_customers(ledger).set_groups)
+    pools = sorted(i for i in carried if is_pool(i))
     if wanted is not None:
-        if wanted not in ids:
-            raise ConfigError(f"unknown probe set {wanted!r}", hint=f"this workspace has {', '.join(ids)}")
+        if wanted not in ids and wanted not in pools:
+            raise ConfigError(f"unknown probe set {wanted!r}", hint=f"this workspace has {', '.join(pools + ids)}")
         return wanted
+    if pools:
+        return pools[0]
     shown = set(revealed_probe_sets(ledger))
     fresh = [i for i in ids if i not in shown]
     if not fresh:
@@ -256,11 +282,14 @@ def new_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, url: str, fmt: Wir
         raise ConfigError("--decoys-per-trigger must be >= 0")
     common = _common(ws, keyring, ledger, _pick_probe_set(ws, ledger, opt.probe_set), decoys)
     seed = secrets.token_bytes(32)
-    schedule = make_schedule(seed, common.probe_set.size, len(common.x_val), decoys)
+    keys, left = None, None
+    if isinstance(common.probe_set, KeyPool):
+        keys, left = draw_keys(ledger, common.probe_set, seed, ws.config.fingerprint.keys_per_probe)
+    schedule = make_schedule(seed, common.probe_set.size if keys is None else len(keys), len(common.x_val), decoys)
     budget = int(opt.budget if opt.budget is not None else 2 * len(schedule))
-    return _finish(ws, keyring, common, session=f"probe-{secrets.token_hex(8)}", endpoint=Endpoint.parse(url), fmt=fmt,
-                   seed=seed, schedule=schedule, decoys_per_trigger=decoys, budget=budget, alpha=alpha, options=opt,
-                   endpoint_hmac=url_hmac(keyring.master, url))
+    return replace(_finish(ws, keyring, common, session=f"probe-{secrets.token_hex(8)}", endpoint=Endpoint.parse(url), fmt=fmt,
+                           seed=seed, schedule=schedule, decoys_per_trigger=decoys, budget=budget, alpha=alpha, options=opt,
+                           endpoint_hmac=url_hmac(keyring.master, url), keys=keys), pool_left=left)
 
 
 def _resume_endpoint(keyring: Keyring, start: dict[str, Any], url: str | None, session: str) -> tuple[Endpoint, str | None]:
@@ -296,7 +325,9 @@ def resumed_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, session: str, 
             raise UsageError(f"probe session {session} was started with {flag} {was}, not {given}",
                              hint=f"drop {flag} to continue it, or start a new probe")
     common = _common(ws, keyring, ledger, start["probe_set"], decoys)
-    plan = _finish(ws, keyring, common, session=session, endpoint=endpoint, fmt=fmt, seed=bytes.fromhex(start["schedule_seed"]),
+    keys = [int(k) for k in start["keys"]] if "keys" in start else None
+    left = pool_usage(ledger, common.probe_set.id, common.probe_set.size, ws.config.fingerprint.keys_per_probe)[0] if isinstance(common.probe_set, KeyPool) else None
+    plan = _finish(ws, keyring, common, keys=keys, session=session, endpoint=endpoint, fmt=fmt, seed=bytes.fromhex(start["schedule_seed"]),
                    schedule=[(k, int(i)) for k, i in start["schedule"]], decoys_per_trigger=decoys,
                    budget=int(opt.budget if opt.budget is not None else start["budget"]), alpha=alpha, options=opt,
                    endpoint_hmac=recorded_hmac or url_hmac(keyring.master, endpoint.url))
@@ -305,7 +336,7 @@ def resumed_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, session: str, 
                           hint="resume from the same workspace and dataset, or start a new probe")
     if start["probe_set_digest"] != plan.probe_set.digest():
         raise TracerError(f"probe set {plan.probe_set.id} no longer matches session {session}")
-    return plan
+    return replace(plan, pool_left=left)
 
 
 # -- the journal, replayed -----------------------------------------------------------------------

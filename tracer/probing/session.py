@@ -142,7 +142,7 @@ class ProbeSession:
             ledger.append("probe-start", plan.start_payload(), key=self.keyring.signing_key)
             self.state = JournalState()
         self.plan = plan
-        self.test = EProcess(self.ws.config.task.num_classes, len(plan.members), plan.alpha)
+        self.test = EProcess(plan.label_choices or self.ws.config.task.num_classes, len(plan.members), plan.alpha)
         self.decoys_right = self.decoys_answered = 0
         for idx in sorted(self.state.answered):
             self._score(idx, self.state.answered[idx])
@@ -159,7 +159,9 @@ class ProbeSession:
 
     def _journal_sent(self, ledger: Ledger, idx: int, attempt: int) -> None:  # on_send(attempt), idx bound
         """Before a request goes out: on disk first, so a killed run still counts it."""
-        ledger.append("probe-sent", {"session": self.plan.session, "idx": idx, "try": attempt}, key=self.keyring.signing_key)
+        key = self.plan.key_of(idx)
+        extra = {} if key is None else {"pool": self.plan.probe_set.id, "key": key}  # revelation per key, before it leaves
+        ledger.append("probe-sent", {"session": self.plan.session, "idx": idx, "try": attempt, **extra}, key=self.keyring.signing_key)
         self.state.used += 1
         self.state.sent.add(idx)
 
@@ -304,6 +306,7 @@ class ProbeSession:
             "trigger_answers": int(test.t), "decoy_answers": self.decoys_answered,
             "decoy_accuracy": round(self.decoys_right / self.decoys_answered, 4) if self.decoys_answered else None,
             "failed_queries": len(st.failed), "budget": p.budget, "stopped": reason, "threshold_e_value": p.threshold,
+            **({"key_pool": p.pool_left.to_json()} if p.pool_left is not None else {}),
         }
         return build_result(
             ids=[c.customer_id for c in p.members + p.others], names=[c.display_name for c in p.members + p.others],
@@ -311,7 +314,7 @@ class ProbeSession:
             p_values=np.concatenate([test.p_values(), np.ones(m)]), log10_p=np.concatenate([test.log10_p(), np.zeros(m)]),
             named=np.concatenate([test.named, np.zeros(m, bool)]), alpha=p.alpha, queries=st.used, model_sha256=None,
             num_classes=self.ws.config.task.num_classes, probe_sets=[p.probe_set.id], method=METHOD + f" ({n} customers)",
-            decision_rule=EPROCESS_RULE, family_size=n, threshold=p.threshold, extra=extra)
+            decision_rule=EPROCESS_RULE, family_size=n, threshold=p.threshold, extra=extra, label_choices=p.label_choices)
 
     def _decide(self, ledger: Ledger) -> str:
         """Run the loop unless the journal alone decides; raise when no trigger could be scored."""

@@ -247,7 +247,7 @@ def _named_line(c: Candidate, r: IdentificationResult, dec: Decision) -> str:
     """One named customer's evidence in a sentence, worded for the test that decided."""
     head = (f'<p class="small">{_e(c.display_name)}: the suspect gave that customer\'s secret answer on '
             f"<strong>{c.matches} of {c.trials}</strong> secret probes; a model not derived from its copy would "
-            f"get {plain_count(c.trials / r.num_classes)} by chance. ")
+            f"get {plain_count(c.trials / r.choices)} by chance. ")
     if dec.sequential:
         assert dec.threshold is not None  # the e-process always has one
         return head + (f"Its e-value (the evidence against chance, which starts at 1) reached "
@@ -291,7 +291,7 @@ def _verdict(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
     if tested:
         best = tested[0]
         lines.append(f'<p class="small">The closest customer, {_e(best.display_name)} (<code>{_e(best.customer)}</code>), '
-                     f"matched {best.matches} of {best.trials} secret probes; chance alone gives {plain_count(best.trials / r.num_classes)} "
+                     f"matched {best.matches} of {best.trials} secret probes; chance alone gives {plain_count(best.trials / r.choices)} "
                      f"(p = {_p(best)}).</p>")
     lines.append('<p class="small">This does not prove the suspect is unrelated to an issued copy; see '
                  "“What this method cannot detect” below.</p>")
@@ -367,7 +367,7 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
         checked += (f"<span class=explain>{len(untested):,} more issued customer(s) were not tested: their copies do not carry "
                     "the probe set used</span>")
     rows.append(("Issued customers checked", checked))
-    rows.append(("Possible answers per question (C)", num(r.num_classes)))
+    rows.append(("Possible answers per question (C)", num(r.choices)))
     rows.append(("Error bound alpha", f"{num(format_alpha(r.alpha))}: the chance that tracer names any innocent customer is at most alpha"))
     rows += _extra_rows({k: v for k, v in extra.items() if k not in counts}, dec)
     rows.append(("Report made", _e(_when(d.created))))
@@ -376,14 +376,14 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
 
 def _null_figure(r: IdentificationResult, dec: Decision, n: int, group: list[Candidate]) -> str:
     """One null chart (customers scored on ``n`` probes) and its caption, with this rule's threshold."""
-    tails = binomial_tails(n, r.num_classes)
+    tails = binomial_tails(n, r.choices)
     if dec.sequential:
-        m_star = _e_threshold_count(n, r.num_classes, dec.threshold or dec.family_size / r.alpha)
+        m_star = _e_threshold_count(n, r.choices, dec.threshold or dec.family_size / r.alpha)
         label = "e-value reaches the threshold"
     else:
         m_star = charts.threshold_count(list(tails), dec.level)
         label = "named from here on"
-    svg = charts.null_chart(n, r.num_classes, group, threshold=m_star, threshold_label=label)
+    svg = charts.null_chart(n, r.choices, group, threshold=m_star, threshold_label=label)
     if m_star is None:
         thr = (f"With only {n} probes no customer could be named at alpha = {format_alpha(r.alpha)}: even {n} matches out of {n} "
                "would not be unlikely enough.")
@@ -397,7 +397,7 @@ def _null_figure(r: IdentificationResult, dec: Decision, n: int, group: list[Can
                "the stronger ones are named.")
     return (f"<figure>{svg}<figcaption>The grey bars show how many of the {n} secret probes a model that was "
             f"<em>not</em> derived from a given customer's copy would match, by pure chance: each answer agrees with "
-            f"probability 1 in {r.num_classes}, so chance alone gives {plain_count(n / r.num_classes)}, and more than "
+            f"probability 1 in {r.choices}, so chance alone gives {plain_count(n / r.choices)}, and more than "
             f"{_q(tails, 1e-3)} almost never happen. Below the axis, every tested customer "
             f"({len(group):,} here) is placed at its actual match count (one dot each, or dark bars counting customers when "
             f"there are many); named customers are red. {thr}</figcaption></figure>")
@@ -452,7 +452,7 @@ def _scores(d: ReportData) -> str:
         cls = ' class="named"' if c.named else ""
         rows.append(
             f"<tr{cls}><td class=num>{i}</td><td><code>{_e(c.customer)}</code></td><td>{_e(c.display_name)}</td>"
-            f"<td class=num>{c.matches} of {c.trials}</td><td class=num>{c.trials / r.num_classes:.1f}</td>"
+            f"<td class=num>{c.matches} of {c.trials}</td><td class=num>{c.trials / r.choices:.1f}</td>"
             f"<td class=num>{_e(format_p(c.p_value, c.log10_p))}</td><td>{'named' if c.named else 'not named'}</td></tr>"
         )
     more = len(tested) - len(shown)
@@ -575,7 +575,7 @@ customer's copy.</li>
 def _method(d: ReportData, dec: Decision) -> str:
     r = d.result
     rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
-    return _method_common(r.num_classes) + rule + _method_limits()
+    return _method_common(r.choices) + rule + _method_limits()
 
 
 _GLOSSARY_COMMON = [

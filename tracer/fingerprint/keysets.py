@@ -1,0 +1,71 @@
+"""Which key sets a workspace's copies carry, by style, and where each comes from.
+
+A *key set* is what a codeword is drawn over: a noise probe set of style
+``uniform-grid/v1`` (:mod:`.probes`: ``ps1``, ``ps2``, ..., re-derived from the
+master secret on demand) or the key pool of style ``natural-mix/v1``
+(:mod:`.pool`: ``pool1``, stored encrypted in ``keys/``). Issuance embeds the
+sets of the configured style; identification and probing read, per issuance
+record, the sets that copy carries, so workspaces holding copies of both
+styles identify each by its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..errors import KeyFileError
+from .pool import KEY_STYLE, POOL_ID, KeyPool, build_pool, load_pool, pool_path, save_pool
+from .probes import PROBE_STYLE, ProbeSet, make_probe_set, probe_set_ids
+
+__all__ = ["is_pool", "issuing_key_sets", "key_set", "open_pool", "set_style"]
+
+
+def is_pool(set_id: str) -> bool:
+    return set_id.startswith("pool")
+
+
+def set_style(set_id: str) -> str:
+    return KEY_STYLE if is_pool(set_id) else PROBE_STYLE
+
+
+def open_pool(config: Config, master: bytes, keys_dir: Path, *, pool_id: str = POOL_ID,
+              data: Callable[[], tuple[np.ndarray, np.ndarray, str]] | None = None,
+              recorded_digests: Iterable[str] = ()) -> KeyPool:
+    """The stored pool, or (when ``data`` is given and none is stored) the pool built from the vendor's data and stored.
+
+    ``data`` returns (x_train, y_train, dataset fingerprint). A rebuilt pool must match every
+    digest the ledger recorded for it (``recorded_digests``): a dataset that changed since
+    copies were issued cannot silently give other keys.
+    """
+    path = pool_path(keys_dir, pool_id)
+    if path.exists() or data is None:
+        return load_pool(path, master, pool_id)
+    x_train, y_train, fingerprint = data()
+    pool = build_pool(master, config.task, x_train, y_train, size=config.fingerprint.pool_size,
+                      dataset_fingerprint=fingerprint, pool_id=pool_id)
+    wrong = sorted(set(recorded_digests) - {pool.digest()})
+    if wrong:
+        raise KeyFileError(f"{path} is missing, and the keys rebuilt from today's data differ from the ones issued copies carry",
+                           hint="restore keys/ from your backup (the dataset changed since those copies were issued)")
+    save_pool(path, master, pool)
+    return pool
+
+
+def key_set(config: Config, master: bytes, keys_dir: Path, set_id: str, **pool_options) -> ProbeSet:
+    """One key set by id: a pool from ``keys/``, a noise probe set re-derived from the master secret."""
+    if is_pool(set_id):
+        return open_pool(config, master, keys_dir, pool_id=set_id, **pool_options)
+    return make_probe_set(master, set_id, config.task, config.probes_per_set)
+
+
+def issuing_key_sets(config: Config, master: bytes, keys_dir: Path, *,
+                     data: Callable[[], tuple[np.ndarray, np.ndarray, str]],
+                     recorded_digests: Iterable[str] = ()) -> list[ProbeSet]:
+    """The key sets a new copy embeds under ``[fingerprint] style``."""
+    if config.fingerprint.style == KEY_STYLE:
+        return [open_pool(config, master, keys_dir, data=data, recorded_digests=recorded_digests)]
+    return [make_probe_set(master, sid, config.task, config.probes_per_set) for sid in probe_set_ids(config.fingerprint.probe_sets)]

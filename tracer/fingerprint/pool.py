@@ -1,0 +1,215 @@
+"""In-distribution fingerprint keys (style ``natural-mix/v1``): a large pool built from the vendor's own inputs.
+
+Why: noise keys (:mod:`.probes`, style ``uniform-grid/v1``) lie far from any
+real input, so an API that filters unusual queries answers them wrongly, and
+two probe sets run out after two probed endpoints. A key here is a keyed
+mixture of two of the vendor's training inputs of different classes,
+``(1 - w) a + w b`` with ``w`` in ``[MIX_LOW, MIX_HIGH]``, snapped to the
+values the vendor's inputs take (digits: the 17 levels of pixel/16), so its
+values and statistics are those of real inputs.
+
+The label set of key i is fixed with it, before any customer exists and
+without looking at any codeword: ``S_i = (class of a, class of b)`` (k = 2).
+Customer c's label on key i is ``S_i[j]`` with ``j`` exactly uniform in
+``{0, 1}`` from c's own HKDF stream (label ``codeword/<pool id>``), so a model
+not derived from c agrees with it with probability at most 1/2 on every key,
+independently (see :mod:`.stats`). Nothing selects, filters or reorders keys by
+codeword values: the construction reads only the master secret's streams and
+the vendor's inputs and labels.
+
+Determinism: the choice of ``a``, ``b`` and ``w`` comes from SHAKE-256 streams
+(:func:`~tracer.keys.derive.uniform_ints`); the mixture is float64 arithmetic
+(correctly rounded, so identical on every IEEE machine) followed by a
+nearest-value snap with ties to the lower value. The pool therefore depends
+only on the master secret and the dataset, and golden vectors in
+``tests/test_pool.py`` pin it. It is nevertheless stored, encrypted with
+AES-256-GCM under ``HKDF(master, "key-pool/<id>/storage")``, in
+``keys/<id>.keypool``: a vendor whose dataset later changes must not lose
+the keys of copies already issued, and every issuance records the pool's
+digest, so the stored pool can be checked against the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .._files import atomic_write_bytes
+from .._json import loads_strict
+from ..config import TaskConfig
+from ..errors import KeyFileError
+from ..keys.derive import hkdf_key, shake_stream, uniform_ints
+from .probes import ProbeSet
+
+__all__ = ["KEY_STYLE", "POOL_ID", "KeyPool", "build_pool", "save_pool", "load_pool", "pool_path", "MIX_LOW", "MIX_HIGH"]
+
+KEY_STYLE = "natural-mix/v1"
+POOL_ID = "pool1"
+MIX_LOW, MIX_HIGH = 0.3, 0.5
+_MAGIC = b"TRKP1"
+_FORMAT = "tracer-key-pool/1"
+_MAX_SNAP_VALUES = 256  # inputs with at most this many distinct values are snapped to them
+
+
+@dataclass(frozen=True)
+class KeyPool(ProbeSet):
+    """The keys (``inputs``), their label sets ``S_i`` and how each was made (``sources``, ``weights``)."""
+
+    label_sets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [K, k] classes
+    sources: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [K, 2] rows of x_train
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [K] mixing weight of the second source
+    dataset_fingerprint: str = ""
+    style: str = KEY_STYLE
+
+    @property
+    def label_set_size(self) -> int:
+        return int(self.label_sets.shape[1])
+
+    def bound(self, num_classes: int) -> int:
+        """Each customer draws an index in ``[0, k)`` per key, not a class."""
+        return self.label_set_size
+
+    def labels(self, index: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """Classes for codeword indices ``index`` ([..., K] or, with ``keys``, [..., len(keys)])."""
+        sets = self.label_sets if keys is None else self.label_sets[np.asarray(keys, dtype=np.int64)]
+        idx = np.asarray(index, dtype=np.int64)
+        return np.take_along_axis(np.broadcast_to(sets, (*idx.shape[:-1], *sets.shape)), idx[..., None], axis=-1)[..., 0]
+
+    def digest(self) -> str:
+        """Public fingerprint of the keys and their label sets (reveals nothing about any codeword)."""
+        h = hashlib.sha256(f"tracer-key-pool/v1|{self.id}|{self.style}|{self.inputs.dtype.str}|{self.inputs.shape}".encode())
+        h.update(np.ascontiguousarray(self.inputs).tobytes())
+        h.update(np.ascontiguousarray(self.label_sets, dtype=">i4").tobytes())
+        return h.hexdigest()
+
+    def record(self) -> dict:
+        """What an issuance records of the pool (its ``probe_sets`` entry)."""
+        return {"id": self.id, "size": self.size, "digest": self.digest(), "style": self.style, "bound": self.label_set_size,
+                "dataset_fingerprint": self.dataset_fingerprint}
+
+
+def _uniform_below(key: bytes, label: str, bounds: np.ndarray) -> np.ndarray:
+    """One integer exactly uniform in ``[0, bounds[i])`` per element, by rejection from one 32-bit word stream."""
+    out = np.empty(len(bounds), dtype=np.int64)
+    nbytes = 4 * len(bounds) + 64
+    while True:
+        words = np.frombuffer(shake_stream(key, label, nbytes), dtype=">u4").astype(np.int64)
+        pos = 0
+        ok = True
+        for i, b in enumerate(bounds):
+            limit = (2**32 // int(b)) * int(b)
+            while pos < len(words) and words[pos] >= limit:
+                pos += 1
+            if pos >= len(words):
+                ok = False
+                break
+            out[i] = words[pos] % int(b)
+            pos += 1
+        if ok:
+            return out
+        nbytes *= 2  # prefix-stable: the values already accepted do not change
+
+
+def _snap_values(x_train: np.ndarray) -> np.ndarray | None:
+    """The distinct values of the vendor's inputs when there are few (a pixel grid), else None."""
+    values = np.unique(np.asarray(x_train, dtype=np.float64))
+    return values if len(values) <= _MAX_SNAP_VALUES else None
+
+
+def _snap(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each entry of ``x`` replaced by the nearest of ``values`` (sorted), ties to the lower one."""
+    hi = np.clip(np.searchsorted(values, x, side="left"), 1, len(values) - 1)
+    lo = hi - 1
+    take_hi = (values[hi] - x) < (x - values[lo])
+    return np.where(take_hi, values[hi], values[lo])
+
+
+def build_pool(master: bytes, task: TaskConfig, x_train: np.ndarray, y_train: np.ndarray, *, size: int,
+               dataset_fingerprint: str, pool_id: str = POOL_ID) -> KeyPool:
+    """The pool: ``size`` keyed mixtures of two vendor inputs of different classes (see the module docstring)."""
+    y = np.asarray(y_train, dtype=np.int64)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise KeyFileError("the key pool needs training inputs of at least two classes")
+    key = hkdf_key(master, f"key-pool/{pool_id}")
+    first = uniform_ints(key, "source/a", size, len(y))
+    others = {int(c): np.flatnonzero(y != c) for c in classes}
+    second_pos = _uniform_below(key, "source/b", np.array([len(others[int(y[a])]) for a in first], dtype=np.int64))
+    second = np.array([others[int(y[a])][j] for a, j in zip(first, second_pos)], dtype=np.int64)
+    w = MIX_LOW + (MIX_HIGH - MIX_LOW) * (uniform_ints(key, "weight", size, 65536).astype(np.float64) / 65535.0)
+    flat = np.asarray(x_train, dtype=np.float64).reshape(len(y), -1)
+    mixed = (1.0 - w)[:, None] * flat[first] + w[:, None] * flat[second]
+    values = _snap_values(x_train)
+    if values is not None:
+        mixed = _snap(mixed, values)
+    low, high = task.bounds(flat=True)
+    mixed = np.clip(mixed, low, high)
+    inputs = mixed.reshape((size, *task.input_shape)).astype(task.input_dtype)
+    return KeyPool(pool_id, inputs, label_sets=np.stack([y[first], y[second]], axis=1), sources=np.stack([first, second], axis=1),
+                   weights=w, dataset_fingerprint=dataset_fingerprint)
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+
+def pool_path(keys_dir: Path, pool_id: str = POOL_ID) -> Path:
+    return Path(keys_dir) / f"{pool_id}.keypool"
+
+
+def _header(pool_id: str, master: bytes) -> bytes:
+    key_id = hashlib.sha256(hkdf_key(master, f"key-pool/{pool_id}/storage")).hexdigest()[:16]
+    return json.dumps({"format": _FORMAT, "id": pool_id, "key_id": key_id}, sort_keys=True).encode()
+
+
+def save_pool(path: Path, master: bytes, pool: KeyPool) -> None:
+    """Write the pool encrypted (AES-256-GCM, mode 0600), atomically."""
+    meta = {"id": pool.id, "style": pool.style, "shape": list(pool.inputs.shape), "dtype": pool.inputs.dtype.str,
+            "k": pool.label_set_size, "dataset_fingerprint": pool.dataset_fingerprint, "digest": pool.digest()}
+    raw_meta = json.dumps(meta, sort_keys=True).encode()
+    body = b"".join([struct.pack(">I", len(raw_meta)), raw_meta, np.ascontiguousarray(pool.inputs).tobytes(),
+                     np.ascontiguousarray(pool.label_sets, dtype=">i4").tobytes(), np.ascontiguousarray(pool.sources, dtype=">i8").tobytes(),
+                     np.ascontiguousarray(pool.weights, dtype=">f8").tobytes()])
+    nonce = os.urandom(12)
+    key = hkdf_key(master, f"key-pool/{pool.id}/storage")
+    atomic_write_bytes(path, _MAGIC + nonce + AESGCM(key).encrypt(nonce, body, _header(pool.id, master)), mode=0o600)
+
+
+def load_pool(path: Path, master: bytes, pool_id: str = POOL_ID) -> KeyPool:
+    """Decrypt a stored pool; :class:`KeyFileError` when it is damaged, forged or from another master secret."""
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"key pool {path} is missing") from None
+    if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 28:
+        raise KeyFileError(f"{path} is not a tracer key pool")
+    nonce, ct = blob[len(_MAGIC) : len(_MAGIC) + 12], blob[len(_MAGIC) + 12 :]
+    try:
+        body = AESGCM(hkdf_key(master, f"key-pool/{pool_id}/storage")).decrypt(nonce, ct, _header(pool_id, master))
+    except InvalidTag:
+        raise KeyFileError(f"key pool {path} does not decrypt with this master secret (damaged, or from another workspace)",
+                           hint="restore keys/ from your backup") from None
+    (n,) = struct.unpack(">I", body[:4])
+    meta = loads_strict(body[4 : 4 + n])
+    shape, dtype, k = tuple(int(s) for s in meta["shape"]), np.dtype(meta["dtype"]), int(meta["k"])
+    size = shape[0]
+    offsets = np.cumsum([4 + n, int(np.prod(shape)) * dtype.itemsize, size * k * 4, size * 2 * 8, size * 8])
+    if offsets[-1] != len(body):
+        raise KeyFileError(f"key pool {path} has the wrong length (damaged)")
+    parts = [body[a:b] for a, b in itertools.pairwise(offsets)]
+    pool = KeyPool(str(meta["id"]), np.frombuffer(parts[0], dtype=dtype).reshape(shape).copy(),
+                   label_sets=np.frombuffer(parts[1], dtype=">i4").astype(np.int64).reshape(size, k),
+                   sources=np.frombuffer(parts[2], dtype=">i8").astype(np.int64).reshape(size, 2),
+                   weights=np.frombuffer(parts[3], dtype=">f8").astype(np.float64), dataset_fingerprint=str(meta["dataset_fingerprint"]),
+                   style=str(meta["style"]))
+    if pool.digest() != meta["digest"]:
+        raise KeyFileError(f"key pool {path} does not match its own digest (damaged)")
+    return pool
