@@ -70,7 +70,7 @@ THE TRAP
     (for instance, keeping the keys on which some label "survived best"): the
     argument above needs S_t and the keys scored to be independent of c's
     labels. In a simulation such a selection turned a true 1/3 match rate
-    into 0.42 (tests/test_stats_keys.py). Filtering candidate keys must be
+    into 0.42 (0.46 in the one kept in tests/test_stats_keys.py). Filtering candidate keys must be
     label-agnostic, done once, before any customer exists.
 """
 
