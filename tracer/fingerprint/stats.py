@@ -309,7 +309,11 @@ def _single_tail_numerator(m: int, groups: list[tuple[int, int]]) -> tuple[int, 
 
 
 def poisson_binomial_tail(m: int, ks: ArrayLike) -> float:
-    """P[X >= m], X = sum of independent Bernoulli(1/ks[i]): exact integers, rounded once to the nearest float."""
+    """P[X >= m], X = sum of independent Bernoulli(1/ks[i]): exact integers, rounded once to the nearest float.
+
+    For checks and reports of one value: with three sizes at 4096 keys it takes seconds (the integers of
+    the smaller groups' product); score many customers with :func:`poisson_binomial_log10_tails`.
+    """
     groups = key_groups(ks)
     n = sum(c for _, c in groups)
     if m <= 0:
