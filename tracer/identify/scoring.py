@@ -18,7 +18,7 @@ import numpy as np
 
 from ..fingerprint import ProbeSet
 from ..fingerprint.cache import cached_codewords
-from ..fingerprint.stats import binomial_tails, holm, log10_tail
+from ..fingerprint.stats import holm, poisson_binomial_log10_tails, poisson_binomial_tails
 from ..ledger import Ledger
 from .result import HOLM_RULE, IdentificationResult, build_result
 
@@ -101,16 +101,6 @@ def issued_customers(ledger: Ledger) -> IssuedCustomers:
     return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], list(groups), group_of)
 
 
-@lru_cache(maxsize=64)
-def _log10_tails(n: int, c: int) -> np.ndarray:
-    return np.array([log10_tail(m, n, c) for m in range(n + 1)], dtype=np.float64)
-
-
-@lru_cache(maxsize=64)
-def _tails(n: int, c: int) -> np.ndarray:
-    return binomial_tails(n, c)
-
-
 def score_answers(
     master: bytes,
     customers: IssuedCustomers | list[IssuedCustomer],
@@ -182,10 +172,6 @@ def null_tails(matches: np.ndarray, by_bound: dict[int, np.ndarray]) -> tuple[np
 
 @lru_cache(maxsize=64)
 def _group_tails(groups: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    if len(groups) == 1:
-        (b, n), = groups
-        return _tails(n, b), _log10_tails(n, b)
-    from ..fingerprint.stats import poisson_binomial_log10_tails, poisson_binomial_tails
-
+    """Exact tails (and their log10) of a sum of Binomial(n, 1/b) over ``groups`` ((b, n) pairs)."""
     ks = np.concatenate([np.full(n, b, dtype=np.int64) for b, n in groups])
     return poisson_binomial_tails(ks), poisson_binomial_log10_tails(ks)
