@@ -1,0 +1,194 @@
+"""The natural-mix key pool: golden vectors, its construction's contract, encrypted storage, revelation per key.
+
+The golden vectors were computed once and are hard-coded on purpose: the pool and a
+customer's labels on it are evidence that must re-derive byte for byte years later.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from tests._constants import LOW_SCRYPT, PASSPHRASE
+from tracer.config import TaskConfig
+from tracer.errors import KeyFileError, TracerError
+from tracer.fingerprint.pool import MIX_HIGH, MIX_LOW, build_pool, load_pool, save_pool
+from tracer.fingerprint.probes import codeword, customer_labels, trigger_commitment
+from tracer.fingerprint.revelation import LOW_POOL_PROBES, draw_keys, pool_usage
+from tracer.ledger import Ledger
+from tracer.workspace import init_workspace
+
+MASTER = bytes(range(32))
+TASK = TaskConfig(num_classes=3, input_shape=(1, 2, 2))
+
+
+def _data(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    x = (np.arange(n * 4).reshape(n, 1, 2, 2) % 17 / 16).astype(np.float32)
+    return x, np.arange(n) % 3
+
+
+def _pool(size: int = 8, master: bytes = MASTER):
+    x, y = _data()
+    return build_pool(master, TASK, x, y, size=size, dataset_fingerprint="golden")
+
+
+# -- golden vectors --------------------------------------------------------------------------------
+
+
+def test_golden_pool_and_customer_labels():
+    pool = _pool()
+    assert pool.digest() == "89fb69952d0987c2bcf054ce839f36f3a3ade6e34a34a02ebf23b0f380ef2833"
+    assert pool.sources.tolist() == [[3, 11], [6, 8], [4, 3], [13, 20], [14, 18], [16, 17], [15, 20], [19, 5]]
+    assert pool.label_sets.tolist() == [[0, 2], [0, 2], [1, 0], [1, 2], [2, 0], [1, 2], [0, 2], [1, 2]]
+    assert [round(float(w), 6) for w in pool.weights] == [0.428014, 0.410503, 0.324375, 0.49873, 0.438708, 0.465621, 0.360261, 0.325943]
+    assert pool.inputs.reshape(8, -1)[:2].tolist() == [[0.6875, 0.75, 0.8125, 0.875], [0.625, 0.6875, 0.3125, 0.375]]
+    assert codeword(MASTER, "acme-01", "pool1", 8, 2).tolist() == [1, 1, 1, 0, 1, 1, 0, 0]
+    assert customer_labels(MASTER, "acme-01", pool, 3).tolist() == [2, 2, 0, 1, 0, 2, 0, 1]
+    assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "6ae72bfa89b359b1e4424cb2443a9ea1530e16cd3981c11d757feb3aea36b1f8"
+
+
+def test_golden_mixture_is_the_documented_arithmetic():
+    """Key 0 is (1 - w) x[3] + w x[11], snapped to the data's 17 levels (ties to the lower value)."""
+    x, _ = _data()
+    pool = _pool()
+    a, b = pool.sources[0]
+    w = pool.weights[0]
+    want = np.round(((1 - w) * x[a].astype(np.float64) + w * x[b].astype(np.float64)) * 16) / 16
+    assert np.array_equal(pool.inputs[0].astype(np.float64), want)
+
+
+# -- the construction's contract -----------------------------------------------------------------
+
+
+def test_label_sets_are_the_two_different_source_classes():
+    x, y = _data(60)
+    pool = build_pool(MASTER, TASK, x, y, size=500, dataset_fingerprint="f")
+    assert (pool.label_sets[:, 0] == y[pool.sources[:, 0]]).all()
+    assert (pool.label_sets[:, 1] == y[pool.sources[:, 1]]).all()
+    assert (pool.label_sets[:, 0] != pool.label_sets[:, 1]).all()
+    assert ((pool.weights >= MIX_LOW) & (pool.weights <= MIX_HIGH)).all()
+
+
+def test_keys_take_only_values_the_vendor_inputs_take():
+    x, y = _data(60)
+    pool = build_pool(MASTER, TASK, x, y, size=300, dataset_fingerprint="f")
+    assert set(np.unique(pool.inputs)) <= set(np.unique(x))
+    assert pool.inputs.dtype == np.float32 and pool.inputs.shape == (300, 1, 2, 2)
+
+
+def test_pool_depends_only_on_master_and_data():
+    assert _pool().digest() == _pool().digest()
+    assert _pool(master=bytes(32)).digest() != _pool().digest()
+    x, y = _data()
+    x2 = x.copy()
+    x2[3] = 0.0  # a source of key 0
+    assert build_pool(MASTER, TASK, x2, y, size=8, dataset_fingerprint="golden").digest() != _pool().digest()
+
+
+def test_customer_labels_are_in_each_label_set_and_about_balanced():
+    x, y = _data(60)
+    pool = build_pool(MASTER, TASK, x, y, size=4000, dataset_fingerprint="f")
+    labels = customer_labels(MASTER, "acme", pool, 3)
+    first = labels == pool.label_sets[:, 0]
+    assert (first | (labels == pool.label_sets[:, 1])).all()
+    assert 0.46 < first.mean() < 0.54  # exactly uniform per key: 4000 fair coins
+    other = customer_labels(MASTER, "globex", pool, 3)
+    assert 0.46 < (labels == other).mean() < 0.54
+
+
+def test_labels_select_columns_of_a_subset():
+    pool = _pool()
+    index = codeword(MASTER, "acme-01", "pool1", 8, 2)
+    keys = np.array([5, 1, 6])
+    assert pool.labels(index[None, keys], keys=keys).tolist() == [customer_labels(MASTER, "acme-01", pool, 3)[keys].tolist()]
+
+
+# -- storage ---------------------------------------------------------------------------------------
+
+
+def test_storage_round_trip_is_encrypted_and_private(tmp_path):
+    pool = _pool(64)
+    path = tmp_path / "pool1.keypool"
+    save_pool(path, MASTER, pool)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    blob = path.read_bytes()
+    assert pool.inputs.tobytes() not in blob and b"golden" not in blob
+    back = load_pool(path, MASTER)
+    assert back.digest() == pool.digest()
+    assert np.array_equal(back.sources, pool.sources) and np.array_equal(back.weights, pool.weights)
+
+
+def test_storage_refuses_a_tampered_file_and_another_master(tmp_path):
+    path = tmp_path / "pool1.keypool"
+    save_pool(path, MASTER, _pool(64))
+    with pytest.raises(KeyFileError, match="does not decrypt"):
+        load_pool(path, bytes(32))
+    blob = bytearray(path.read_bytes())
+    blob[40] ^= 1
+    path.write_bytes(bytes(blob))
+    with pytest.raises(KeyFileError, match="does not decrypt"):
+        load_pool(path, MASTER)
+    path.write_bytes(b"not a pool")
+    with pytest.raises(KeyFileError, match="not a tracer key pool"):
+        load_pool(path, MASTER)
+
+
+# -- revelation per key (a real ledger) -----------------------------------------------------------
+
+
+@pytest.fixture
+def ledger_ws(tmp_path):
+    ws = init_workspace(tmp_path / "ws", passphrase=PASSPHRASE, scrypt=LOW_SCRYPT)
+    return ws, ws.unlock(passphrase=PASSPHRASE)
+
+
+def _session(ledger: Ledger, key, name: str, keys: list[int], sent: list[int], *, finished: bool) -> None:
+    items = [("probe-start", {"session": name, "probe_set": "pool1", "keys": keys})]
+    items += [("probe-sent", {"session": name, "idx": i, "try": 1, "pool": "pool1", "key": k}) for i, k in enumerate(sent)]
+    items += [("probe-result", {"session": name, "verdict": "no_match"})] if finished else []
+    ledger.append_many(items, key=key)
+
+
+def test_fifty_endpoints_never_reuse_a_key_and_the_pool_warns_early(ledger_ws):
+    ws, keyring = ledger_ws
+    x, y = _data(60)
+    pool = build_pool(MASTER, TASK, x, y, size=4096, dataset_fingerprint="f")
+    shown: set[int] = set()
+    warned_at = None
+    with ws.ledger() as ledger:
+        for n in range(60):
+            keys, left = draw_keys(ledger, pool, os.urandom(32), 64)
+            assert len(keys) == 64 and not shown & set(keys), f"endpoint {n} reused a key"
+            shown |= set(keys)
+            _session(ledger, keyring.signing_key, f"s{n}", keys, keys, finished=True)  # an innocent endpoint: every key sent
+            if left.low and warned_at is None:
+                warned_at = n
+                assert left.warning() and "unrevealed" in left.warning()
+        usage, _ = pool_usage(ledger, "pool1", 4096, 64)
+    assert usage.revealed == 60 * 64 and usage.probes_left == 4
+    assert warned_at == 64 - LOW_POOL_PROBES  # said while LOW_POOL_PROBES probes were still possible
+
+
+def test_unfinished_sessions_hold_their_keys_and_finished_ones_release_unsent_keys(ledger_ws):
+    ws, keyring = ledger_ws
+    pool = _pool(8)
+    with ws.ledger() as ledger:
+        _session(ledger, keyring.signing_key, "open", [0, 1, 2], [0], finished=False)
+        _session(ledger, keyring.signing_key, "done", [3, 4, 5], [3], finished=True)
+        usage, taken = pool_usage(ledger, "pool1", 8, 2)
+        assert taken == {0, 1, 2, 3}
+        assert (usage.revealed, usage.reserved, usage.left) == (2, 2, 4)
+        keys, _ = draw_keys(ledger, pool, b"seed", 8)
+        assert sorted(keys) == [4, 5, 6, 7]
+
+
+def test_an_exhausted_pool_refuses_with_a_hint(ledger_ws):
+    ws, keyring = ledger_ws
+    pool = _pool(8)
+    with ws.ledger() as ledger:
+        _session(ledger, keyring.signing_key, "all", list(range(8)), list(range(8)), finished=True)
+        with pytest.raises(TracerError, match="every key of pool pool1 was already shown"):
+            draw_keys(ledger, pool, b"seed", 4)
