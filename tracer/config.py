@@ -187,10 +187,10 @@ class DataConfig:
 class FingerprintConfig:
     style: Literal["natural-mix/v1", "uniform-grid/v1"] = Field(
         default="uniform-grid/v1", json_schema_extra={"example": "natural-mix/v1"},
-        description="keys: natural-mix/v1, mixtures of your own inputs that APIs cannot filter (tracer init);\n"
+        description="keys: natural-mix/v1, keyed mixtures of your own inputs that look like real queries (tracer init);\n"
                     "absent: uniform-grid/v1, noise probe sets (workspaces made before natural-mix)")
     pool_size: Int = Field(default=4096, ge=64, le=MAX_PROBES_PER_SET,
-                           description="natural-mix: keys every copy carries; identify uses all of them")
+                           description="natural-mix: keys every copy carries (read when the pool is first built); identify uses all")
     keys_per_probe: Int = Field(default=64, ge=8, le=MAX_PROBES_PER_SET,
                                 description="natural-mix: fresh keys each probed endpoint is shown, never reused")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
