@@ -1,0 +1,180 @@
+"""The natural-mix key style end to end: issue, identify a file, probe an API over real HTTP, per-key revelation.
+
+One digits workspace with a small pool (256 keys, 32 per probe, so the test stays fast) is
+built once per run with two customers; tests work on private copies of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures_issued import LOW_SCRYPT, PASSPHRASE, copy_workspace, shared_build, shared_dir
+from tracer.examples.servers import ModelServer
+from tracer.fingerprint.keysets import open_pool
+from tracer.fingerprint.pool import KEY_STYLE, POOL_ID, pool_path
+from tracer.identify import identify_model
+from tracer.ledger import Ledger
+from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_endpoint
+from tracer.workspace import Workspace
+
+POOL, PER_PROBE = 256, 32
+CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"))
+
+
+def natural_config() -> str:
+    from tracer.examples import example_config
+
+    text = example_config("digits")
+    text = re.sub(r"(?m)^\[fingerprint\]\n", f'[fingerprint]\nstyle = "{KEY_STYLE}"\npool_size = {POOL}\nkeys_per_probe = {PER_PROBE}\n', text)
+    text = re.sub(r"(?m)^steps = \d+", "steps = 400", text)
+    return re.sub(r"(?m)^trigger_batch = \d+", "trigger_batch = 64", text)
+
+
+def _build(root: Path) -> None:
+    from tracer.embedding import Issuer
+    from tracer.examples import prepare_example
+    from tracer.workspace import init_workspace
+
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=natural_config(), scrypt=LOW_SCRYPT)
+    prepare_example(ws, "digits", progress=False)
+    Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue_many(list(CUSTOMERS))
+
+
+@pytest.fixture(scope="session")
+def issued_natural(tmp_path_factory) -> Path:
+    folder = shared_build(shared_dir(tmp_path_factory), "issued-digits-natural", _build)
+    assert folder is not None
+    return copy_workspace(folder, tmp_path_factory.mktemp("natural") / "ws")
+
+
+@pytest.fixture
+def ws(issued_natural, tmp_path) -> Workspace:
+    return Workspace(copy_workspace(issued_natural, tmp_path / "ws"))
+
+
+@pytest.fixture
+def keyring(ws):
+    return ws.unlock(passphrase=PASSPHRASE)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _issuances(ws: Workspace) -> list[dict]:
+    with ws.ledger() as ledger:
+        return [e.payload for e in ledger.issuances()]
+
+
+def test_issuance_records_the_style_and_the_pool(ws, keyring):
+    records = _issuances(ws)
+    pool = open_pool(ws.config, keyring.master, ws.keys_dir)
+    assert [r["customer_id"] for r in records] == ["acme", "globex"]
+    for r in records:
+        assert r["key_style"] == KEY_STYLE
+        assert r["probe_sets"] == [pool.record()] and r["probe_sets"][0]["bound"] == 2
+        assert r["metrics"]["triggers"] == POOL and r["metrics"]["trigger_accuracy"] >= 0.95
+    assert pool_path(ws.keys_dir).stat().st_mode & 0o777 == 0o600
+    assert pool.dataset_fingerprint == records[0]["dataset_fingerprint"]
+
+
+def test_identify_uses_every_key_and_names_the_right_customer(ws, keyring):
+    for customer, _ in CUSTOMERS:
+        result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx")
+        assert result.verdict == "match" and result.customers == [customer]
+        best = result.candidates[0]
+        assert best.trials == POOL and best.matches >= 0.95 * POOL
+        other = result.candidates[1]
+        assert other.trials == POOL and other.p_value > 1e-3  # the other customer's labels agree about half the time
+        doc = result.to_json()
+        assert doc["label_choices"] == 2 and doc["probe_sets"] == [POOL_ID] and doc["key_pool"]["revealed"] == 0
+
+
+def test_a_lost_pool_file_is_rebuilt_from_the_data_and_checked_against_the_ledger(ws, keyring):
+    path = pool_path(ws.keys_dir)
+    digest = open_pool(ws.config, keyring.master, ws.keys_dir).digest()
+    path.unlink()
+    result = identify_model(ws, keyring, ws.root / "models" / "issued" / "acme.onnx", record=False)
+    assert result.customers == ["acme"] and path.exists()
+    assert open_pool(ws.config, keyring.master, ws.keys_dir).digest() == digest
+
+
+def test_a_changed_dataset_cannot_silently_replace_a_lost_pool(ws, keyring):
+    from tracer.errors import KeyFileError
+    from tracer.fingerprint.keysets import open_pool as reopen
+
+    pool_path(ws.keys_dir).unlink()
+    with ws.ledger() as ledger:
+        recorded = ledger.recorded_key_set_digests(POOL_ID)
+    x = np.zeros((40, 1, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 10
+    with pytest.raises(KeyFileError, match="differ from the ones issued copies carry"):
+        reopen(ws.config, keyring.master, ws.keys_dir, data=lambda: (x, y, "other"), recorded_digests=recorded)
+    assert not pool_path(ws.keys_dir).exists()
+
+
+def _probe(ws, keyring, model: Path):
+    wire = make_format("kserve-v1", ws.config.task)
+    with ModelServer(model, ws.config.task, "kserve-v1", label_only=True) as srv:
+        return probe_endpoint(ws, keyring, srv.url, wire, ProbeOptions(client=ClientOptions(concurrency=1))), srv.requests
+
+
+def test_probes_draw_fresh_keys_per_endpoint_and_the_ledger_records_each_key(ws, keyring):
+    seen: set[int] = set()
+    for customer in ("acme", "globex", "acme"):
+        result, sent = _probe(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx")
+        assert result.verdict == "match" and result.customers == [customer] and result.queries == sent
+        assert result.label_choices == 2 and result.probe_sets == [POOL_ID]
+        session = result.extra["session"]
+        with ws.ledger() as ledger:
+            start = next(e.payload for e in ledger.entries(kind="probe-start") if e.payload["session"] == session)
+            keys = {int(p["key"]) for p in ledger.session_entries(session, "probe-sent") if "key" in p}
+        assert start["key_style"] == KEY_STYLE and len(start["keys"]) == PER_PROBE
+        assert keys and keys <= set(start["keys"]) and not keys & seen, "a key was shown to two endpoints"
+        seen |= keys
+        usage = result.extra["key_pool"]
+        assert usage["size"] == POOL and usage["revealed"] == len(seen) - len(keys)  # as it stood when the session drew
+    with ws.ledger() as ledger:
+        assert ledger.sent_keys(POOL_ID) == seen
+
+
+def test_an_innocent_endpoint_is_not_named(ws, keyring):
+    import torch
+
+    from tracer.embedding.export import export_onnx
+    from tracer.examples.digits import load_data, make_model
+    from tracer.training import train_classifier
+
+    data = load_data()
+    torch.manual_seed(7)
+    model = make_model()
+    train_classifier(model, data["x_attack"], data["y_attack"], epochs=20, lr=1e-3, batch_size=32, seed=7)
+    onnx = ws.root / "independent.onnx"
+    onnx.write_bytes(export_onnx(model, ws.config.task))
+    result, _ = _probe(ws, keyring, onnx)
+    assert result.verdict == "no_match" and result.customers == []
+    fixed = identify_model(ws, keyring, onnx)
+    assert fixed.verdict == "no_match"
+    assert all(c.p_value > 1e-4 for c in fixed.candidates)
+
+
+def test_cli_ledger_list_and_identify_warn_when_the_pool_runs_low(ws, keyring, run_cli):
+    pool = open_pool(ws.config, keyring.master, ws.keys_dir)
+    with Ledger(ws.ledger_path) as ledger:  # probes that showed all but 3 probes' worth of keys
+        shown = list(range(POOL - 3 * PER_PROBE))
+        ledger.append_many([("probe-start", {"session": "old", "probe_set": POOL_ID, "keys": shown})]
+                           + [("probe-sent", {"session": "old", "idx": i, "try": 1, "pool": POOL_ID, "key": k}) for i, k in enumerate(shown)]
+                           + [("probe-result", {"session": "old", "verdict": "no_match"})], key=keyring.signing_key)
+    env = {"TRACER_PASSPHRASE": PASSPHRASE}
+    listed = run_cli(["--workspace", str(ws.root), "ledger", "list", "--kind", "issuance"], env=env)
+    assert listed.returncode == 0 and f"key pool {POOL_ID}: {3 * PER_PROBE} of {pool.size} keys are unrevealed" in listed.stderr
+    found = run_cli(["--workspace", str(ws.root), "identify", str(ws.root / "models" / "issued" / "acme.onnx"), "--json"], env=env)
+    assert found.returncode == 0 and "are unrevealed, enough for 3 more" in found.stderr
+    assert json.loads(found.stdout)["key_pool"]["probes_left"] == 3
