@@ -42,9 +42,10 @@ from tracer.workspace import Workspace
 def run_example(example: str, tmp: Path, attacks: str) -> tuple[str, dict]:
     t0 = time.perf_counter()
     root = tmp / example
-    if not (root / "tracer.toml").exists():
+    reused = (root / "tracer.toml").exists()
+    if not reused:
         root = build_issued_workspace(root, example)
-    built = time.perf_counter() - t0
+    built = "workspace reused" if reused else f"workspace built in {time.perf_counter() - t0:.0f} s"
     ws = Workspace(root)
     keyring = ws.unlock(passphrase=PASSPHRASE)
     suite = run_suite(ws, keyring, attacks=attacks, on_attack=lambda n, r: print(f"  {n}: {r.verdict}", file=sys.stderr) if r else None)
@@ -52,7 +53,7 @@ def run_example(example: str, tmp: Path, attacks: str) -> tuple[str, dict]:
     with redirect_stdout(out):
         print(f"# tracer evaluate --attacks {attacks}, example {example}, key style {PROBE_STYLE}")
         print(f"# tracer {__version__}, torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads; workspace built in {built:.0f} s, suite {suite.seconds:.0f} s")
+              f"{torch.get_num_threads()} torch threads; {built}, suite {suite.seconds:.0f} s")
         print()
         print(suite_table(suite))
         print()

@@ -204,8 +204,8 @@ def test_evasion_group_resolves_and_erases_todays_noise_keys(issued_tabular):
 
 def test_probe_in_the_suite_runs_on_a_scratch_ledger(issued_tabular_copy):
     from tracer.evaluate import run_suite
-    from tracer.evaluate.html import render_html
     from tracer.evaluate.evaluation import Evaluation
+    from tracer.evaluate.html import render_html
 
     ws, keyring = _open(issued_tabular_copy)
     with ws.ledger() as ledger:

@@ -71,8 +71,8 @@ def probe_through_filter(ws: Workspace, keyring: Keyring, model: Any, flags: Cal
     from ..probing import make_format, probe_endpoint
 
     task = ws.config.task
-    with tempfile.TemporaryDirectory(prefix="tracer-evasion-probe-") as tmp, \
-            FilterServer(model, task, "kserve-v1", label_only=True, flags=flags, on_flag=answer, seed=seed) as server:
+    server = FilterServer(model, task, "kserve-v1", label_only=True, flags=flags, on_flag=answer, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="tracer-evasion-probe-") as tmp, server:
         try:
             result = probe_endpoint(ScratchLedgerWorkspace(ws, Path(tmp)), keyring, server.url, make_format("kserve-v1", task))
         except TracerError as exc:
