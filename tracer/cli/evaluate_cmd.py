@@ -12,7 +12,8 @@ from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, ProgressOpt, WorkspaceOp
 
 HELP = (
     "Attack an issued copy the ways a leaker would (fine-tuning, pruning, quantization, input transformations, "
-    "distillation, collusion), identify each result, and train independent models to count false accusations.\n\n"
+    "distillation, collusion, a query filter in front of the copy), identify each result, and train independent models to count "
+    "false accusations.\n\n"
     "An attack that costs more than 5 points of clean accuracy is reported as not a valid attack (Lukas et al., S&P 2022). "
     "The attacker's data is the vendor's attacker share (x_attack, or an attack/ image folder), else the share tracer held out "
     "of the training data at issuance; the tables say which (LEGACY: copies issued before tracer held one out trained on it). "

@@ -13,7 +13,15 @@ so it can be used on its own:
   :func:`input_quantize`, :func:`input_jpeg`, :func:`input_blur`, and
   :func:`randomized_smoothing` (a prediction wrapper);
 * extraction: :func:`distill` (a fresh student trained on the copy's outputs);
-* collusion: :func:`average_weights`, :func:`ensemble`.
+* collusion: :func:`average_weights`, :func:`ensemble`;
+* evasion: the copy served behind a query filter that the leaker fits on its own
+  share (:mod:`.detectors`: k-nearest-neighbour distance, input statistics,
+  Mahalanobis distance on the copy's penultimate features, an autoencoder's
+  reconstruction error). Flagged queries get the copy's runner-up class
+  (``evade-<detector>``) or a uniformly random class (``evade-<detector>-random``).
+  Besides identification, each evasion row reports the detector's AUC between
+  the keys and natural inputs, the share of each it flags, and the verdict of
+  a real probe through a loopback server running the filter (:mod:`.evasion`).
 
 A *predictor* is a callable ``x -> scores`` ([N, C] logits or probabilities,
 numpy); identification uses its argmax. :data:`ATTACKS` lists the named attacks
@@ -44,6 +52,7 @@ from torch import nn
 
 from ..config import TaskConfig
 from ..training import accuracy, last_layer, scores, train_classifier
+from .detectors import Detector, detector_figures, filtered_predictor, make_detector
 
 __all__ = [
     "Predictor", "AttackContext", "Attacked", "AttackSpec", "ATTACKS", "GROUPS", "attack_names", "resolve_attacks",
@@ -420,6 +429,10 @@ class AttackContext:
     seed: int = 0
     distill_epochs: int = 60
     budget: float = ACCURACY_BUDGET
+    keys: np.ndarray | None = None  # the fingerprint key inputs (evasion: what the filter should not catch)
+    natural: np.ndarray | None = None  # natural queries: the vendor's validation inputs, the probe's decoys
+    probe: Callable[[Callable[[np.ndarray], np.ndarray], str], dict] | None = None  # (flags, answer) -> a probe through that filter
+    detectors: dict[str, Detector] = field(default_factory=dict)  # fitted once, shared by a detector's rows
 
     @property
     def copy_predict(self) -> Predictor:
@@ -447,6 +460,7 @@ class Attacked:
     params: dict = field(default_factory=dict)
     customers: list[str] | None = None  # the customers whose copies went in (default: the attacked one)
     note: str = ""
+    evasion: dict | None = None  # evasion attacks: detector figures and the probe (see .evasion)
 
 
 @dataclass(frozen=True)
@@ -569,6 +583,40 @@ def _ensemble(k: int):
     return run
 
 
+def _detector(ctx: AttackContext, name: str) -> Detector:
+    """The leaker's detector, fitted on its own share (labels included: Mahalanobis' class means), once per context."""
+    if name not in ctx.detectors:
+        ctx.detectors[name] = make_detector(name, task=ctx.task, model=ctx.copy, seed=ctx.seed).fit(ctx.x_attack, ctx.y_attack)
+    return ctx.detectors[name]
+
+
+def _evade(name: str, answer: str):
+    def run(ctx: AttackContext) -> Attacked:
+        det = _detector(ctx, name)
+        figures = {**detector_figures(det, ctx.keys, ctx.natural), "answer": answer, "probe": None}
+        if ctx.probe is not None:
+            figures["probe"] = ctx.probe(det.flags, answer)
+        return Attacked(filtered_predictor(ctx.copy_predict, det, answer=answer, seed=ctx.seed),
+                        {"detector": name, "answer": answer, **det.describe()}, evasion=figures)
+    return run
+
+
+_DETECTOR_TEXT = {
+    "knn": "mean distance to the 5 nearest of the leaker's inputs, above the 99.5th percentile of its held-out inputs",
+    "stats": "input statistics (images: near-zero share, mean, border mass; tabular: max |z|, mean, std) outside the range of the leaker's inputs",
+    "mahalanobis": "Mahalanobis distance of the copy's penultimate features to the nearest class mean, above the 99.5th percentile of held-out inputs",
+    "autoencoder": "a small autoencoder's reconstruction error, above the 99.5th percentile of held-out inputs",
+}
+
+
+def _evasion_specs() -> list[AttackSpec]:
+    out = []
+    for answer, suffix, what in (("runner-up", "", "the copy's runner-up class"), ("random", "-random", "a uniformly random class")):
+        for det, text in _DETECTOR_TEXT.items():
+            out.append(AttackSpec(f"evade-{det}{suffix}", "evasion", f"query filter: {text}; flagged queries get {what}", _evade(det, answer)))
+    return out
+
+
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("ft-last", "fine-tuning", "fine-tune the last layer only, 5 epochs, Adam 1e-2", _ft(1e-2, last_only=True)),
     AttackSpec("ft-all-1e-3", "fine-tuning", "fine-tune all layers, 5 epochs, Adam 1e-3", _ft(1e-3)),
@@ -596,6 +644,7 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("average-2", "collusion", "weight average of 2 customers' copies", _average(2), needs="copies:2"),
     AttackSpec("average-3", "collusion", "weight average of 3 customers' copies", _average(3), needs="copies:3"),
     AttackSpec("ensemble-3", "collusion", "output ensemble (mean softmax) of 3 customers' copies", _ensemble(3), needs="copies:3"),
+    *_evasion_specs(),
 ]}
 
 GROUPS: dict[str, list[str]] = {}

@@ -95,6 +95,45 @@ def _attacks(ev: Evaluation) -> str:
             + _attack_charts(s) + table + f'<h3 class="keep">What the verdicts mean</h3><dl class="appendix">{verdicts}</dl>')
 
 
+def _probe_cell(p: dict | None) -> str:
+    if not p:
+        return "<td>not run</td><td class=n>-</td>"
+    if p.get("verdict") == "error":
+        return f"<td>error: {_e(p.get('error', ''))}</td><td class=n>{_e(p.get('requests', '-'))}</td>"
+    named = f" ({_e(', '.join(p['named']))})" if p.get("named") else ""
+    return f"<td>{_e(p['verdict'])}{named}</td><td class=n>{_e(p.get('trigger_queries'))} / {_e(p.get('requests'))}</td>"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _evasion_row(a: AttackResult) -> str:
+    e = a.evasion or {}
+    auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
+    agreement = "-" if a.matches is None else f"{a.matches}/{a.trials}"
+    return (f"<tr><td><code>{_e(a.name)}</code></td><td>{_e(e.get('detector'))}</td><td>{_e(e.get('answer'))}</td><td class=n>{auc}</td>"
+            f"<td class=n>{_share(e.get('keys_flagged'))} of {_e(e.get('keys', 0))}</td>"
+            f"<td class=n>{_share(e.get('decoys_flagged'))} of {_e(e.get('decoys', 0))}</td>"
+            f"<td class=n>{agreement}</td>{_probe_cell(e.get('probe'))}</tr>")
+
+
+def _evasion(s: SuiteResult) -> str:
+    """The query filters: how well each tells keys from natural inputs, and what a real probe through it concluded."""
+    rows = [a for a in s.attacks if a.evasion]
+    if not rows:
+        return ""
+    body = "".join(_evasion_row(a) for a in rows)
+    return ("<h2>Query filters</h2><p>The leaker serves the copy behind a filter fitted on its own share of the data: queries the filter "
+            "flags as unusual are not answered honestly: they get the copy's runner-up class, or a random class. AUC 0.5: the filter cannot tell the "
+            "secret keys from natural inputs (the vendor's validation inputs, which are also the probe's decoys); 1.0: it tells them apart "
+            "every time. The probe is <code>tracer probe</code> with default options against a real loopback server running the filter, "
+            "journaled on a scratch copy of the ledger so that the evaluation reveals none of the workspace's keys.</p>"
+            '<div class="scroll"><table class="grid"><tr><th>attack</th><th>detector</th><th>flagged queries get</th><th>AUC keys / natural</th>'
+            "<th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th></tr>"
+            + body + "</table></div>")
+
+
 def _luck_text(f: FalseAccusationResult, fd: dict) -> str:
     """The per-model count below 0.05, read correctly: correlated models share one codeword's luck."""
     below, bound = fd["below_0.05"], fd["expected_below_0.05_at_most"]
@@ -156,7 +195,7 @@ def render_html(ev: Evaluation) -> str:
     body = ["<h1>Watermark robustness and false-accusation evaluation</h1>",
             f'<p class="box"><b>In one sentence:</b> the copy issued to {_e(s.display_name)} (<code>{_e(s.customer)}</code>) '
             f"{_e(ev.verdict())}; innocent customers named anywhere: {ev.false_accusations}.</p>",
-            _facts(ev), _attacks(ev)]
+            _facts(ev), _attacks(ev), _evasion(s)]
     if ev.false_accusation is not None:
         body.append(_false_accusations(ev.false_accusation, s))
     body.append(_METHOD)

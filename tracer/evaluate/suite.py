@@ -11,6 +11,12 @@ Validity (Lukas et al., "SoK: How Robust is Image Classification Deep Neural
 Network Watermarking?", IEEE S&P 2022): an attack that costs the copy more
 than 5 points of clean accuracy destroys what the leaker wanted to steal, so
 it is reported as "not a valid attack" whatever happens to the watermark.
+
+Evasion rows (a query filter in front of the copy) also carry ``evasion``: the
+detector's AUC between the key inputs and natural inputs, the share of each
+it flags, and ``probe``, the outcome of `tracer probe` (default options)
+against a loopback server running the filter, on a scratch copy of the ledger
+(:mod:`.evasion`), so that evaluating spends none of the workspace's keys.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..keys.keyring import Keyring
 from ..training import accuracy
 from ..workspace import Workspace
 from .attacks import ACCURACY_BUDGET, ATTACKS, AttackContext, Predictor, resolve_attacks, torch_predictor
+from .evasion import key_inputs, probe_through_filter
 from .models import IssuedCopy, attacker_data, factories, issued_copies, load_copy, training_recipe
 
 __all__ = ["AttackResult", "SuiteResult", "run_suite", "VERDICTS"]
@@ -64,6 +71,7 @@ class AttackResult:
     verdict: str = "skipped"
     note: str = ""
     seconds: float = 0.0
+    evasion: dict | None = None  # evasion attacks: detector, answer, auc, keys(_flagged), decoys(_flagged), probe
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -177,6 +185,7 @@ def _attack(name: str, ctx: AttackContext, score: Callable[[AttackResult, Predic
             attacked = spec.run(ctx)
             row.params = attacked.params
             row.note = attacked.note
+            row.evasion = attacked.evasion
             row.right = [customer] + list(attacked.customers or [])
             score(row, attacked.predict)
         except Exception as exc:  # an attack tool failing must not hide the other results
@@ -195,10 +204,12 @@ def run_suite(
     seed: int = 0,
     budget: float = ACCURACY_BUDGET,
     on_attack: Callable[[str, AttackResult | None], None] | None = None,
+    probe_evasion: bool = True,
 ) -> SuiteResult:
     """Attack ``customer``'s copy (default: the first issued) with each named attack and identify the result.
 
     ``on_attack(name, None)`` is called before an attack runs and ``on_attack(name, result)`` after.
+    ``probe_evasion``: probe each evasion filter over loopback HTTP (on a scratch ledger).
     """
     t0 = time.perf_counter()
     names = resolve_attacks(attacks)
@@ -209,6 +220,10 @@ def run_suite(
     sample = data.x_val[:256]
     copy: IssuedCopy = load_copy(ws, customer, make_model, sample)
     ctx = _context(ws, copy, names, make_model=make_model, make_alt=make_alt, x_att=x_att, y_att=y_att, sample=sample, seed=seed, budget=budget)
+    if any(ATTACKS[n].group == "evasion" for n in names):
+        ctx.keys, ctx.natural = key_inputs(ws, keyring), data.x_val
+        if probe_evasion:
+            ctx.probe = lambda flags, answer: probe_through_filter(ws, keyring, copy.onnx, flags, answer=answer, seed=seed, customer=copy.customer)
     copy_pred = torch_predictor(copy.model)
     copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
     with ws.ledger() as ledger:

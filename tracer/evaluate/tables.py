@@ -6,7 +6,7 @@ from ..report._page import format_p
 from .false_accusation import FalseAccusationResult
 from .suite import AttackResult, SuiteResult
 
-__all__ = ["format_p", "suite_table", "false_accusation_table"]
+__all__ = ["format_p", "suite_table", "evasion_table", "false_accusation_table"]
 
 
 def _row(a: AttackResult) -> list[str]:
@@ -32,8 +32,42 @@ def _render(header: list[str], rows: list[list[str]], right_align: set[int]) -> 
 
 
 def _params(a: AttackResult) -> str:
-    keep = {k: v for k, v in a.params.items() if k not in ("tool", "scope", "relative_to", "scheme", "format", "optimizer", "targets")}
+    keep = {k: v for k, v in a.params.items() if k not in ("tool", "scope", "relative_to", "scheme", "format", "optimizer", "targets",
+                                                         "detector", "answer", "percentile", "rule", "statistics", "seed")}
     return ", ".join(f"{k}={v}" for k, v in keep.items())
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _probe_text(p: dict | None) -> tuple[str, str]:
+    """(verdict, queries) of the probe through the filter, for the table."""
+    if not p:
+        return "not run", "-"
+    if p.get("verdict") == "error":
+        return f"error: {p.get('error', '')}"[:60], str(p.get("requests", "-"))
+    named = f" ({', '.join(p['named'])})" if p.get("named") else ""
+    return f"{p['verdict']}{named}", f"{p.get('trigger_queries')} keys / {p.get('requests')} requests"
+
+
+def evasion_table(s: SuiteResult) -> str:
+    """One line per evasion row: the detector's AUC keys vs natural inputs, the shares flagged, the probe through the filter."""
+    rows = []
+    for a in s.attacks:
+        e = a.evasion
+        if not e:
+            continue
+        verdict, queries = _probe_text(e.get("probe"))
+        auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
+        rows.append([a.name, e.get("detector", "-"), e.get("answer", "-"), auc,
+                     f"{_share(e.get('keys_flagged'))} of {e.get('keys', 0)}", f"{_share(e.get('decoys_flagged'))} of {e.get('decoys', 0)}",
+                     f"{a.matches}/{a.trials}" if a.matches is not None else "-", verdict, queries])
+    if not rows:
+        return ""
+    header = ["attack", "detector", "answer", "AUC keys/natural", "keys flagged", "decoys flagged", "agreement", "probe verdict", "probe queries"]
+    return ("evasion filters (natural inputs: the vendor's validation inputs, also the probe's decoys; "
+            "probe: `tracer probe` default options, label-only kserve-v1 on loopback, scratch ledger):\n" + _render(header, rows, {3, 4, 5, 6}))
 
 
 def suite_table(s: SuiteResult, *, params: bool = True) -> str:
@@ -49,6 +83,9 @@ def suite_table(s: SuiteResult, *, params: bool = True) -> str:
     rows = [_row(s.reference)] + [_row(a) for a in s.attacks]
     table = _render(header, rows, {2, 3, 4, 5, 6})
     out = head + "\n" + table
+    evasion = evasion_table(s)
+    if evasion:
+        out += "\n\n" + evasion
     if params:
         lines = [f"  {a.name}: {_params(a)}" for a in s.attacks if a.params and _params(a)]
         if lines:

@@ -25,6 +25,13 @@ slow answers, dropped connections and malformed JSON, from a seeded RNG;
 answers 503 to everything. Every request is logged in ``log`` with the
 SHA-256 of the input it carried (decoded as the model would see it), so a
 test can count what was sent and when.
+
+``FilterServer(model, task, fmt, flags=..., on_flag=...)`` is a leaker's API:
+the same model behind a query filter (:mod:`tracer.evaluate.detectors`).
+Each decoded query goes to ``flags`` (a fitted detector's ``flags``); flagged
+queries are answered with the model's runner-up class or a random class,
+the others with the model's answer. ``flagged`` counts the flagged queries.
+``model`` may also be a predictor, a callable ``x[N, ...] -> scores[N, C]``.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import numpy as np
 from tracer.config import TaskConfig
 from tracer.probing.formats import decode_png
 
-__all__ = ["ModelServer", "Faults", "PATHS"]
+__all__ = ["ModelServer", "FilterServer", "Faults", "PATHS"]
 
 PATHS = {
     "kserve-v1": "/v1/models/m:predict",
@@ -87,7 +94,7 @@ class LogRecord:
 
 @dataclass
 class ModelServer:
-    model: Any  # path to an ONNX file, or ONNX bytes
+    model: Any  # path to an ONNX file, ONNX bytes, or a predictor (x[N, ...] -> scores[N, C])
     task: TaskConfig
     fmt: str
     label_only: bool = False
@@ -103,12 +110,15 @@ class ModelServer:
     def __post_init__(self) -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        opts.intra_op_num_threads = 1
-        src = self.model if isinstance(self.model, (bytes, bytearray)) else str(self.model)
-        self.session = ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.session: Any = None
+        self.input_name = "input"
+        if not callable(self.model):
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            opts.intra_op_num_threads = 1
+            src = self.model if isinstance(self.model, (bytes, bytearray)) else str(self.model)
+            self.session = ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
         self._lock = threading.Lock()
         self._rng = random.Random(self.faults.seed if self.faults else 0)
         self._httpd: ThreadingHTTPServer | None = None
@@ -174,6 +184,8 @@ class ModelServer:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32).reshape((1, *self.task.input_shape))
+        if self.session is None:
+            return np.asarray(self.model(x), dtype=np.float64)[0]
         return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)[0]
 
     def parse_input(self, body: bytes, content_type: str) -> np.ndarray:
@@ -227,6 +239,30 @@ class ModelServer:
             doc = {"result": {"class_id": cls, "label": label, "confidence": float(probs[cls])}} if self.label_only or self.labels else \
                   {"result": {"class_id": cls, "scores": probs.tolist()}}
         return json.dumps(doc).encode(), "application/json"
+
+
+@dataclass
+class FilterServer(ModelServer):
+    """A model behind a leaker's query filter: flagged queries get the runner-up (or a random) class, the others the model's answer."""
+
+    flags: Any = None  # a fitted detector's flags: x[N, ...] -> bool[N]
+    on_flag: str = "runner-up"  # the answer to a flagged query, or "random": see tracer.evaluate.detectors.filter_scores
+    seed: int = 0  # of the random answers
+    flagged: int = 0  # queries flagged so far
+
+    def __post_init__(self) -> None:
+        if self.flags is None:
+            raise ValueError("FilterServer needs flags (a fitted detector's flags method)")
+        super().__post_init__()
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        from tracer.evaluate.detectors import filter_scores
+
+        x = np.asarray(x, dtype=np.float32).reshape((1, *self.task.input_shape))
+        flagged = np.asarray(self.flags(x), dtype=bool)
+        with self._lock:
+            self.flagged += int(flagged.sum())
+        return filter_scores(x, super().scores(x)[None], flagged, answer=self.on_flag, seed=self.seed)[0].astype(np.float64)
 
 
 class _QuietServer(ThreadingHTTPServer):
