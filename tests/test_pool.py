@@ -40,24 +40,53 @@ def _pool(size: int = 8, master: bytes = MASTER):
 
 def test_golden_pool_and_customer_labels():
     pool = _pool()
-    assert pool.digest() == "89fb69952d0987c2bcf054ce839f36f3a3ade6e34a34a02ebf23b0f380ef2833"
-    assert pool.sources.tolist() == [[3, 11], [6, 8], [4, 3], [13, 20], [14, 18], [16, 17], [15, 20], [19, 5]]
-    assert pool.label_sets.tolist() == [[0, 2], [0, 2], [1, 0], [1, 2], [2, 0], [1, 2], [0, 2], [1, 2]]
+    assert pool.digest() == "79875fd10746aaa9fd87ddffdcd5d7bfceb358c64c0a6727b6af8afc340c5b6f"
+    assert pool.sources.tolist() == [[3, 20], [6, 23], [4, 21], [13, 17], [14, 10], [16, 3], [15, 19], [19, 2]]
+    assert pool.label_sets.tolist() == [[0, 2], [0, 2], [1, 0], [1, 2], [2, 1], [1, 0], [0, 1], [1, 2]]
     assert [round(float(w), 6) for w in pool.weights] == [0.428014, 0.410503, 0.324375, 0.49873, 0.438708, 0.465621, 0.360261, 0.325943]
-    assert pool.inputs.reshape(8, -1)[:2].tolist() == [[0.6875, 0.75, 0.8125, 0.875], [0.625, 0.6875, 0.3125, 0.375]]
+    assert pool.inputs.reshape(8, -1)[:2].tolist() == [[0.75, 0.8125, 0.875, 0.9375], [0.4375, 0.5, 0.5625, 0.625]]
     assert codeword(MASTER, "acme-01", "pool1", 8, 2).tolist() == [1, 1, 1, 0, 1, 1, 0, 0]
-    assert customer_labels(MASTER, "acme-01", pool, 3).tolist() == [2, 2, 0, 1, 0, 2, 0, 1]
-    assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "6ae72bfa89b359b1e4424cb2443a9ea1530e16cd3981c11d757feb3aea36b1f8"
+    assert customer_labels(MASTER, "acme-01", pool, 3).tolist() == [2, 2, 0, 1, 1, 0, 0, 1]
+    assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "6f3116cf0d3f40452e94da6f969058568b02b5d7e07d84e095e2b7b37b5bd810"
 
 
-def test_golden_mixture_is_the_documented_arithmetic():
-    """Key 0 is (1 - w) x[3] + w x[11], snapped to the data's 17 levels (ties to the lower value)."""
-    x, _ = _data()
-    pool = _pool()
-    a, b = pool.sources[0]
-    w = pool.weights[0]
-    want = np.round(((1 - w) * x[a].astype(np.float64) + w * x[b].astype(np.float64)) * 16) / 16
-    assert np.array_equal(pool.inputs[0].astype(np.float64), want)
+def _digits_like(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Images on a 17-level grid, two blobs per class (a deterministic stand-in for digits)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.integers(0, 17, size=(n, 1, 4, 4)).astype(np.float64)
+    x[y == 0, 0, :2, :] //= 3
+    x[y == 1, 0, 2:, :] //= 3
+    return (x / 16).astype(np.float32), y
+
+
+def test_each_key_is_the_documented_mixture():
+    """Pixels: the quantile mixture of a's and b's histograms, snapped to the data's levels, in the plain mixture's rank order."""
+    x, y = _digits_like()
+    task = TaskConfig(num_classes=3, input_shape=(1, 4, 4))
+    pool = build_pool(MASTER, task, x, y, size=50, dataset_fingerprint="f")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    for i in range(50):
+        a, b = flat[pool.sources[i, 0]], flat[pool.sources[i, 1]]
+        w = pool.weights[i]
+        key = pool.inputs[i].reshape(-1).astype(np.float64)
+        want = np.round(((1 - w) * np.sort(a) + w * np.sort(b)) * 16) / 16  # the 17 levels; no exact ties at .5 steps here
+        assert np.allclose(np.sort(key), want, atol=1 / 32 + 1e-9)
+        mix = (1 - w) * a + w * b
+        assert (np.diff(key[np.argsort(mix, kind="stable")]) >= 0).all() or len(set(mix)) < len(mix)
+
+
+def test_the_second_source_is_one_of_the_nearest_other_class_inputs():
+    x, y = _digits_like()
+    task = TaskConfig(num_classes=3, input_shape=(1, 4, 4))
+    pool = build_pool(MASTER, task, x, y, size=200, dataset_fingerprint="f")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    ranks = []
+    for a, b in pool.sources:
+        other = np.flatnonzero(y != y[a])
+        d = ((flat[other] - flat[a]) ** 2).sum(1)
+        ranks.append(int((d < ((flat[b] - flat[a]) ** 2).sum()).sum()))
+    assert np.median(ranks) <= 8  # nearest 8 of 256 keyed candidates: among the closest few of all ~133 other-class inputs
 
 
 # -- the construction's contract -----------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import TracerError
-from ..fingerprint import make_probe_set, probe_set_ids
+from ..identify.identify import carried_key_sets
+from ..identify.scoring import issued_customers
 from ..keys.keyring import Keyring
 from ..workspace import LEDGER_FILE, Workspace
 from .detectors import detector_figures
@@ -39,9 +40,11 @@ __all__ = ["key_inputs", "detector_figures", "probe_through_filter", "ScratchLed
 
 
 def key_inputs(ws: Workspace, keyring: Keyring) -> np.ndarray:
-    """Every key input identification uses on this workspace (today: all probe sets' inputs, concatenated)."""
+    """Every key input identification uses on this workspace: the key sets issued copies carry (a natural-mix pool,
+    noise probe sets, or both), concatenated."""
     cfg = ws.config
-    sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in probe_set_ids(cfg.fingerprint.probe_sets)]
+    with ws.ledger() as ledger:
+        sets = carried_key_sets(ws, keyring, ledger, sorted(set().union(*issued_customers(ledger).set_groups)))
     return np.concatenate([ps.inputs for ps in sets]) if sets else np.zeros((0, *cfg.task.input_shape), dtype=cfg.task.input_dtype)
 
 

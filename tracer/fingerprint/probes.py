@@ -53,6 +53,10 @@ class ProbeSet:
         """The classes codeword entries ``index`` stand for (here: themselves; ``keys`` selects columns already taken)."""
         return np.asarray(index, dtype=np.int64)
 
+    def scored(self, answers: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """Which answers count as trials: all of them here (any answer matches a uniform class w.p. exactly 1/C)."""
+        return np.ones(len(answers), dtype=bool)
+
     def record(self) -> dict:
         """What an issuance records of the set (its ``probe_sets`` entry)."""
         return {"id": self.id, "size": self.size, "digest": self.digest()}

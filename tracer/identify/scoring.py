@@ -131,9 +131,11 @@ def score_answers(
             continue
         sel = table.ids if member.all() else [cid for cid, m in zip(table.ids, member) if m]
         bound = ps.bound(num_classes)
+        ans = np.asarray(answers[ps.id])
+        scored = ps.scored(ans)  # a pool: only answers inside each key's label set are trials
         labels = ps.labels(cached_codewords(master, sel, ps.id, ps.size, bound, folder=cache_dir))
-        matches[member] += (labels == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
-        by_bound.setdefault(bound, np.zeros(n_cust, dtype=np.int64))[member] += ps.size
+        matches[member] += ((labels == ans[None, :]) & scored[None, :]).sum(axis=1)
+        by_bound.setdefault(bound, np.zeros(n_cust, dtype=np.int64))[member] += int(scored.sum())
     bounds = sorted(by_bound)
     trials = sum(by_bound.values(), np.zeros(n_cust, dtype=np.int64))
     p, logp = null_tails(matches, {b: by_bound[b] for b in bounds})

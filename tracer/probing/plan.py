@@ -164,6 +164,7 @@ class SessionPlan:
     keys: tuple[int, ...] | None = None  # natural-mix: the pool index of each trigger j (probe_set.inputs[j] is pool key keys[j])
     label_choices: int = 0  # a match's chance denominator: the pool's label-set size, or the classes (noise probe sets)
     pool_left: PoolUsage | None = None  # natural-mix: what is left of the pool once this session's keys are taken
+    label_sets: np.ndarray | None = None  # natural-mix: S_i of each trigger j ([triggers, k])
 
     @property
     def threshold(self) -> float:
@@ -192,6 +193,12 @@ class SessionPlan:
             "method": METHOD, "tracer_version": __version__,
             **({"key_style": KEY_STYLE, "keys": list(self.keys), "label_choices": self.label_choices} if self.keys is not None else {}),
         }
+
+    def scored(self, j: int, answer: int) -> bool:
+        """Whether the answer to trigger ``j`` is a trial (a pool key: only inside its label set; see KeyPool.scored)."""
+        if self.keys is None or self.label_sets is None:
+            return True
+        return bool((self.label_sets[j] == answer).any())
 
     def key_of(self, idx: int) -> int | None:
         """The pool key schedule item ``idx`` shows (None for decoys and noise probe sets)."""
@@ -242,13 +249,14 @@ def _finish(ws: Workspace, keyring: Keyring, common: _Common, *, keys: list[int]
     if keys is not None:
         chosen = np.asarray(keys, dtype=np.int64)
         cw = key_set.labels(index[:, chosen], keys=chosen)
+        label_sets = key_set.label_sets[chosen] if isinstance(key_set, KeyPool) else None
         common = replace(common, probe_set=ProbeSet(key_set.id, key_set.inputs[chosen]))
     else:
-        cw = key_set.labels(index)
+        cw, label_sets = key_set.labels(index), None
     hashes, digest = _inputs_digest(common, schedule, task.input_dtype)
     return SessionPlan(probe_set=common.probe_set, hashes=hashes, digest=digest, members=common.members, others=common.others,
                        codewords=cw, x_val=common.x_val, y_val=common.y_val, keys=None if keys is None else tuple(keys),
-                       label_choices=bound, **{**fields, "schedule": tuple(schedule)})
+                       label_choices=bound, label_sets=label_sets, **{**fields, "schedule": tuple(schedule)})
 
 
 def _pick_probe_set(ws: Workspace, ledger: Ledger, wanted: str | None) -> str:

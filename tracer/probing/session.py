@@ -150,7 +150,8 @@ class ProbeSession:
     def _score(self, idx: int, answer: int) -> None:
         kind, j = self.plan.schedule[idx]
         if kind == "t":
-            self.test.update(self.plan.codewords[:, j] == answer)
+            if self.plan.scored(j, answer):  # a pool key answered outside its label set carries no evidence
+                self.test.update(self.plan.codewords[:, j] == answer)
         else:
             self.decoys_answered += 1
             self.decoys_right += int(answer == int(self.plan.y_val[j]))
@@ -306,7 +307,9 @@ class ProbeSession:
             "trigger_answers": int(test.t), "decoy_answers": self.decoys_answered,
             "decoy_accuracy": round(self.decoys_right / self.decoys_answered, 4) if self.decoys_answered else None,
             "failed_queries": len(st.failed), "budget": p.budget, "stopped": reason, "threshold_e_value": p.threshold,
-            **({"key_pool": p.pool_left.to_json()} if p.pool_left is not None else {}),
+            **({"key_pool": p.pool_left.to_json(),  # answers outside a key's label set are not trials (KeyPool.scored)
+                "trigger_answers_outside_label_sets": sum(1 for i in st.answered if p.is_trigger(i)) - int(test.t)}
+               if p.pool_left is not None else {}),
         }
         return build_result(
             ids=[c.customer_id for c in p.members + p.others], names=[c.display_name for c in p.members + p.others],
