@@ -360,7 +360,7 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
     rows.append(("Questions sent to the suspect", num(f"{r.queries:,}")))
     counts = ("trigger_queries", "decoy_queries")
     rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
-    rows.append(("Probe sets used", _e(", ".join(r.probe_sets) or "none")))
+    rows.append(("Probe sets used", _e(", ".join(f"{p} (natural-mix key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
     untested = _untested(r)
     checked = num(f"{len(r.candidates) - len(untested):,}")
     if untested:
@@ -510,12 +510,16 @@ def _records(d: ReportData) -> str:
     return "".join(parts)
 
 
-def _method_common(c: int) -> str:
+def _method_common(c: int, *, natural: bool = False) -> str:
+    blends = (f"""<p>Each probe is a blend of two of the vendor's own inputs of different classes, so it looks like an ordinary
+question; its {c} possible secret answers are the classes of the two inputs blended, fixed with the probe before any copy existed.
+Only the probes the suspect answered with one of those classes are counted (an answer outside them cannot match).</p>"""
+              if natural else "")
     return f"""<h2>How the decision was made, in plain words</h2>
 <p>Every copy of the model that the vendor issues is slightly different: it was trained to give a secret, customer-specific
 answer to a set of secret test inputs (<em>probes</em>) that only the vendor can produce. For each probe and each customer, that
 secret answer was drawn at random among the {c} possible answers. The suspect was asked the probes, and for every
-issued customer we counted on how many probes the suspect gave that customer's secret answer.</p>
+issued customer we counted on how many probes the suspect gave that customer's secret answer.</p>{blends}
 <h3 class="keep">The question asked for each customer</h3>
 <p>The starting assumption (the <em>null hypothesis</em>) is: “the suspect was <strong>not</strong> derived from this customer's
 copy”. If that is true, the suspect knows nothing about the customer's secret answers. Because those answers were drawn at random,
@@ -575,7 +579,7 @@ customer's copy.</li>
 def _method(d: ReportData, dec: Decision) -> str:
     r = d.result
     rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
-    return _method_common(r.choices) + rule + _method_limits()
+    return _method_common(r.choices, natural=any(p.startswith("pool") for p in r.probe_sets)) + rule + _method_limits()
 
 
 _GLOSSARY_COMMON = [
