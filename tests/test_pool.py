@@ -221,3 +221,31 @@ def test_an_exhausted_pool_refuses_with_a_hint(ledger_ws):
         _session(ledger, keyring.signing_key, "all", list(range(8)), list(range(8)), finished=True)
         with pytest.raises(TracerError, match="every key of pool pool1 was already shown"):
             draw_keys(ledger, pool, b"seed", 4)
+
+
+# -- the statistic, through the scoring path ------------------------------------------------------
+
+
+@pytest.mark.parametrize("answers", ["random", "first-of-set", "mostly-outside"])
+def test_simulated_null_of_the_pool_statistic_is_calibrated(answers):
+    """Innocent customers (their labels never reached the model) get P[p <= u] <= u, whatever the model answers."""
+    from tracer.identify.scoring import IssuedCustomer, score_answers
+
+    x, y = _digits_like(300)
+    task = TaskConfig(num_classes=3, input_shape=(1, 4, 4))
+    pool = build_pool(MASTER, task, x, y, size=256, dataset_fingerprint="f")
+    rng = np.random.default_rng(11)
+    if answers == "random":
+        ans = rng.integers(0, 3, pool.size)
+    elif answers == "first-of-set":  # always inside S_i, the strongest null for a 1/2 test
+        ans = pool.label_sets[:, 0].copy()
+    else:
+        ans = np.where(rng.random(pool.size) < 0.8, 3 - pool.label_sets.sum(1), pool.label_sets[:, 1])  # the third class, mostly
+    customers = [IssuedCustomer(f"c{i}", f"c{i}", (pool.id,)) for i in range(3000)]
+    res = score_answers(MASTER, customers, [pool], {pool.id: ans}, num_classes=3, alpha=1e-6, queries=pool.size, model_sha256=None)
+    p = np.array([c.p_value for c in res.candidates[:]])
+    trials = {c.trials for c in res.candidates[:]}
+    assert trials == {int(pool.scored(ans).sum())}  # the same in-set answers are trials for every customer
+    for u in (0.01, 0.05, 0.2):
+        assert (p <= u).mean() <= u + 3 * np.sqrt(u * (1 - u) / len(p)), u
+    assert res.verdict == "no_match" and res.label_choices == 2
