@@ -20,13 +20,34 @@ FAST_SCRYPT = {"n": 2**12, "r": 8, "p": 1}
 CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
 
 
-def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS) -> Path:
+#: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12)
+NATURAL_KEYS = {"style": '"natural-mix/v1"', "pool_size": "2048", "keys_per_probe": "40"}
+NATURAL_EMBEDDING = {"steps": "2000", "trigger_batch": "128"}
+
+
+def example_text(example: str, keys: str = "noise") -> str:
+    """The example's tracer.toml; ``keys="natural"`` switches it to natural-mix keys (:data:`NATURAL_KEYS`)."""
+    import re
+
+    from tracer.examples import example_config
+
+    text = example_config(example)
+    if keys == "noise":
+        return text
+    lines = "".join(f"{k} = {v}\n" for k, v in NATURAL_KEYS.items())
+    text = re.sub(r"(?m)^\[fingerprint\]\n", "[fingerprint]\n" + lines, text)
+    for k, v in NATURAL_EMBEDDING.items():
+        text = re.sub(rf"(?m)^{k} = \S+", f"{k} = {v}", text)
+    return text
+
+
+def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS, *, keys: str = "noise") -> Path:
     """init --example, train the base model, issue each customer; return the workspace folder."""
     from tracer.embedding import Issuer
-    from tracer.examples import example_config, prepare_example
+    from tracer.examples import prepare_example
     from tracer.workspace import init_workspace
 
-    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=FAST_SCRYPT)
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_text(example, keys), scrypt=FAST_SCRYPT)
     prepare_example(ws, example, progress=False)
     Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue_many(list(customers))
     return ws.root

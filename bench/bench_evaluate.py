@@ -63,11 +63,11 @@ def cost_ratio(repeat: int = 2) -> str:
             f"ratio {min(t_embed) / min(t_base):.3f} (best/best)")
 
 
-def run_example(example: str, tmp: Path, independent: int, attacks: str | None) -> str:
+def run_example(example: str, tmp: Path, independent: int, attacks: str | None, keys: str = "noise") -> str:
     t0 = time.perf_counter()
     root = tmp / example
     if not (root / "tracer.toml").exists():
-        root = build_issued_workspace(root, example)
+        root = build_issued_workspace(root, example, keys=keys)
     built = time.perf_counter() - t0
     ws = Workspace(root)
     keyring = ws.unlock(passphrase=PASSPHRASE)
@@ -76,7 +76,7 @@ def run_example(example: str, tmp: Path, independent: int, attacks: str | None) 
     ev = Evaluation(suite, fa)
     out = io.StringIO()
     with redirect_stdout(out):
-        print(f"# tracer evaluate, example {example}")
+        print(f"# tracer evaluate, example {example}, key style {ws.config.fingerprint.style}")
         print(f"# tracer {__version__}, torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
               f"{torch.get_num_threads()} torch threads; workspace built in {built:.0f} s, suite {suite.seconds:.0f} s"
               + (f", false-accusation study {fa.seconds:.0f} s" if fa else ""))
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--suffix", default="", help="suffix of the saved file name, e.g. _before")
     ap.add_argument("--cost-only", action="store_true", help="only measure the embedding cost ratio")
     ap.add_argument("--repeat", type=int, default=2, help="repetitions of the cost measurement")
+    ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named digits/ and tabular/; default: a temporary folder")
     args = ap.parse_args()
@@ -108,7 +110,7 @@ def main() -> None:
     examples = ("digits", "tabular") if args.example == "both" else (args.example,)
     with tempfile.TemporaryDirectory(prefix="tracer-bench-evaluate-") as tmp:
         for ex in examples:
-            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks)
+            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys)
             print(text)
             if args.save:
                 path = ROOT / "bench" / "results" / f"evaluate_{ex}{args.suffix}.txt"

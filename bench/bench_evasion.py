@@ -35,23 +35,22 @@ from _common import PASSPHRASE, ROOT, build_issued_workspace
 from tracer import __version__
 from tracer.evaluate import run_suite
 from tracer.evaluate.tables import suite_table
-from tracer.fingerprint.probes import PROBE_STYLE
 from tracer.workspace import Workspace
 
 
-def run_example(example: str, tmp: Path, attacks: str) -> tuple[str, dict]:
+def run_example(example: str, tmp: Path, attacks: str, keys: str = "noise") -> tuple[str, dict]:
     t0 = time.perf_counter()
     root = tmp / example
     reused = (root / "tracer.toml").exists()
     if not reused:
-        root = build_issued_workspace(root, example)
+        root = build_issued_workspace(root, example, keys=keys)
     built = "workspace reused" if reused else f"workspace built in {time.perf_counter() - t0:.0f} s"
     ws = Workspace(root)
     keyring = ws.unlock(passphrase=PASSPHRASE)
     suite = run_suite(ws, keyring, attacks=attacks, on_attack=lambda n, r: print(f"  {n}: {r.verdict}", file=sys.stderr) if r else None)
     out = io.StringIO()
     with redirect_stdout(out):
-        print(f"# tracer evaluate --attacks {attacks}, example {example}, key style {PROBE_STYLE}")
+        print(f"# tracer evaluate --attacks {attacks}, example {example}, key style {ws.config.fingerprint.style}")
         print(f"# tracer {__version__}, torch {torch.__version__}, python {platform.python_version()}, {platform.machine()}, "
               f"{torch.get_num_threads()} torch threads; {built}, suite {suite.seconds:.0f} s")
         print()
@@ -69,13 +68,15 @@ def main() -> None:
     ap.add_argument("--attacks", default="evasion", help="comma-separated attacks or groups (default: evasion)")
     ap.add_argument("--save", action="store_true", help="write bench/results/evasion_<example><suffix>.txt")
     ap.add_argument("--suffix", default="", help="suffix of the saved file name, e.g. _before")
+    ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named digits/ and tabular/; default: a temporary folder")
     args = ap.parse_args()
     examples = ("digits", "tabular") if args.example == "both" else (args.example,)
     with tempfile.TemporaryDirectory(prefix="tracer-bench-evasion-") as tmp:
         for ex in examples:
-            text, _ = run_example(ex, args.workspaces or Path(tmp), args.attacks)
+            text, _ = run_example(ex, args.workspaces or Path(tmp), args.attacks, args.keys)
             print(text)
             if args.save:
                 path = ROOT / "bench" / "results" / f"evasion_{ex}{args.suffix}.txt"

@@ -27,6 +27,14 @@ Keys with a label set per key (in-distribution keys)
     holds given the past (the next key's label is a fresh stream output that
     the endpoint has not seen): see :mod:`tracer.probing.sequential`.
 
+    Sharper, and just as exact (what tracer uses for a natural-mix pool): since
+    the answers a are independent of c's labels, condition on them. The keys
+    answered inside their label set, n_in of them, match with probability
+    exactly 1/k_i each, independently, and the others never match; so the
+    matches among in-set answers are exactly Poisson-binomial over those keys
+    (Binomial(n_in, 1/2) for the pool), and the trials reported are n_in, the
+    same for every customer (S_i does not depend on the customer).
+
 * Fixed-size test (``tracer identify``): the exact upper tail P[X >= m] --
   :func:`binomial_tails` for noise probe sets, :func:`poisson_binomial_tails`
   (exact integers where cheap, else a floating-point path whose documented

@@ -1,8 +1,12 @@
 """One probe of a prediction API: schedule, queries, journal, sequential decision, resume.
 
 Schedule
-    The triggers of ONE probe set (by default the first one no earlier probe
-    revealed), interleaved with decoys, i.e. ordinary validation inputs
+    Natural-mix copies: ``keys_per_probe`` keys of the pool that no endpoint
+    was shown and no unfinished session holds, drawn by the session's fresh
+    seed (:mod:`tracer.fingerprint.revelation`; each ``probe-sent`` entry
+    names its key, so revelation is recorded per key). Noise copies: the
+    triggers of ONE probe set (by default the first one no earlier probe
+    revealed). Either way interleaved with decoys, i.e. ordinary validation inputs
     (``--decoys-per-trigger``, default 1), in an order drawn from a fresh
     32-byte CSPRNG seed: item j goes at the rank of SHA-256(seed || j), and the
     decoys are the validation inputs ranked first by SHA-256(seed || "decoy" || i).
