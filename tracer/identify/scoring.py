@@ -17,12 +17,12 @@ from typing import overload
 import numpy as np
 
 from ..fingerprint import ProbeSet
-from ..fingerprint.cache import cached_codewords
+from ..fingerprint.cache import codeword_matrix
 from ..fingerprint.stats import binomial_tails, holm, log10_tail
 from ..ledger import Ledger
 from .result import HOLM_RULE, IdentificationResult, build_result
 
-__all__ = ["IssuedCustomer", "IssuedCustomers", "issued_customers", "score_answers", "METHOD"]
+__all__ = ["IssuedCustomer", "IssuedCustomers", "issued_customers", "refresh_cache", "score_answers", "METHOD"]
 
 METHOD = (
     "exact binomial upper tail under H0 'not derived from this customer' "
@@ -45,8 +45,10 @@ class IssuedCustomers(Sequence):
     10,000 customers must not cost 10,000 objects; items are built on access.
     """
 
-    def __init__(self, ids: list[str], names: list[str], set_groups: list[frozenset[str]], group_of: np.ndarray) -> None:
+    def __init__(self, ids: list[str], names: list[str], set_groups: list[frozenset[str]], group_of: np.ndarray,
+                 *, ids_blob: bytes | None = None) -> None:
         self.ids, self.names, self.set_groups, self.group_of = ids, names, set_groups, group_of
+        self.ids_blob = ids_blob  # the ids joined by newlines, where the cache had them: a fast codeword lookup
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,14 +93,51 @@ class IssuedCustomers(Sequence):
         return cls([c.customer_id for c in customers], [c.display_name for c in customers], list(groups), np.array(gi, dtype=np.int64))
 
 
-def issued_customers(ledger: Ledger) -> IssuedCustomers:
-    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry."""
+def issued_customers(ledger: Ledger, *, master: bytes | None = None, cache_dir: Path | None = None) -> IssuedCustomers:
+    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry.
+
+    With ``master`` and ``cache_dir``, read from the encrypted customer table there (see
+    :mod:`.customer_table`), extended by the issuances appended since; otherwise one query
+    over the whole ledger.
+    """
+    if master is not None and cache_dir is not None:
+        from .customer_table import load_customer_table
+
+        cached = load_customer_table(ledger, master, cache_dir)
+        if cached is not None:
+            return cached
     rows = ledger.issued_customers()
     groups: dict[frozenset[str], int] = {}
     group_of = np.empty(len(rows), dtype=np.int64)
     for k, (_, _, sets) in enumerate(rows):
         group_of[k] = groups.setdefault(sets, len(groups))
     return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], list(groups), group_of)
+
+
+def refresh_cache(ledger: Ledger, master: bytes, probe_sets: Sequence[ProbeSet], *, num_classes: int, folder: Path) -> None:
+    """Bring the customer table and every probe set's codeword matrix up to the ledger (after an issuance lands)."""
+    table = issued_customers(ledger, master=master, cache_dir=folder)
+    for ps in probe_sets:
+        _set_codewords(master, table, ps, num_classes, folder)
+
+
+def _set_codewords(master: bytes, table: IssuedCustomers, ps: ProbeSet, bound: int, folder: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(member mask, codeword rows of the members in table order) for one probe set."""
+    member = table.members(ps.id)
+    if not member.any():
+        return member, np.zeros((0, ps.size), dtype=np.int16)
+    if member.all():
+        sel, blob = table.ids, table.ids_blob
+    else:
+        sel, blob = [table.ids[int(i)] for i in np.flatnonzero(member)], None
+    return member, codeword_matrix(master, sel, ps.id, ps.size, bound, folder=folder, ids_blob=blob)
+
+
+def _match_counts(cw: np.ndarray, answers: np.ndarray, bound: int) -> np.ndarray:
+    """Per row, how many probes the answers match; an answer outside 0..bound-1 matches nothing."""
+    a = np.asarray(answers).astype(np.int64, copy=False)
+    a = np.where((a >= 0) & (a < bound), a, bound).astype(cw.dtype)  # bound fits the stored dtype, never a codeword
+    return np.count_nonzero(cw == a[None, :], axis=1)
 
 
 @lru_cache(maxsize=64)
@@ -136,12 +175,10 @@ def score_answers(
     for ps in probe_sets:
         if ps.id not in answers:
             continue
-        member = table.members(ps.id)
+        member, cw = _set_codewords(master, table, ps, num_classes, cache_dir)
         if not member.any():
             continue
-        sel = table.ids if member.all() else [cid for cid, m in zip(table.ids, member) if m]
-        cw = cached_codewords(master, sel, ps.id, ps.size, num_classes, folder=cache_dir)
-        matches[member] += (cw == np.asarray(answers[ps.id])[None, :]).sum(axis=1)
+        matches[member] += _match_counts(cw, answers[ps.id], num_classes)
         trials[member] += ps.size
     p = np.ones(n_cust)
     logp = np.zeros(n_cust)
