@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,23 +62,27 @@ def row_dtype(bound: int) -> np.dtype:
     return np.dtype("<i2") if bound <= 32767 else np.dtype("<i4")
 
 
-def pack_fields(fields: dict[str, bytes]) -> bytes:
+def pack_fields(fields: Mapping[str, bytes | memoryview]) -> bytes:
     """Named byte strings in one buffer (the plaintext of a segment)."""
     parts = [struct.pack("<I", len(fields))]
     for name, data in fields.items():
         raw = name.encode()
-        parts += [struct.pack("<HQ", len(raw), len(data)), raw, data]
+        parts += [struct.pack("<HQ", len(raw), len(data)), raw, bytes(data) if isinstance(data, memoryview) else data]
     return b"".join(parts)
 
 
-def unpack_fields(buf: bytes) -> dict[str, bytes]:
+def unpack_fields(buf: bytes) -> dict[str, memoryview]:
+    """The named fields of :func:`pack_fields`, as views into ``buf`` (no copies of large rows)."""
+    view = memoryview(buf)
     (n,), off, out = struct.unpack_from("<I", buf, 0), 4, {}
     for _ in range(n):
         ln, size = struct.unpack_from("<HQ", buf, off)
         off += 10
-        name = buf[off : off + ln].decode()
+        name = bytes(view[off : off + ln]).decode()
         off += ln
-        out[name] = buf[off : off + size]
+        if off + size > len(buf):
+            raise ValueError("a truncated cache segment")
+        out[name] = view[off : off + size]
         off += size
     if off != len(buf):
         raise ValueError("trailing bytes in a cache segment")
@@ -92,7 +96,11 @@ class Segment:
     path: Path
     header: dict[str, Any]
     tag: str
-    fields: dict[str, bytes] = field(default_factory=dict)
+    fields: dict[str, memoryview] = field(default_factory=dict)
+
+    def raw(self, name: str) -> bytes:
+        """One field as bytes (KeyError if the segment has none)."""
+        return bytes(self.fields[name])
 
     @property
     def start(self) -> int:
@@ -103,7 +111,7 @@ class Segment:
         return int(self.header["start"]) + int(self.header["rows"])
 
 
-def _parse(path: Path) -> tuple[dict, bytes, bytes] | None:
+def _parse(path: Path) -> tuple[dict, bytes, memoryview] | None:
     """(header, header bytes, nonce+ciphertext) of a segment file, or None if it is not one."""
     try:
         blob = path.read_bytes()
@@ -113,7 +121,7 @@ def _parse(path: Path) -> tuple[dict, bytes, bytes] | None:
         off = len(_MAGIC) + 4
         hb = blob[off : off + hlen]
         header = json.loads(hb)
-        body = blob[off + hlen :]
+        body = memoryview(blob)[off + hlen :]
         return (header, hb, body) if isinstance(header, dict) and len(body) >= 28 else None
     except (OSError, ValueError, struct.error):
         return None
@@ -129,9 +137,9 @@ class SegmentLog:
         self.key_id = hashlib.sha256(key).hexdigest()[:16]
         self.anchor = hashlib.sha256(f"{_FORMAT}|{name}|{self.key_id}|{anchor}".encode()).hexdigest()[:32]
 
-    def _candidates(self) -> tuple[dict[str, list[tuple[Path, dict, bytes, bytes]]], list[Path]]:
+    def _candidates(self) -> tuple[dict[str, list[tuple[Path, dict, bytes, memoryview]]], list[Path]]:
         """Parsed segment files by the tag they chain to, and the files that are not this log's segments."""
-        by_prev: dict[str, list[tuple[Path, dict, bytes, bytes]]] = {}
+        by_prev: dict[str, list[tuple[Path, dict, bytes, memoryview]]] = {}
         bad = []
         try:
             paths = sorted(p for p in self.dir.iterdir() if p.name.endswith(_SUFFIX))
@@ -145,9 +153,9 @@ class SegmentLog:
             by_prev.setdefault(str(parsed[0].get("prev")), []).append((p, *parsed))
         return by_prev, bad
 
-    def _open(self, path: Path, header: dict, hb: bytes, body: bytes) -> Segment | None:
+    def _open(self, path: Path, header: dict, hb: bytes, body: memoryview) -> Segment | None:
         try:
-            plain = self.aead.decrypt(body[:12], body[12:], hb)
+            plain = self.aead.decrypt(bytes(body[:12]), body[12:], hb)
             return Segment(path, header, body[-16:].hex(), unpack_fields(plain))
         except (InvalidTag, ValueError, struct.error, UnicodeDecodeError):
             return None
@@ -191,7 +199,7 @@ class SegmentLog:
         hb = json.dumps(header, sort_keys=True).encode()
         nonce = os.urandom(12)
         body = nonce + self.aead.encrypt(nonce, pack_fields(fields), hb)
-        seg = Segment(Path(), header, body[-16:].hex(), fields)
+        seg = Segment(Path(), header, body[-16:].hex(), {k: memoryview(v) for k, v in fields.items()})
         seg.path = self.dir / f"{seg.start:010d}-{seg.end:010d}-{seg.tag[:16]}{_SUFFIX}"
         try:
             _publish(seg.path, _MAGIC + struct.pack(">I", len(hb)) + hb + body)
@@ -247,7 +255,7 @@ def _log_name(set_id: str, count: int, bound: int) -> str:
     return f"codewords-{set_id}-{count}x{bound}"
 
 
-def _join(ids: list[str]) -> bytes:
+def _join(ids: Sequence[str]) -> bytes:
     return "\n".join(ids).encode()
 
 
@@ -255,8 +263,12 @@ def _split(blob: bytes) -> list[str]:
     return blob.decode().split("\n") if blob else []
 
 
+def _concat(views: list[memoryview]) -> bytes | memoryview:
+    return views[0] if len(views) == 1 else b"".join(views)
+
+
 def _merge_rows(segs: list[Segment]) -> tuple[int, dict[str, bytes], dict[str, Any]]:
-    blobs = [s.fields["ids"] for s in segs if s.fields["ids"]]
+    blobs = [s.fields["ids"] for s in segs if len(s.fields["ids"])]
     return (sum(int(s.header["rows"]) for s in segs),
             {"ids": b"\n".join(blobs), "rows": b"".join(s.fields["rows"] for s in segs)}, {})
 
@@ -270,9 +282,11 @@ class _Matrix:
 
     def __init__(self, log: SegmentLog, chain: list[Segment], count: int, dtype: np.dtype) -> None:
         self.log, self.chain, self.count, self.dtype = log, chain, count, dtype
-        self.blob = b"\n".join(s.fields["ids"] for s in chain if s.fields["ids"])
-        rows = b"".join(s.fields["rows"] for s in chain)
+        self.blob = b"\n".join(s.fields["ids"] for s in chain if len(s.fields["ids"]))
+        rows = _concat([s.fields["rows"] for s in chain]) if chain else b""
         self.matrix = np.frombuffer(rows, dtype=dtype).reshape(-1, count)
+        if len(self.matrix) != self.blob.count(b"\n") + bool(self.blob):
+            raise ValueError("rows and ids of different lengths")
         self._ids: list[str] | None = None
 
     @property
@@ -306,7 +320,7 @@ def _load_matrix(folder: Path, key: bytes, set_id: str, count: int, bound: int) 
         return _Matrix(log, [], count, dtype)
 
 
-def codeword_matrix(master: bytes, customer_ids: list[str], set_id: str, count: int, bound: int, *,
+def codeword_matrix(master: bytes, customer_ids: Sequence[str], set_id: str, count: int, bound: int, *,
                     folder: Path | None, ids_blob: bytes | None = None) -> np.ndarray:
     """Rows ``uniform_ints(customer_key(id), f"codeword/{set_id}", count, bound)`` for ``customer_ids``, in order.
 
@@ -317,7 +331,7 @@ def codeword_matrix(master: bytes, customer_ids: list[str], set_id: str, count: 
     """
     dtype = row_dtype(bound)
     if folder is None or not customer_ids:
-        return codewords(master, customer_ids, set_id, count, bound).astype(dtype)
+        return codewords(master, list(customer_ids), set_id, count, bound).astype(dtype)
     m = _load_matrix(folder, cache_key(master), set_id, count, bound)
     want = _join(customer_ids) if ids_blob is None else ids_blob
     if want.count(b"\n") != len(customer_ids) - 1:  # an id with a newline: no byte comparison
@@ -326,7 +340,7 @@ def codeword_matrix(master: bytes, customer_ids: list[str], set_id: str, count: 
     if want == have:
         return m.matrix
     if not n or want.startswith(have + b"\n"):  # the cache holds a prefix: derive the rest, append
-        new = customer_ids[n:]
+        new = [customer_ids[i] for i in range(n, len(customer_ids))]
         m.extend(new, codewords(master, new, set_id, count, bound))
         return m.matrix
     if have.startswith(want + b"\n"):  # the cache holds more (appended since): the prefix
@@ -334,7 +348,7 @@ def codeword_matrix(master: bytes, customer_ids: list[str], set_id: str, count: 
     return _general(m, master, customer_ids, set_id, count, bound)
 
 
-def _general(m: _Matrix, master: bytes, customer_ids: list[str], set_id: str, count: int, bound: int) -> np.ndarray:
+def _general(m: _Matrix, master: bytes, customer_ids: Sequence[str], set_id: str, count: int, bound: int) -> np.ndarray:
     """Any order, any subset: map ids to rows, derive and append the missing ones."""
     index = {cid: i for i, cid in enumerate(m.ids)}
     missing = [cid for cid in dict.fromkeys(customer_ids) if cid not in index]

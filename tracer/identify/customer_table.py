@@ -19,6 +19,7 @@ tracer, but a valid ledger may hold one) is kept aside until it is.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..fingerprint.cache import Segment, SegmentLog, cache_key
 from ..ledger import Ledger
-from .scoring import IssuedCustomers
+from .scoring import IssuedCustomers, Lines
 
 __all__ = ["load_customer_table"]
 
@@ -62,19 +63,42 @@ class _Delta:
         return len(self.ids) + len(self.updates) + 1
 
 
+class _Column:
+    """Strings appended in runs: newline-joined bytes, or a list where one of them holds a newline."""
+
+    def __init__(self) -> None:
+        self.runs: list[bytes | list[str]] = []
+        self.count = 0
+
+    def add(self, run: bytes | list[str], count: int) -> None:
+        if count:
+            self.runs.append(run)
+            self.count += count
+
+    def blob(self) -> bytes | None:
+        if any(isinstance(r, list) for r in self.runs):
+            return None
+        return b"\n".join(r for r in self.runs if isinstance(r, bytes))
+
+    def view(self) -> Sequence[str]:
+        blob = self.blob()
+        if blob is not None:
+            return Lines(blob, self.count)
+        return [x for r in self.runs for x in (r if isinstance(r, list) else r.decode().split("\n"))]
+
+
 class _Table:
     """The decoded table: columns, registration seqs, key-set groups, and where it is current to."""
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.names: list[str] = []
-        self.blobs: list[bytes] = []
+        self.ids, self.names = _Column(), _Column()
         self.reg = np.zeros(0, dtype=np.int64)
         self.groups: list[frozenset[str]] = []
         self.group_index: dict[frozenset[str], int] = {}
         self.group_of = np.zeros(0, dtype=np.int64)
         self.orphans: dict[str, frozenset[str]] = {}
         self.last_seq = 0
+        self._ids_view: Sequence[str] | None = None
 
     def group(self, sets: frozenset[str]) -> int:
         g = self.group_index.get(sets)
@@ -83,28 +107,33 @@ class _Table:
             self.groups.append(sets)
         return g
 
-    def position(self, reg_seq: int) -> int | None:
+    def position(self, reg_seq: int, cid: str) -> int | None:
+        """Where the customer registered by entry ``reg_seq`` is, if it is ``cid``."""
         pos = int(np.searchsorted(self.reg, reg_seq))
-        return pos if pos < len(self.reg) and self.reg[pos] == reg_seq else None
+        if pos >= len(self.reg) or self.reg[pos] != reg_seq:
+            return None
+        if self._ids_view is None:
+            self._ids_view = self.ids.view()
+        return pos if self._ids_view[pos] == cid else None
 
-    def apply(self, ids: list[str], names: list[str], reg: np.ndarray, group_of: np.ndarray,
-              updates: list[tuple[int, frozenset[str]]], orphans: dict[str, frozenset[str]], blob: bytes | None) -> None:
+    def apply(self, reg: np.ndarray, group_of: np.ndarray, updates: list[tuple[int, frozenset[str]]],
+              orphans: dict[str, frozenset[str]]) -> None:
+        """Append registrations (after their ids and names were added to the columns) and apply updates."""
         if len(reg) and len(self.reg) and reg[0] <= self.reg[-1]:
             raise _Stale("registrations out of order")
-        self.ids += ids
-        self.names += names
-        self.blobs.append(blob if blob is not None else "\n".join(ids).encode())
         self.reg = np.concatenate([self.reg, reg])
         self.group_of = np.concatenate([self.group_of, group_of])
+        self._ids_view = None
+        if not (len(self.reg) == len(self.group_of) == self.ids.count == self.names.count):
+            raise _Stale("columns of different lengths")
         for pos, sets in updates:
-            if not 0 <= pos < len(self.ids):
+            if not 0 <= pos < len(self.reg):
                 raise _Stale("an update names no customer")
             self.group_of[pos] = self.group(self.groups[int(self.group_of[pos])] | sets)
         self.orphans = dict(orphans)
 
     def view(self) -> IssuedCustomers:
-        blob = b"\n".join(b for b in self.blobs if b)
-        return IssuedCustomers(self.ids, self.names, list(self.groups), self.group_of, ids_blob=blob)
+        return IssuedCustomers(self.ids.view(), self.names.view(), list(self.groups), self.group_of, ids_blob=self.ids.blob())
 
 
 def _delta(table: _Table, rows: list[tuple[int, str, str, int | None, str | None]]) -> _Delta:
@@ -124,19 +153,13 @@ def _delta(table: _Table, rows: list[tuple[int, str, str, int | None, str | None
             if cid in fresh:
                 d.sets[fresh[cid]] |= sets
                 continue
-            pos = table.position(reg_entry)
-            if pos is None or table.ids[pos] != cid:
+            pos = table.position(reg_entry, cid)
+            if pos is None:
                 raise _Stale(f"customer {cid} is not where the table has it")
             d.updates.append((pos, sets))
         else:  # registered by a later entry, or not at all (yet)
             d.orphans[cid] = d.orphans.get(cid, frozenset()) | sets
     return d
-
-
-def _names_field(names: list[str]) -> dict[str, bytes]:
-    if any("\n" in n for n in names):
-        return {"names_json": json.dumps(names).encode()}
-    return {"names": "\n".join(names).encode()}
 
 
 def _sets_json(sets: frozenset[str]) -> list[str]:
@@ -150,11 +173,15 @@ def _groups_of(sets_of: list[frozenset[str]]) -> tuple[list[frozenset[str]], np.
     return list(local), idx
 
 
-def _fields(ids: list[str], names: list[str], reg: np.ndarray, groups: list[frozenset[str]], group_of: np.ndarray,
-            updates: list[tuple[int, frozenset[str]]], orphans: dict[str, frozenset[str]]) -> dict[str, bytes]:
-    """A segment's plaintext fields (columns as joined text and little-endian arrays, the rest as JSON)."""
+def _text_field(name: str, run: bytes | list[str]) -> dict[str, bytes]:
+    return {f"{name}_json": json.dumps(run).encode()} if isinstance(run, list) else {name: run}
+
+
+def _fields(ids: bytes | list[str], names: bytes | list[str], reg: np.ndarray, groups: list[frozenset[str]],
+            group_of: np.ndarray, updates: list[tuple[int, frozenset[str]]], orphans: dict[str, frozenset[str]]) -> dict[str, bytes]:
+    """A segment's plaintext fields (columns as newline-joined text and little-endian arrays, the rest as JSON)."""
     return {
-        "ids": "\n".join(ids).encode(), **_names_field(names), "reg": np.asarray(reg, dtype="<i8").tobytes(),
+        **_text_field("ids", ids), **_text_field("names", names), "reg": np.asarray(reg, dtype="<i8").tobytes(),
         "groups": json.dumps([_sets_json(g) for g in groups]).encode(),
         "group_of": np.asarray(group_of, dtype="<i4").tobytes(),
         "updates": json.dumps([[p, _sets_json(s)] for p, s in updates]).encode(),
@@ -162,10 +189,16 @@ def _fields(ids: list[str], names: list[str], reg: np.ndarray, groups: list[froz
     }
 
 
+def _run(items: list[str]) -> bytes | list[str]:
+    """A column run as stored: newline-joined, or the list itself where an item holds a newline."""
+    return list(items) if any("\n" in x for x in items) else "\n".join(items).encode()
+
+
 @dataclass
 class _Decoded:
-    ids: list[str]
-    names: list[str]
+    count: int
+    ids: bytes | list[str]
+    names: bytes | list[str]
     reg: np.ndarray
     groups: list[frozenset[str]]
     group_of: np.ndarray  # into groups
@@ -173,17 +206,29 @@ class _Decoded:
     orphans: dict[str, frozenset[str]]
 
 
+def _text(seg: Segment, name: str, count: int) -> bytes | list[str]:
+    if f"{name}_json" in seg.fields:
+        items = json.loads(seg.raw(f"{name}_json"))
+        if not isinstance(items, list) or len(items) != count or not all(isinstance(x, str) for x in items):
+            raise _Stale(f"a malformed {name} column")
+        return items
+    blob = seg.raw(name)
+    if (blob.count(b"\n") + 1 if count else len(blob)) != max(count, 0):
+        raise _Stale(f"a {name} column of the wrong length")
+    return blob
+
+
 def _decode(seg: Segment) -> _Decoded:
-    f = seg.fields
-    ids = f["ids"].decode().split("\n") if f["ids"] else []
-    names = json.loads(f["names_json"]) if "names_json" in f else (f["names"].decode().split("\n") if ids else [])
-    d = _Decoded(ids, names, np.frombuffer(f["reg"], dtype="<i8").astype(np.int64),
-                 [frozenset(g) for g in json.loads(f["groups"])], np.frombuffer(f["group_of"], dtype="<i4").astype(np.int64),
-                 [(int(p), frozenset(s)) for p, s in json.loads(f["updates"])],
-                 {c: frozenset(s) for c, s in json.loads(f["orphans"]).items()})
-    if not (len(ids) == len(names) == len(d.reg) == len(d.group_of) == int(seg.header["rows"])):
+    count = int(seg.header["rows"])
+    d = _Decoded(count, _text(seg, "ids", count), _text(seg, "names", count),
+                 np.frombuffer(seg.fields["reg"], dtype="<i8").astype(np.int64),
+                 [frozenset(g) for g in json.loads(seg.raw("groups"))],
+                 np.frombuffer(seg.fields["group_of"], dtype="<i4").astype(np.int64),
+                 [(int(p), frozenset(s)) for p, s in json.loads(seg.raw("updates"))],
+                 {c: frozenset(s) for c, s in json.loads(seg.raw("orphans")).items()})
+    if not (len(d.reg) == len(d.group_of) == count):
         raise _Stale("columns of different lengths")
-    if len(d.group_of) and not 0 <= int(d.group_of.min()) <= int(d.group_of.max()) < len(d.groups):
+    if count and not 0 <= int(d.group_of.min()) <= int(d.group_of.max()) < len(d.groups):
         raise _Stale("a group index out of range")
     return d
 
@@ -196,31 +241,42 @@ def _load(chain: list[Segment]) -> _Table:
             raise _Stale("segments do not cover consecutive ledger entries")
         d = _decode(seg)
         lut = np.array([t.group(g) for g in d.groups], dtype=np.int64)
-        t.apply(d.ids, d.names, d.reg, lut[d.group_of] if len(d.group_of) else d.group_of, d.updates, d.orphans, seg.fields["ids"])
+        t.ids.add(d.ids, d.count)
+        t.names.add(d.names, d.count)
+        t.apply(d.reg, lut[d.group_of] if d.count else d.group_of, d.updates, d.orphans)
         t.last_seq = int(seg.header["last_seq"])
     return t
 
 
+def _joined(runs: list[bytes | list[str]]) -> bytes | list[str]:
+    if any(isinstance(r, list) for r in runs):
+        return [x for r in runs for x in (r if isinstance(r, list) else r.decode().split("\n"))]
+    return b"\n".join(r for r in runs if isinstance(r, bytes))
+
+
 def _merge(segs: list[Segment]) -> tuple[int, dict[str, bytes], dict[str, Any]]:
     """One segment equivalent to ``segs`` (compaction)."""
-    ids: list[str] = []
-    names: list[str] = []
+    ids: list[bytes | list[str]] = []
+    names: list[bytes | list[str]] = []
     regs, gofs, updates = [], [], []
     groups: dict[frozenset[str], int] = {}
     orphans: dict[str, frozenset[str]] = {}
     for seg in segs:
         d = _decode(seg)
         lut = np.array([groups.setdefault(g, len(groups)) for g in d.groups], dtype=np.int64)
-        ids += d.ids
-        names += d.names
+        if d.count:
+            ids.append(d.ids)
+            names.append(d.names)
         regs.append(d.reg)
-        gofs.append(lut[d.group_of] if len(d.group_of) else d.group_of)
+        gofs.append(lut[d.group_of] if d.count else d.group_of)
         updates += d.updates
         orphans = d.orphans
     first, last = segs[0].header, segs[-1].header
+    count = sum(len(r) for r in regs)
     extra = {"first_seq": first["first_seq"], "last_seq": last["last_seq"], "last_hash": last["last_hash"],
-             "weight": len(ids) + len(updates) + 1}
-    return len(ids), _fields(ids, names, np.concatenate(regs), list(groups), np.concatenate(gofs), updates, orphans), extra
+             "weight": count + len(updates) + 1}
+    return count, _fields(_joined(ids), _joined(names), np.concatenate(regs), list(groups), np.concatenate(gofs),
+                          updates, orphans), extra
 
 
 def _weight(seg: Segment) -> int:
@@ -265,8 +321,11 @@ def load_customer_table(ledger: Ledger, master: bytes, folder: Path) -> IssuedCu
     reg = np.array(d.reg, dtype=np.int64)
     groups, local = _groups_of(d.sets)
     lut = np.array([table.group(g) for g in groups], dtype=np.int64)
-    fields = _fields(d.ids, d.names, reg, groups, local, d.updates, d.orphans)
-    table.apply(d.ids, d.names, reg, lut[local] if len(local) else local, d.updates, d.orphans, None)
+    ids, names = _run(d.ids), _run(d.names)
+    fields = _fields(ids, names, reg, groups, local, d.updates, d.orphans)
+    table.ids.add(ids, len(d.ids))
+    table.names.add(names, len(d.names))
+    table.apply(reg, lut[local] if len(local) else local, d.updates, d.orphans)
     seg = log.append(chain, rows=len(d.ids), fields=fields,
                      extra={"first_seq": first_seq, "last_seq": head[0], "last_hash": head[1], "weight": d.weight})
     if seg is not None:
