@@ -161,7 +161,7 @@ class SegmentLog:
             return None
 
     def load(self) -> list[Segment]:
-        """The longest authentic chain from the anchor; files that fail authentication are deleted."""
+        """The authentic chain from the anchor (the longest segment first at each step); every other file is deleted."""
         by_prev, bad = self._candidates()
         chain: list[Segment] = []
         tag, pos = self.anchor, 0
@@ -178,8 +178,9 @@ class SegmentLog:
                 break
             chain.append(seg)
             tag, pos = seg.tag, seg.end
-        for p in bad:
-            _unlink(p)
+        kept = {s.path for s in chain}
+        for p in bad + [c[0] for cs in by_prev.values() for c in cs if c[0] not in kept]:
+            _unlink(p)  # failed authentication, or off the chain: merged already, or a lost race
         return chain
 
     def clear(self) -> None:

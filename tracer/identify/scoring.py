@@ -117,7 +117,9 @@ class IssuedCustomers(Sequence):
         return self._build(range(len(self.ids))[i])  # negative indices and IndexError as for a list
 
     def __iter__(self) -> Iterator[IssuedCustomer]:
-        return (self._build(i) for i in range(len(self.ids)))
+        ids, names = list(self.ids), list(self.names)  # one decoding of each column, not one per item
+        sets = [tuple(sorted(g)) for g in self.set_groups]
+        return (IssuedCustomer(ids[i], names[i], sets[int(g)]) for i, g in enumerate(self.group_of))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
