@@ -258,3 +258,30 @@ def test_holm_on_the_rejectable_p_values_only_is_holm_over_every_customer():
         p = np.concatenate([rng.random(n) ** 8, np.full(3, alpha), np.full(3, alpha / (n + 3))])
         rng.shuffle(p)
         assert np.array_equal(holm(np.where(p <= alpha, p, 1.0), alpha), holm(p, alpha))
+
+
+def test_a_failing_cache_update_never_fails_an_issuance(ws, monkeypatch):
+    from types import SimpleNamespace
+
+    import tracer.identify.scoring as scoring
+    from tracer.embedding.issue import Issuer
+
+    def broken(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scoring, "refresh_cache", broken)
+    issuer = SimpleNamespace(ws=ws, keyring=_keyring(ws), probe_sets=[], config=ws.config)
+    Issuer._refresh_cache(issuer)  # type: ignore[arg-type]  # returns: the landed copy stands
+
+
+def test_issuing_extends_the_cache_so_the_next_identification_derives_nothing(issued_tabular_copy, monkeypatch):
+    from tracer.identify import identify_model
+
+    ws = Workspace(issued_tabular_copy)
+    keyring = _keyring(ws)
+    assert list((ws.cache_dir / "customers").glob("*.seg"))  # written when the copies landed
+    counter = _Counter(monkeypatch)
+    monkeypatch.setattr(Ledger, "issued_customers", lambda self: pytest.fail("the whole ledger was queried"))
+    result = identify_model(ws, keyring, ws.root / "models" / "issued" / "acme.onnx")
+    assert result.customers == ["acme"] and result.family_size == 3
+    assert counter.rows == {}
