@@ -304,19 +304,22 @@ def load_customer_table(ledger: Ledger, master: bytes, folder: Path) -> IssuedCu
     """
     log = SegmentLog(folder, _LOG, cache_key(master), anchor=ledger.entry_hash(1) or "")
     chain, table = _current(log, ledger)
-    head, rows = ledger.issuances_after(table.last_seq)
     try:
-        d = _delta(table, rows)
-    except _Stale:
+        return _extend(log, ledger, chain, table)
+    except _Stale:  # the cache does not fit the ledger after all: rebuild it from the ledger
         log.clear()
-        chain, table = [], _Table()
-        head, rows = ledger.issuances_after(0)
-        try:
-            d = _delta(table, rows)
-        except _Stale:
-            return None
+    try:
+        return _extend(log, ledger, [], _Table())
+    except _Stale:
+        return None
+
+
+def _extend(log: SegmentLog, ledger: Ledger, chain: list[Segment], table: _Table) -> IssuedCustomers:
+    """``table`` plus the issuances after its head; one segment appended if there were any."""
+    head, rows = ledger.issuances_after(table.last_seq)
     if not rows:
         return table.view()
+    d = _delta(table, rows)
     first_seq = table.last_seq + 1
     reg = np.array(d.reg, dtype=np.int64)
     groups, local = _groups_of(d.sets)
