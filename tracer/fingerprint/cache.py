@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,45 @@ class Segment:
         return int(self.header["start"]) + int(self.header["rows"])
 
 
+@dataclass
+class _Candidate:
+    """A segment file as found: its header, and either its ciphertext or its already authenticated contents."""
+
+    path: Path
+    header: dict[str, Any]
+    memo: tuple
+    hb: bytes = b""
+    body: memoryview = field(default_factory=lambda: memoryview(b""))
+    seg: Segment | None = None
+
+
+#: Segments this process authenticated already, by (path, inode, size, mtime, key id). A segment file is
+#: never rewritten in place (appends and merges publish new names), so a warm call reads and decrypts
+#: only what is new; what is held is the authentic content, whatever happens to the file afterwards.
+_OPENED: OrderedDict[tuple, Segment] = OrderedDict()
+_OPENED_MAX = 128
+
+
+def _remember(memo: tuple, seg: Segment) -> None:
+    _OPENED[memo] = seg
+    while len(_OPENED) > _OPENED_MAX:
+        _OPENED.popitem(last=False)
+
+
+def _candidate(path: Path, key_id: str) -> _Candidate | None:
+    """The segment file at ``path`` (None if it is not one): from the memo if unchanged, else read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    memo = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, key_id)
+    seg = _OPENED.get(memo)
+    if seg is not None:
+        return _Candidate(path, seg.header, memo, seg=seg)
+    parsed = _parse(path)
+    return None if parsed is None else _Candidate(path, parsed[0], memo, parsed[1], parsed[2])
+
+
 def _parse(path: Path) -> tuple[dict, bytes, memoryview] | None:
     """(header, header bytes, nonce+ciphertext) of a segment file, or None if it is not one."""
     try:
@@ -137,28 +177,32 @@ class SegmentLog:
         self.key_id = hashlib.sha256(key).hexdigest()[:16]
         self.anchor = hashlib.sha256(f"{_FORMAT}|{name}|{self.key_id}|{anchor}".encode()).hexdigest()[:32]
 
-    def _candidates(self) -> tuple[dict[str, list[tuple[Path, dict, bytes, memoryview]]], list[Path]]:
-        """Parsed segment files by the tag they chain to, and the files that are not this log's segments."""
-        by_prev: dict[str, list[tuple[Path, dict, bytes, memoryview]]] = {}
+    def _candidates(self) -> tuple[dict[str, list[_Candidate]], list[Path]]:
+        """Segment files by the tag they chain to, and the files that are not this log's segments."""
+        by_prev: dict[str, list[_Candidate]] = {}
         bad = []
         try:
             paths = sorted(p for p in self.dir.iterdir() if p.name.endswith(_SUFFIX))
         except OSError:
             return {}, []
         for p in paths:
-            parsed = _parse(p)
-            if parsed is None or parsed[0].get("key_id") != self.key_id or parsed[0].get("log") != self.name:
+            c = _candidate(p, self.key_id)
+            if c is None or c.header.get("key_id") != self.key_id or c.header.get("log") != self.name:
                 bad.append(p)
                 continue
-            by_prev.setdefault(str(parsed[0].get("prev")), []).append((p, *parsed))
+            by_prev.setdefault(str(c.header.get("prev")), []).append(c)
         return by_prev, bad
 
-    def _open(self, path: Path, header: dict, hb: bytes, body: memoryview) -> Segment | None:
+    def _open(self, c: _Candidate) -> Segment | None:
+        if c.seg is not None:
+            return c.seg
         try:
-            plain = self.aead.decrypt(bytes(body[:12]), body[12:], hb)
-            return Segment(path, header, body[-16:].hex(), unpack_fields(plain))
+            plain = self.aead.decrypt(bytes(c.body[:12]), c.body[12:], c.hb)
+            seg = Segment(c.path, c.header, c.body[-16:].hex(), unpack_fields(plain))
         except (InvalidTag, ValueError, struct.error, UnicodeDecodeError):
             return None
+        _remember(c.memo, seg)
+        return seg
 
     def load(self) -> list[Segment]:
         """The authentic chain from the anchor (the longest segment first at each step); every other file is deleted."""
@@ -166,20 +210,20 @@ class SegmentLog:
         chain: list[Segment] = []
         tag, pos = self.anchor, 0
         while True:
-            options = sorted((c for c in by_prev.get(tag, []) if c[1].get("start") == pos),
-                             key=lambda c: (-int(c[1].get("rows", 0)), -int(c[1].get("last_seq", 0))))
+            options = sorted((c for c in by_prev.get(tag, []) if c.header.get("start") == pos),
+                             key=lambda c: (-int(c.header.get("rows", 0)), -int(c.header.get("last_seq", 0))))
             seg = None
             for c in options:
-                seg = self._open(*c)
+                seg = self._open(c)
                 if seg is not None:
                     break
-                bad.append(c[0])
+                bad.append(c.path)
             if seg is None:
                 break
             chain.append(seg)
             tag, pos = seg.tag, seg.end
         kept = {s.path for s in chain}
-        for p in bad + [c[0] for cs in by_prev.values() for c in cs if c[0] not in kept]:
+        for p in bad + [c.path for cs in by_prev.values() for c in cs if c.path not in kept]:
             _unlink(p)  # failed authentication, or off the chain: merged already, or a lost race
         return chain
 
@@ -278,17 +322,34 @@ def _rows_weight(seg: Segment) -> int:
     return int(seg.header["rows"])
 
 
+#: Assembled matrices by (log folder, key id, segment tags): a warm call does not even concatenate.
+_MATRICES: OrderedDict[tuple, tuple[bytes, np.ndarray]] = OrderedDict()
+
+
 class _Matrix:
     """A key set's cached rows: ids (joined), the matrix, and the log they came from."""
 
     def __init__(self, log: SegmentLog, chain: list[Segment], count: int, dtype: np.dtype) -> None:
         self.log, self.chain, self.count, self.dtype = log, chain, count, dtype
-        self.blob = b"\n".join(s.fields["ids"] for s in chain if len(s.fields["ids"]))
-        rows = _concat([s.fields["rows"] for s in chain]) if chain else b""
-        self.matrix = np.frombuffer(rows, dtype=dtype).reshape(-1, count)
-        if len(self.matrix) != self.blob.count(b"\n") + bool(self.blob):
-            raise ValueError("rows and ids of different lengths")
+        memo = _MATRICES.get(self._memo_key())
+        if memo is None:
+            blob = b"\n".join(s.fields["ids"] for s in chain if len(s.fields["ids"]))
+            rows = _concat([s.fields["rows"] for s in chain]) if chain else b""
+            memo = (blob, np.frombuffer(rows, dtype=dtype).reshape(-1, count))
+            if len(memo[1]) != blob.count(b"\n") + bool(blob):
+                raise ValueError("rows and ids of different lengths")
+            self._remember(memo)
+        self.blob, self.matrix = memo
         self._ids: list[str] | None = None
+
+    def _memo_key(self) -> tuple:
+        return (str(self.log.dir), self.log.key_id, tuple(s.tag for s in self.chain))
+
+    def _remember(self, memo: tuple[bytes, np.ndarray]) -> None:
+        if self.chain:
+            _MATRICES[self._memo_key()] = memo
+            while len(_MATRICES) > 16:
+                _MATRICES.popitem(last=False)
 
     @property
     def ids(self) -> list[str]:
@@ -306,6 +367,9 @@ class _Matrix:
             self.chain = self.log.compact([*self.chain, seg], _merge_rows, _rows_weight)
         self.blob = self.blob + (b"\n" if self.blob else b"") + _join(new_ids)
         self.matrix = np.concatenate([self.matrix, rows])
+        self.matrix.flags.writeable = False  # shared through the memo
+        if seg is not None:
+            self._remember((self.blob, self.matrix))
         if self._ids is not None:
             self._ids = self._ids + list(new_ids)
 
@@ -327,7 +391,7 @@ def codeword_matrix(master: bytes, customer_ids: Sequence[str], set_id: str, cou
 
     Stored dtype (:func:`row_dtype`), read from and appended to the cache in ``folder``: only
     customers missing from it are derived. ``ids_blob`` (the ids joined by newlines, if the
-    caller has it) makes the common case (the cache holds exactly these customers, in this
+    caller has it, with no newline in any id) makes the common case (the cache holds exactly these customers, in this
     order, or a prefix of them) a byte comparison.
     """
     dtype = row_dtype(bound)
@@ -335,7 +399,7 @@ def codeword_matrix(master: bytes, customer_ids: Sequence[str], set_id: str, cou
         return codewords(master, list(customer_ids), set_id, count, bound).astype(dtype)
     m = _load_matrix(folder, cache_key(master), set_id, count, bound)
     want = _join(customer_ids) if ids_blob is None else ids_blob
-    if want.count(b"\n") != len(customer_ids) - 1:  # an id with a newline: no byte comparison
+    if ids_blob is None and want.count(b"\n") != len(customer_ids) - 1:  # an id with a newline: no byte comparison
         return _general(m, master, customer_ids, set_id, count, bound)
     n, have = len(m.matrix), m.blob
     if want == have:

@@ -18,7 +18,9 @@ tracer, but a valid ledger may hold one) is kept aside until it is.
 
 from __future__ import annotations
 
+import copy
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +133,16 @@ class _Table:
                 raise _Stale("an update names no customer")
             self.group_of[pos] = self.group(self.groups[int(self.group_of[pos])] | sets)
         self.orphans = dict(orphans)
+
+    def clone(self) -> _Table:
+        """A copy that can be extended without changing this one (the memo keeps this one)."""
+        t = copy.copy(self)
+        t.ids, t.names = _Column(), _Column()
+        t.ids.runs, t.ids.count = list(self.ids.runs), self.ids.count
+        t.names.runs, t.names.count = list(self.names.runs), self.names.count
+        t.groups, t.group_index, t.orphans = list(self.groups), dict(self.group_index), dict(self.orphans)
+        t.group_of = self.group_of.copy()
+        return t
 
     def view(self) -> IssuedCustomers:
         return IssuedCustomers(self.ids.view(), self.names.view(), list(self.groups), self.group_of, ids_blob=self.ids.blob())
@@ -283,6 +295,20 @@ def _weight(seg: Segment) -> int:
     return int(seg.header.get("weight", 1))
 
 
+#: Decoded tables by (log folder, key id, segment tags): a warm call in the same process decodes nothing.
+_TABLES: OrderedDict[tuple, _Table] = OrderedDict()
+
+
+def _memo_key(log: SegmentLog, chain: list[Segment]) -> tuple:
+    return (str(log.dir), log.key_id, tuple(s.tag for s in chain))
+
+
+def _remember(log: SegmentLog, chain: list[Segment], table: _Table) -> None:
+    _TABLES[_memo_key(log, chain)] = table.clone()
+    while len(_TABLES) > 8:
+        _TABLES.popitem(last=False)
+
+
 def _current(log: SegmentLog, ledger: Ledger) -> tuple[list[Segment], _Table]:
     """The cached chain and its table, if it is current to an entry of this ledger; else empty (and deleted)."""
     chain = log.load()
@@ -290,7 +316,11 @@ def _current(log: SegmentLog, ledger: Ledger) -> tuple[list[Segment], _Table]:
         last = chain[-1].header
         try:
             if ledger.entry_hash(int(last["last_seq"])) == last["last_hash"]:
-                return chain, _load(chain)
+                memo = _TABLES.get(_memo_key(log, chain))
+                if memo is None:
+                    memo = _load(chain)
+                    _remember(log, chain, memo)
+                return chain, memo.clone()
         except (_Stale, KeyError, ValueError, TypeError):
             pass
         log.clear()
@@ -331,6 +361,7 @@ def _extend(log: SegmentLog, ledger: Ledger, chain: list[Segment], table: _Table
     table.apply(reg, lut[local] if len(local) else local, d.updates, d.orphans)
     seg = log.append(chain, rows=len(d.ids), fields=fields,
                      extra={"first_seq": first_seq, "last_seq": head[0], "last_hash": head[1], "weight": d.weight})
+    table.last_seq = head[0]
     if seg is not None:
-        log.compact([*chain, seg], _merge, _weight)
+        _remember(log, log.compact([*chain, seg], _merge, _weight), table)
     return table.view()
