@@ -24,7 +24,7 @@ def identify_predictor(
     sets = [make_probe_set(keyring.master, sid, cfg.task, cfg.probes_per_set) for sid in (probe_sets or probe_set_ids(cfg.fingerprint.probe_sets))]
     answers = {ps.id: predict(ps.inputs) for ps in sets}
     with ws.ledger() as ledger:
-        customers = issued_customers(ledger)
+        customers = issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir)
     return score_answers(
         keyring.master, customers, sets, answers, num_classes=cfg.task.num_classes,
         alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets),
