@@ -357,7 +357,7 @@ def test_queries_equal_what_the_server_saw_stop_budget_and_resume(ws, keyring) -
         assert (named.decision_rule, named.family_size, named.threshold) == ("e-process-bonferroni", 3, 3 / 1e-6)
         doc = named.to_json()
         assert doc["decision_rule"] == "e-process-bonferroni" and doc["family_size"] == 3 and doc["threshold"] == 3e6
-        assert list(ws.cache_dir.glob("codewords-ps1-*.bin"))  # the probe uses the codeword cache, as identify does
+        assert list(ws.cache_dir.glob("codewords-ps1-*/*.seg"))  # the codeword cache (segment logs) is there
     with ModelServer(base_onnx(ws), ws.config.task, "kserve-v1", label_only=True) as srv:
         sessions: list[str] = []
         opts = ProbeOptions(budget=30, probe_set="ps2", alpha=1e-2, decoys_per_trigger=0, client=ClientOptions(concurrency=4))

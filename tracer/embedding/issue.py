@@ -374,7 +374,23 @@ class Issuer(CopyMaker):
             marker.unlink(missing_ok=True)
             raise
         marker.unlink(missing_ok=True)
+        self._refresh_cache()
         return entry
+
+    def _refresh_cache(self) -> None:
+        """Extend the identification cache by the copy just landed, so the next identify stays fast.
+
+        Best effort: the issuance is recorded and landed already; whatever goes wrong here, the
+        next identification derives the missing rows itself.
+        """
+        try:
+            from ..identify.scoring import refresh_cache
+
+            with Ledger(self.ws.ledger_path, readonly=True) as ledger:
+                refresh_cache(ledger, self.keyring.master, self.probe_sets, num_classes=self.config.task.num_classes,
+                              folder=self.ws.cache_dir)
+        except Exception:  # a cache is never a reason to fail an issuance
+            pass
 
     def issue_many(
         self,

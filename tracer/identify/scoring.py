@@ -17,12 +17,13 @@ from typing import overload
 import numpy as np
 
 from ..fingerprint import ProbeSet
-from ..fingerprint.cache import cached_codewords
-from ..fingerprint.stats import holm, poisson_binomial_log10_tails, poisson_binomial_tails
+from ..fingerprint.cache import codeword_matrix
+from ..fingerprint.pool import KeyPool
+from ..fingerprint.stats import binomial_tails, holm, log10_tail, poisson_binomial_log10_tails, poisson_binomial_tails
 from ..ledger import Ledger
 from .result import HOLM_RULE, IdentificationResult, build_result
 
-__all__ = ["IssuedCustomer", "IssuedCustomers", "issued_customers", "score_answers", "METHOD"]
+__all__ = ["IssuedCustomer", "IssuedCustomers", "Lines", "issued_customers", "refresh_cache", "score_answers", "METHOD"]
 
 METHOD = (
     "exact binomial upper tail under H0 'not derived from this customer' "
@@ -38,6 +39,57 @@ class IssuedCustomer:
     probe_sets: tuple[str, ...]  # probe sets embedded in at least one of its copies
 
 
+class Lines(Sequence):
+    """``count`` strings stored newline-joined in ``blob``, decoded one at a time on access.
+
+    The identify customer table's id and name columns: a call that names one customer among
+    100,000 must not decode 200,000 strings. Equal to a list with the same items.
+    """
+
+    def __init__(self, blob: bytes, count: int) -> None:
+        self.blob, self._count = blob, count
+        self._starts: np.ndarray | None = None
+        self._all: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _item(self, i: int) -> str:
+        if self._all is not None:
+            return self._all[i]
+        if self._starts is None:
+            cuts = np.flatnonzero(np.frombuffer(self.blob, dtype=np.uint8) == 10)
+            self._starts = np.concatenate([[0], cuts + 1, [len(self.blob) + 1]]).astype(np.int64)
+        return self.blob[int(self._starts[i]) : int(self._starts[i + 1]) - 1].decode()
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.tolist()[i]
+        return self._item(range(self._count)[i])
+
+    def tolist(self) -> list[str]:
+        if self._all is None:
+            self._all = self.blob.decode().split("\n") if self._count else []
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and self.tolist() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Lines({self.tolist()!r})"
+
+
 class IssuedCustomers(Sequence):
     """Issued customers, a read-only sequence of :class:`IssuedCustomer`, plus column views for vectorized scoring.
 
@@ -45,8 +97,10 @@ class IssuedCustomers(Sequence):
     10,000 customers must not cost 10,000 objects; items are built on access.
     """
 
-    def __init__(self, ids: list[str], names: list[str], set_groups: list[frozenset[str]], group_of: np.ndarray) -> None:
+    def __init__(self, ids: Sequence[str], names: Sequence[str], set_groups: list[frozenset[str]], group_of: np.ndarray,
+                 *, ids_blob: bytes | None = None) -> None:
         self.ids, self.names, self.set_groups, self.group_of = ids, names, set_groups, group_of
+        self.ids_blob = ids_blob  # the ids joined by newlines, where the cache had them: a fast codeword lookup
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,7 +118,9 @@ class IssuedCustomers(Sequence):
         return self._build(range(len(self.ids))[i])  # negative indices and IndexError as for a list
 
     def __iter__(self) -> Iterator[IssuedCustomer]:
-        return (self._build(i) for i in range(len(self.ids)))
+        ids, names = list(self.ids), list(self.names)  # one decoding of each column, not one per item
+        sets = [tuple(sorted(g)) for g in self.set_groups]
+        return (IssuedCustomer(ids[i], names[i], sets[int(g)]) for i, g in enumerate(self.group_of))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (str, bytes)) or not isinstance(other, Sequence):
@@ -91,14 +147,88 @@ class IssuedCustomers(Sequence):
         return cls([c.customer_id for c in customers], [c.display_name for c in customers], list(groups), np.array(gi, dtype=np.int64))
 
 
-def issued_customers(ledger: Ledger) -> IssuedCustomers:
-    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry."""
+def issued_customers(ledger: Ledger, *, master: bytes | None = None, cache_dir: Path | None = None) -> IssuedCustomers:
+    """Every customer with at least one issuance, in order of first issuance, grouped by the probe sets they carry.
+
+    With ``master`` and ``cache_dir``, read from the encrypted customer table there (see
+    :mod:`.customer_table`), extended by the issuances appended since; otherwise one query
+    over the whole ledger.
+    """
+    if master is not None and cache_dir is not None:
+        from .customer_table import load_customer_table
+
+        cached = load_customer_table(ledger, master, cache_dir)
+        if cached is not None:
+            return cached
     rows = ledger.issued_customers()
     groups: dict[frozenset[str], int] = {}
     group_of = np.empty(len(rows), dtype=np.int64)
     for k, (_, _, sets) in enumerate(rows):
         group_of[k] = groups.setdefault(sets, len(groups))
     return IssuedCustomers([r[0] for r in rows], [r[1] for r in rows], list(groups), group_of)
+
+
+def refresh_cache(ledger: Ledger, master: bytes, probe_sets: Sequence[ProbeSet], *, num_classes: int, folder: Path) -> None:
+    """Bring the customer table and every probe set's codeword matrix up to the ledger (after an issuance lands)."""
+    table = issued_customers(ledger, master=master, cache_dir=folder)
+    for ps in probe_sets:
+        _set_codewords(master, table, ps, num_classes, folder)
+
+
+def _set_codewords(master: bytes, table: IssuedCustomers, ps: ProbeSet, num_classes: int, folder: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(member mask, codeword rows of the members in table order) for one key set (a pool's: indices into each S_i)."""
+    bound = ps.bound(num_classes)
+    member = table.members(ps.id)
+    if not member.any():
+        return member, np.zeros((0, ps.size), dtype=np.int16)
+    if member.all():
+        sel, blob = table.ids, table.ids_blob
+    else:
+        sel, blob = [table.ids[int(i)] for i in np.flatnonzero(member)], None
+    return member, codeword_matrix(master, sel, ps.id, ps.size, bound, folder=folder, ids_blob=blob)
+
+
+def _match_counts(cw: np.ndarray, answers: np.ndarray, bound: int) -> np.ndarray:
+    """Per row, how many probes the answers match; an answer outside 0..bound-1 matches nothing."""
+    a = np.asarray(answers).astype(np.int64, copy=False)
+    a = np.where((a >= 0) & (a < bound), a, bound).astype(cw.dtype)  # bound fits the stored dtype, never a codeword
+    eq = np.ascontiguousarray(cw == a[None, :])
+    n, p = eq.shape
+    if p % 8 or p > 8 * 255 or not n:
+        return np.count_nonzero(eq, axis=1)
+    # 8 probes per 64-bit word: add the words (each byte lane counts <= p/8 <= 255 matches), then the lanes
+    words = eq.view(np.uint64).reshape(n, p // 8)
+    lanes = words[:, 0].copy()
+    for j in range(1, p // 8):
+        lanes += words[:, j]
+    if p <= 255:
+        return ((lanes * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+    return lanes.view(np.uint8).reshape(n, 8).sum(axis=1, dtype=np.int64)
+
+
+@lru_cache(maxsize=64)
+def _log10_tails(n: int, c: int) -> np.ndarray:
+    return np.array([log10_tail(m, n, c) for m in range(n + 1)], dtype=np.float64)
+
+
+@lru_cache(maxsize=64)
+def _tails(n: int, c: int) -> np.ndarray:
+    return binomial_tails(n, c)
+
+
+def _p_values(matches: np.ndarray, trials: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact binomial upper tails and their log10, looked up per number of trials (p = 1 without trials)."""
+    if len(trials) and trials.min() == trials.max() > 0:  # the usual case: one table lookup, no masks
+        n = int(trials[0])
+        return _tails(n, num_classes)[matches], _log10_tails(n, num_classes)[matches]
+    p, logp = np.ones(len(trials)), np.zeros(len(trials))
+    for n in np.unique(trials):
+        if n == 0:
+            continue
+        rows = trials == n
+        p[rows] = _tails(int(n), num_classes)[matches[rows]]
+        logp[rows] = _log10_tails(int(n), num_classes)[matches[rows]]
+    return p, logp
 
 
 def score_answers(
@@ -123,23 +253,35 @@ def score_answers(
     n_cust = len(table)
     matches = np.zeros(n_cust, dtype=np.int64)
     by_bound: dict[int, np.ndarray] = {}  # label choices per key -> keys scored per customer
+    pooled = False
     for ps in probe_sets:
         if ps.id not in answers:
             continue
-        member = table.members(ps.id)
+        member, cw = _set_codewords(master, table, ps, num_classes, cache_dir)
         if not member.any():
             continue
-        sel = table.ids if member.all() else [cid for cid, m in zip(table.ids, member) if m]
         bound = ps.bound(num_classes)
         ans = np.asarray(answers[ps.id])
-        scored = ps.scored(ans)  # a pool: only answers inside each key's label set are trials
-        labels = ps.labels(cached_codewords(master, sel, ps.id, ps.size, bound, folder=cache_dir))
-        matches[member] += ((labels == ans[None, :]) & scored[None, :]).sum(axis=1)
-        by_bound.setdefault(bound, np.zeros(n_cust, dtype=np.int64))[member] += int(scored.sum())
-    bounds = sorted(by_bound)
+        if not isinstance(ps, KeyPool):  # a noise probe set: every answer is a trial
+            counts, n_scored = _match_counts(cw, ans, num_classes), ps.size
+        else:  # a pool: only answers inside each key's label set are trials (KeyPool.scored)
+            pooled = True
+            scored = ps.scored(ans)
+            counts, n_scored = ((ps.labels(cw) == ans[None, :]) & scored[None, :]).sum(axis=1), int(scored.sum())
+        if len(cw) == n_cust:  # every customer carries the set: no mask to apply
+            matches += counts
+        else:
+            matches[member] += counts
+        by_bound.setdefault(bound, np.zeros(n_cust, dtype=np.int64))[member] += n_scored
     trials = sum(by_bound.values(), np.zeros(n_cust, dtype=np.int64))
-    p, logp = null_tails(matches, {b: by_bound[b] for b in bounds})
-    named = holm(np.where(trials > 0, p, 1.0), alpha) if n_cust else np.zeros(0, bool)
+    if not pooled:
+        p, logp = _p_values(matches, trials, num_classes)
+    else:
+        p, logp = null_tails(matches, by_bound)
+    bounds = sorted(by_bound)
+    # Holm over all n_cust customers. A p-value above alpha is never rejected, so setting it to 1 changes
+    # nothing but the sort, which then meets one long run of ties (linear instead of n log n).
+    named = holm(np.where((trials > 0) & (p <= alpha), p, 1.0), alpha) if n_cust else np.zeros(0, bool)
     return build_result(
         ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
         alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,

@@ -325,6 +325,29 @@ class Ledger:
             out.append((cid, name, parsed[docs]))
         return out
 
+    def entry_hash(self, seq: int) -> str | None:
+        """The hash of entry ``seq`` (None if there is none): one primary-key lookup."""
+        row = self.db.execute("SELECT hash FROM entries WHERE seq = ?", [seq]).fetchone()
+        return row[0] if row else None
+
+    def issuances_after(self, seq: int) -> tuple[tuple[int, str], list[tuple[int, str, str, int | None, str | None]]]:
+        """The head and every issuance after entry ``seq``, read in one transaction so that they agree.
+
+        Rows are (entry, customer id, probe_sets JSON, the entry that registered the customer or
+        None, display name or None), oldest first; a range on the issuances' primary key, so an
+        identification that is current but for a few issuances reads only those.
+        """
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            head = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            rows = conn.execute(
+                "SELECT i.entry, i.customer_id, i.probe_sets, c.entry, c.display_name FROM issuances i "
+                "LEFT JOIN customers c ON c.customer_id = i.customer_id WHERE i.entry > ? ORDER BY i.entry", [seq]).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return ((head[0], head[1]) if head else (0, GENESIS_PREV)), rows
+
     def session_entries(self, session: str, kind: str) -> list[dict[str, Any]]:
         """Payloads of the ``kind`` entries of one probe session, oldest first."""
         if kind == "probe-query":

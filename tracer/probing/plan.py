@@ -217,7 +217,7 @@ class _Common:
 
 def _common(ws: Workspace, keyring: Keyring, ledger: Ledger, probe_set_id: str, decoys: int) -> _Common:
     cfg, task = ws.config, ws.config.task
-    customers = list(issued_customers(ledger))
+    customers = list(issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir))
     members = tuple(c for c in customers if probe_set_id in c.probe_sets)
     if not members:
         raise TracerError(f"no issued copy embeds probe set {probe_set_id}", hint="issue copies first (`tracer issue`)")
