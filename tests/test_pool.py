@@ -249,3 +249,17 @@ def test_simulated_null_of_the_pool_statistic_is_calibrated(answers):
     for u in (0.01, 0.05, 0.2):
         assert (p <= u).mean() <= u + 3 * np.sqrt(u * (1 - u) / len(p)), u
     assert res.verdict == "no_match" and res.label_choices == 2
+
+
+def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
+    from tracer.config import load_config
+    from tracer.errors import ConfigError
+    from tracer.examples import example_config
+
+    path = tmp_path / "tracer.toml"
+    path.write_text(example_config("digits").replace("[fingerprint]\n", '[fingerprint]\nstyle = "natural-mix/v1"\npool_size = 64\nkeys_per_probe = 65\n'))
+    with pytest.raises(ConfigError, match="keys_per_probe.*more than pool_size"):
+        load_config(path)
+    path.write_text(example_config("digits").replace("[fingerprint]\n", '[fingerprint]\nstyle = "natural-mix/v2"\n'))
+    with pytest.raises(ConfigError, match="style"):
+        load_config(path)

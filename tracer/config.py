@@ -185,13 +185,13 @@ class DataConfig:
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
-    style: Literal["natural-mix/v1", "uniform-grid/v1"] = Field(
-        default="uniform-grid/v1", json_schema_extra={"example": "natural-mix/v1"},
-        description="keys: natural-mix/v1, keyed mixtures of your own inputs that look like real queries (tracer init);\n"
-                    "absent: uniform-grid/v1, noise probe sets (workspaces made before natural-mix)")
-    pool_size: Int = Field(default=4096, ge=64, le=MAX_PROBES_PER_SET,
+    style: Literal["uniform-grid/v1", "natural-mix/v1"] = Field(
+        default="uniform-grid/v1",
+        description="keys: uniform-grid/v1, noise probe sets; natural-mix/v1 (opt-in, see README): keyed mixtures\n"
+                    "of your own inputs that look like real queries (needs more embedding steps: README)")
+    pool_size: Int = Field(default=2048, ge=64, le=MAX_PROBES_PER_SET,
                            description="natural-mix: keys every copy carries (read when the pool is first built); identify uses all")
-    keys_per_probe: Int = Field(default=64, ge=8, le=MAX_PROBES_PER_SET,
+    keys_per_probe: Int = Field(default=40, ge=8, le=MAX_PROBES_PER_SET,
                                 description="natural-mix: fresh keys each probed endpoint is shown, never reused")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
     probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
