@@ -63,11 +63,13 @@ def _entry_bytes(root: Path) -> float:
         return db.execute(f"SELECT avg({expr}) FROM {table}{where}").fetchone()[0] or 0.0
 
 
-def _run(fresh: Path, customers: Path, workers: int, tag: str) -> dict:
+def _run(fresh: Path, customers: Path, workers: int | str, tag: str) -> dict:
     root = Path(shutil.copytree(fresh, fresh.parent / tag))
     before = _ledger_bytes(root)
     env = {**os.environ, "TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(root), "PYTHONPATH": str(ROOT)}
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "tracer", "issue", "--customers", str(customers), "--workers", str(workers), "--json"]
+    # "ray": the Ray backend on a local cluster started by the command (2 workers, as many CPUs)
+    backend = ["--backend", "ray", "--workers", "2"] if workers == "ray" else ["--workers", str(workers)]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "tracer", "issue", "--customers", str(customers), *backend, "--json"]
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -101,10 +103,10 @@ def main() -> None:
     ap.add_argument("example", nargs="?", default="digits")
     ap.add_argument("--customers", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="1,2", help='comma-separated worker counts; "ray" adds the Ray backend (local cluster, 2 workers)')
     ap.add_argument("--keep", action="store_true", help="keep the workspaces")
     args = ap.parse_args()
-    sides = [int(w) for w in args.workers.split(",")]
+    sides: list[int | str] = [w if w == "ray" else int(w) for w in args.workers.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     fresh, customers = _fresh(folder, args.example, args.customers)
     print(f"{args.example}, {args.customers} customers, {len(os.sched_getaffinity(0))} usable cores, "
