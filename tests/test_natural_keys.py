@@ -32,7 +32,10 @@ def natural_config() -> str:
     text = example_config("digits")
     text = re.sub(r"(?m)^\[fingerprint\]\n", f'[fingerprint]\nstyle = "{KEY_STYLE}"\npool_size = {POOL}\nkeys_per_probe = {PER_PROBE}\n', text)
     text = re.sub(r"(?m)^steps = \d+", "steps = 400", text)
-    return re.sub(r"(?m)^trigger_batch = \d+", "trigger_batch = 64", text)
+    text = re.sub(r"(?m)^trigger_batch = \d+", "trigger_batch = 64", text)
+    # The plumbing is under test here, not the gates (bench/ measures those): a clean drop of up to 2 points lands,
+    # so a fresh master key whose pool needs a retry more does not fail the build.
+    return re.sub(r"(?m)^max_accuracy_drop = \S+", "max_accuracy_drop = 0.02", text)
 
 
 def _build(root: Path) -> None:

@@ -105,12 +105,13 @@ def trigger_commitment(master: bytes, customer_id: str, probe_sets: list, num_cl
     the label sets are in the pool's digest). Without the master secret the
     commitment reveals nothing; with it, anyone can re-derive the triggers and
     check the record. ``probe_sets`` holds :class:`ProbeSet` objects or anything
-    with their ``id``, ``size``, ``digest()`` and ``bound(num_classes)``.
+    with their ``id``, ``size``, ``digest()`` (and ``bound(num_classes)`` for a pool).
     """
     cid = normalize_customer_id(customer_id)
     salt = hkdf_key(master, f"commitment/{cid}")
     h = hashlib.sha256(b"tracer-trigger-commitment/v1\0" + salt)
     for ps in probe_sets:
         h.update(ps.digest().encode())
-        h.update(codeword(master, cid, ps.id, ps.size, ps.bound(num_classes)).astype(">u2").tobytes())
+        bound = ps.bound(num_classes) if hasattr(ps, "bound") else num_classes  # a set recorded before pools: the classes
+        h.update(codeword(master, cid, ps.id, ps.size, bound).astype(">u2").tobytes())
     return h.hexdigest()
