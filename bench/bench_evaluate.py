@@ -1,4 +1,4 @@
-"""The full `tracer evaluate` suite on both examples, with the full tables, plus the embedding cost ratio.
+"""The full `tracer evaluate` suite on the bundled examples, with the full tables, plus the embedding cost ratio.
 
 For each example: a fresh workspace (base model trained, acme, globex and
 initech issued), every attack on acme's copy, and the false-accusation study
@@ -9,6 +9,7 @@ best of ``--repeat`` each.
     python bench/bench_evaluate.py                      # both examples, M = 8, print everything
     python bench/bench_evaluate.py --save               # also write bench/results/evaluate_<example>.txt
     python bench/bench_evaluate.py --example digits --independent 12
+    python bench/bench_evaluate.py --example shapes --save   # tens of minutes on 2 cores
     python bench/bench_evaluate.py --cost-only          # just the embedding cost ratio
 """
 
@@ -92,7 +93,8 @@ def run_example(example: str, tmp: Path, independent: int, attacks: str | None, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--example", choices=("digits", "tabular", "both"), default="both")
+    ap.add_argument("--example", choices=("digits", "tabular", "shapes", "both"), default="both",
+                    help="both: digits and tabular; shapes (a BatchNorm ResNet, its base trains for minutes) only when asked")
     ap.add_argument("--independent", type=int, default=8, help="independent models for the false-accusation study")
     ap.add_argument("--attacks", default=None, help="comma-separated attacks or groups (default: all)")
     ap.add_argument("--save", action="store_true", help="write bench/results/evaluate_<example>.txt")
@@ -102,7 +104,7 @@ def main() -> None:
     ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
                     help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--workspaces", type=Path, default=None,
-                    help="folder holding (or to receive) issued workspaces named digits/ and tabular/; default: a temporary folder")
+                    help="folder holding (or to receive) issued workspaces named after the examples; default: a temporary folder")
     args = ap.parse_args()
     if args.cost_only:
         print(cost_ratio(args.repeat))

@@ -21,6 +21,11 @@ With ``--base-runs K`` the base model is retrained after the first K customers o
 (default: after every one); on shapes, whose base trains for a minute or more, a
 smaller K keeps the run short, at the cost of fewer base timings to take the fastest of.
 
+Wall-clock ratios suffer from other processes' load arriving mid-run (with ``--base-runs 0`` the
+one base timing may have seen an idle machine, the customers a busy one); the CPU-time ratio
+(``time.process_time`` of this process around each issuance and each base training, best base)
+hardly does, and is the one to read on a shared host.
+
 With ``--customers N`` (default 3) more customers are issued, which shows how
 often a copy misses the gates: a polish costs a fifth of a try, a fresh retry a
 whole (longer) one, so the mean whole-issuance ratio is the one to plan with.
@@ -61,9 +66,9 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
     customers = (CUSTOMERS + [(f"customer{i}", f"Customer {i}") for i in range(len(CUSTOMERS) + 1, n_customers + 1)])[:n_customers]
     root = Path(tempfile.mkdtemp(prefix=f"tracer-bench-issue-{example}-")) / "ws"
     ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=FAST_SCRYPT)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model, base_acc = train_base(example)
-    base_times = [time.perf_counter() - t0]
+    base_times, base_cpu = [time.perf_counter() - t0], [time.process_time() - c0]
     weights = ws.config.path(ws.config.model.weights)
     weights.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -71,27 +76,31 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
     weights.write_bytes(buf.getvalue())
     issuer = Issuer(ws, ws.unlock(passphrase=PASSPHRASE))
     n_train = len(issuer.data.x_train)
-    reports, failed = [], []
+    reports, failed, issue_cpu = [], [], {}
     for i, (cid, name) in enumerate(customers):
+        c0 = time.process_time()
         try:
             reports.append(issuer.issue(cid, name=name))
         except GateError as exc:  # every try missed a gate: counted, not fatal to the run
             failed.append((cid, str(exc)))
+        issue_cpu[cid] = time.process_time() - c0
         if base_runs is not None and i >= base_runs:
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_base(example)
         base_times.append(time.perf_counter() - t0)
+        base_cpu.append(time.process_time() - c0)
     base_seconds = min(base_times)
+    base_cpu_s = min(base_cpu)
     print(f"\n{example}: torch threads {torch.get_num_threads()}; base model trained on {n_train} examples in {base_seconds:.2f} s (fastest of {len(base_times)}: "
-          f"{', '.join(f'{t:.1f}' for t in base_times)}), validation accuracy {base_acc:.4f}; "
+          f"{', '.join(f'{t:.1f}' for t in base_times)}; CPU {base_cpu_s:.2f} s), validation accuracy {base_acc:.4f}; "
           f"{len(issuer.triggers)} triggers ({len(issuer.probe_sets)} probe sets x {issuer.probe_sets[0].size})")
     # The gates choose among candidates by validation accuracy, so the recorded drop is slightly optimistic;
     # the unseen drop is measured on the example's attacker share, which neither training nor the gates saw.
     x_un, y_un = issuer.data.x_attack, issuer.data.y_attack
     base_unseen = _onnx_accuracy(None, x_un, y_un, torch_model=issuer.base)
     print(f"{'customer':<10} {'steps':>5} {'tries':>5} {'polish':>6} {'weights':>7} {'embed s':>8} {'issue s':>8} {'embed/base':>10} {'issue/base':>10} "
-          f"{'drop (pts)':>10} {'unseen drop':>11} {'trigger acc':>11}")
+          f"{'drop (pts)':>10} {'unseen drop':>11} {'trigger acc':>11} {'issue cpu s':>11} {'cpu ratio':>9}")
     ratios, unseen = [], []
     for r in reports:
         cid = r.customer
@@ -99,7 +108,8 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
         ratios.append((per_try / base_seconds, r.seconds / base_seconds))
         print(f"{cid:<10} {r.steps:>5} {r.attempts:>5} {r.polish_steps:>6} {r.weights:>7} {per_try:8.2f} {r.seconds:8.2f} {per_try / base_seconds:10.3f} "
               f"{r.seconds / base_seconds:10.3f} {100 * (r.base_accuracy - r.clean_accuracy):10.2f} "
-              f"{100 * (base_unseen - _onnx_accuracy(r.model_path, x_un, y_un)):11.2f} {r.trigger_accuracy:11.3f}")
+              f"{100 * (base_unseen - _onnx_accuracy(r.model_path, x_un, y_un)):11.2f} {r.trigger_accuracy:11.3f} "
+              f"{issue_cpu[cid]:11.2f} {issue_cpu[cid] / base_cpu_s:9.3f}")
         unseen.append(100 * (base_unseen - _onnx_accuracy(r.model_path, x_un, y_un)))
     mean_embed = sum(a for a, _ in ratios) / len(ratios)
     mean_issue = sum(b for _, b in ratios) / len(ratios)
@@ -111,6 +121,9 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
     first = sum(r.attempts == 1 for r in reports)
     print(f"mean cost ratio: embedding fine-tune {mean_embed:.3f}, whole issuance (all tries, gates, export, record) {mean_issue:.3f}"
           + ("  (target on digits: <= 0.25)" if example == "digits" else ""))
+    cpu_ratios = [issue_cpu[r.customer] / base_cpu_s for r in reports]
+    print(f"CPU time (this process, all its threads): whole issuance / base training {sum(cpu_ratios) / len(cpu_ratios):.3f} "
+          f"[{min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}]; other processes' load slows wall time, hardly CPU time")
     if paired_embed:  # none with --base-runs 0
         print(f"paired with the base training that followed each issuance: embedding {sum(paired_embed) / len(paired_embed):.3f} "
               f"[{min(paired_embed):.3f}-{max(paired_embed):.3f}], whole issuance {sum(paired_issue) / len(paired_issue):.3f} "

@@ -21,8 +21,10 @@ LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
 
 def _run(tree: Path, ws: str, args: list[str]) -> tuple[float, float, dict[str, float]]:
     env = {**os.environ, "PYTHONPATH": str(tree), "TRACER_WORKSPACE": ws}
+    # Run in the workspace, not here: `python -m` puts the working folder first on sys.path, so run from a
+    # checkout it would import that checkout's tracer whatever PYTHONPATH says (the first record's "before" did).
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tracer", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tracer", *args], env=env, capture_output=True, text=True, cwd=ws)
     wall = time.perf_counter() - t0
     top, total = {}, 0.0
     for m in LINE.finditer(proc.stderr):
@@ -31,6 +33,9 @@ def _run(tree: Path, ws: str, args: list[str]) -> tuple[float, float, dict[str, 
             total += int(m.group(2)) / 1e6
     if proc.returncode not in (0, 1):
         raise SystemExit(f"tracer {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    check = subprocess.run([sys.executable, "-c", "import tracer; print(tracer.__file__)"], env=env, capture_output=True, text=True, cwd=ws)
+    if not check.stdout.strip().startswith(str(tree.resolve())):
+        raise SystemExit(f"imported {check.stdout.strip()}, not the tree {tree}")
     return wall, total, top
 
 
