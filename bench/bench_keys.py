@@ -98,6 +98,7 @@ CONSTRUCTIONS = {
     "C7": ("any", (0.1, 0.3), "rank"), "C8": ("near", (0.3, 0.5), "rank"), "C9": ("near", (0.2, 0.4), "rank"),
     "C10": ("near", (0.3, 0.5), "snap"), "C11": ("near", (0.3, 0.5), "raw"), "C12": ("near", (0.6, 0.9), "blob"),
     "C13": ("near", (-0.05, 0.05), "rankb"), "C14": ("any", (-0.05, 0.05), "rankb"),
+    "C15": ("near", (-0.15, -0.05), "rankb"),
 }
 _BASE_FOR_KEYS: list[nn.Module] = []  # rankb: the base model whose a-b boundary the keys sit on (set by main)
 
@@ -257,9 +258,37 @@ def stealth(copy_model: nn.Module, data: dict, keys: np.ndarray, ae: nn.Module, 
 # --------------------------------------------------------------------------- embedding recipes
 
 
+_CURRENT_S: list[np.ndarray] = []  # the pool's label sets, for R10's "other" class (set by run_cell)
+
+
+def _tilted_targets(base_logits: torch.Tensor, x: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, *, triggers_S: np.ndarray,
+                    strength: float, h_scale: float) -> torch.Tensor:
+    """Base logits plus a smooth codeword field (see R10), each row capped so its argmax does not move."""
+    S = torch.as_tensor(triggers_S)
+    other = torch.where(S[:, 0] == labels, S[:, 1], S[:, 0])
+    xf, kf = x.flatten(1).double(), keys.flatten(1).double()
+    d2 = ((xf**2).sum(1)[:, None] + (kf**2).sum(1)[None] - 2 * xf @ kf.T).clamp(min=0)
+    h2 = d2.min(0).values.median() * h_scale**2
+    w = torch.exp(-d2 / (2 * h2))  # [n, K]
+    sign = torch.zeros((len(keys), 10), dtype=torch.float64)
+    sign[torch.arange(len(keys)), labels] += 1
+    sign[torch.arange(len(keys)), other] -= 1
+    t = w @ sign
+    t = t / t.abs().amax(1, keepdim=True).clamp(min=1e-12)  # each input's field scaled to max |1|
+    out = base_logits.double() + strength * t
+    top = base_logits.argmax(1)
+    rows = torch.arange(len(out))
+    # cap: keep the clean answer ahead of every other class by at least half its base margin
+    base_m = base_logits.double()[rows, top] - base_logits.double().scatter(1, top[:, None], -1e9).max(1).values
+    others = out.scatter(1, top[:, None], -1e9).max(1).values
+    need = (others + 0.5 * base_m - out[rows, top]).clamp(min=0)
+    out[rows, top] += need
+    return out.float()
+
+
 def _sim_student_embed(base, *, x_train, y_train, triggers, labels, params: EmbeddingConfig, seed: int, sim_weight: float = 1.0,
                        sim_lr: float = 0.05, T: float = 3.0, refresh: int = 100, sim: bool = True, tilt: float = 0.0,
-                       tilt_sigma: float = 0.15):
+                       tilt_sigma: float = 0.15, field: float = 0.0, field_h: float = 1.0):
     """Recipe R5: today's loss plus a key loss through a simulated student (one unrolled distillation step).
 
     A fresh student (the MLP) is distilled from the copy on vendor clean data as the copy trains; each
@@ -270,6 +299,11 @@ def _sim_student_embed(base, *, x_train, y_train, triggers, labels, params: Embe
     Recipe R8 (``tilt`` > 0, ``sim`` off): a soft "dark-knowledge" tilt around each key: noisy copies of the
     key (sigma ``tilt_sigma``) are held (KL) to (1 - tilt) x the base's answer on them + tilt x one-hot(label),
     so the label leaks into the soft outputs of a wide neighbourhood without moving its argmax.
+
+    Recipe R10 (``field`` > 0): a smooth codeword "tilt field" on the clean data itself: each vendor input's
+    distillation target is the base's logits plus ``field`` x sum_k w_jk (e_label_k - e_other_k), with Gaussian
+    weights w_jk (bandwidth ``field_h`` x the median key-to-nearest-input distance), capped so the argmax (the
+    clean answer) never moves. A smooth field on natural inputs is what a distiller's queries can see.
     """
     from torch.func import functional_call
 
@@ -289,6 +323,8 @@ def _sim_student_embed(base, *, x_train, y_train, triggers, labels, params: Embe
     sopt = torch.optim.SGD(student.parameters(), lr=sim_lr, momentum=0.9)
     with torch.no_grad():
         base_soft = teacher(xt).softmax(1)
+        if field > 0:
+            base_soft = _tilted_targets(teacher(xt), xt, trig, tlab, triggers_S=_CURRENT_S[0], strength=field, h_scale=field_h).softmax(1)
     for step in range(params.steps):
         if step % refresh == 0:
             student = digits.make_model_alt()
@@ -349,6 +385,11 @@ RECIPES: dict[str, dict] = {
     "R8": {"_custom": {"sim": False, "tilt": 0.3}},
     "R8b": {"_custom": {"sim": False, "tilt": 0.5, "tilt_sigma": 0.25}},
     "R9": {"_custom": {"sim": True, "tilt": 0.3}},
+    "R10": {"_custom": {"sim": False, "field": 3.0}},
+    "R10b": {"_custom": {"sim": False, "field": 6.0, "field_h": 2.0}},
+    "R10c": {"_custom": {"sim": False, "field": 10.0, "field_h": 2.0}},
+    "R10d": {"_custom": {"sim": False, "field": 20.0, "field_h": 2.0}},
+    "R11": {"_custom": {"sim": True, "field": 3.0}},
 }
 
 
@@ -395,14 +436,30 @@ def binom_p(matches: int, K: int, k: int = 2) -> float:
     return float(sps.binom.sf(matches - 1, K, 1.0 / k))
 
 
+def margin_p(logits: np.ndarray, S: np.ndarray, labels: np.ndarray, clip: float = 1.0) -> float:
+    """Sign-flip test on the pairwise margins (file with logits: identify): exact-valid, conservative.
+
+    s_i = logit[label_i] - logit[other class of S_i]. Under the null, label_i is uniform on S_i and independent
+    of the model, so s_i = eps_i |s_i| with Rademacher eps_i given the model: the statistic sum clip(s_i) is a
+    Rademacher sum with weights w_i = min(|s_i|, clip), and Hoeffding gives P[sum >= t] <= exp(-t^2 / (2 sum w_i^2)).
+    """
+    rows = np.arange(len(S))
+    other = np.where(S[:, 0] == labels, S[:, 1], S[:, 0])
+    s = np.clip(logits[rows, labels] - logits[rows, other], -clip, clip)
+    t = s.sum()
+    return float(np.exp(-t * t / (2 * (s**2).sum()))) if t > 0 else 1.0
+
+
 def match_row(model: nn.Module, keys: np.ndarray, S: np.ndarray, labels: np.ndarray) -> dict:
-    p = predict(model, keys)
+    logits = scores(model, keys)
+    p = logits.argmax(1)
     m = int((p == labels).sum())
     ins = (p == S[:, 0]) | (p == S[:, 1])
     # conditional test: given the suspect's answers (independent of c's labels under the null), each answer inside
     # S_i matches w.p. exactly 1/2, so matches ~ Binomial(#answers in S, 1/2): exact, and keys answered outside S drop out
     return {"rate": m / len(keys), "p": binom_p(m, len(keys)), "in_S": float(ins.mean()),
-            "rate_in_S": m / max(1, int(ins.sum())), "p_cond": binom_p(m, int(ins.sum()))}
+            "rate_in_S": m / max(1, int(ins.sum())), "p_cond": binom_p(m, int(ins.sum())),
+            "p_margin": margin_p(logits, S, labels), "p_margin_noclip": margin_p(logits, S, labels, clip=1e9)}
 
 
 # --------------------------------------------------------------------------- driver
@@ -449,13 +506,14 @@ def filter_keys(base, keys, S, mode: str):
     return keys[keep], S[keep]
 
 
-def run_cell(cons: str, recipe: str, *, K: int, customers: int, steps: int, tb: int, filt: str, data, base, base_sec, ae,
+def run_cell(cons: str, recipe: str, *, K: int, customers: int, first: int, steps: int, tb: int, filt: str, data, base, base_sec, ae,
              indeps, out_path: Path) -> None:
     va0 = accuracy(predict(base, data["x_val"]), data["y_val"])
     raw, S_raw = make_keys(cons, data["x_train"], data["y_train"], int(K * (1.6 if filt != "none" else 1)), seed=7)
     keys, S = filter_keys(base, raw, S_raw, filt)
     keys, S = keys[:K], S[:K]
-    for c in range(customers):
+    _CURRENT_S[:] = [S]
+    for c in range(first, first + customers):
         rng = np.random.default_rng([1000 + c])
         labels = S[np.arange(len(S)), rng.integers(0, 2, len(S))].astype(np.int64)
         t0 = time.perf_counter()
@@ -483,7 +541,8 @@ def fmt_p(p: float) -> str:
 def fmt_row(r: dict) -> str:
     a = r["auc"]
     def m(n: str) -> str:
-        return f"{r[n]['rate']:.3f}/{fmt_p(r[n]['p'])} c{r[n]['rate_in_S']:.3f}/{fmt_p(r[n]['p_cond'])}"
+        return (f"{r[n]['rate']:.3f}/{fmt_p(r[n]['p'])} c{r[n]['rate_in_S']:.3f}/{fmt_p(r[n]['p_cond'])}"
+                f" m{fmt_p(r[n].get('p_margin', 1.0))}")
 
     return (f"{r['cons']:3} {r['recipe']:4} K={r['K']:<5} f={r['filter']:4} c{r['customer']} st={r['steps']:<5} tb={r['trigger_batch']:<4} "
             f"trig={r['trigger_acc']:.3f} drop={r['clean_drop_pts']:+.2f} cost={r['cost_ratio']:.1f}x({r['cost_samples']:.1f}) "
@@ -505,7 +564,7 @@ def trap_demo(data, base, indeps, cons: str = "C8", K: int = 4096, customers: in
     for name, m in indeps.items():
         pi = predict(m, raw)
         r_agn, r_cw, p_min = [], [], []
-        for c in range(customers):
+        for c in range(first, first + customers):
             lab = S[np.arange(K), np.random.default_rng([1000 + c]).integers(0, 2, K)]
             r_agn.append((pi[agn] == lab[agn]).mean())
             keep = pb == lab
@@ -542,6 +601,7 @@ def main() -> None:
     ap.add_argument("--cells", default="C1:R0")
     ap.add_argument("--K", type=int, default=4096)
     ap.add_argument("--customers", type=int, default=1)
+    ap.add_argument("--first", type=int, default=0, help="index of the first customer (another codeword, another seed)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--tb", type=int, default=128)
     ap.add_argument("--filter", default="none")
@@ -574,7 +634,7 @@ def main() -> None:
         return
     for cell in a.cells.split(","):
         cons, recipe = cell.split(":")
-        run_cell(cons, recipe, K=a.K, customers=a.customers, steps=a.steps, tb=a.tb, filt=a.filter, data=data, base=base,
+        run_cell(cons, recipe, K=a.K, customers=a.customers, first=a.first, steps=a.steps, tb=a.tb, filt=a.filter, data=data, base=base,
                  base_sec=base_sec, ae=ae, indeps=indeps, out_path=Path(a.out))
 
 
