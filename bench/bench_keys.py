@@ -564,7 +564,7 @@ def trap_demo(data, base, indeps, cons: str = "C8", K: int = 4096, customers: in
     for name, m in indeps.items():
         pi = predict(m, raw)
         r_agn, r_cw, p_min = [], [], []
-        for c in range(first, first + customers):
+        for c in range(customers):
             lab = S[np.arange(K), np.random.default_rng([1000 + c]).integers(0, 2, K)]
             r_agn.append((pi[agn] == lab[agn]).mean())
             keep = pb == lab
