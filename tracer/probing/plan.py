@@ -259,10 +259,10 @@ def _finish(ws: Workspace, keyring: Keyring, common: _Common, *, keys: list[int]
                        label_choices=bound, label_sets=label_sets, **{**fields, "schedule": tuple(schedule)})
 
 
-def _pick_probe_set(ws: Workspace, ledger: Ledger, wanted: str | None) -> str:
+def _pick_probe_set(ws: Workspace, keyring: Keyring, ledger: Ledger, wanted: str | None) -> str:
     """The key set a new session draws from: ``--probe-set``, else the pool when copies carry it, else the first unrevealed probe set."""
     ids = probe_set_ids(ws.config.fingerprint.probe_sets)
-    carried = set().union(*issued_customers(ledger).set_groups)
+    carried = set().union(*issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir).set_groups)  # the cached table
     pools = sorted(i for i in carried if is_pool(i))
     if wanted is not None:
         if wanted not in ids and wanted not in pools:
@@ -288,7 +288,7 @@ def new_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, url: str, fmt: Wir
     decoys = 1 if opt.decoys_per_trigger is None else opt.decoys_per_trigger
     if decoys < 0:
         raise ConfigError("--decoys-per-trigger must be >= 0")
-    common = _common(ws, keyring, ledger, _pick_probe_set(ws, ledger, opt.probe_set), decoys)
+    common = _common(ws, keyring, ledger, _pick_probe_set(ws, keyring, ledger, opt.probe_set), decoys)
     seed = secrets.token_bytes(32)
     keys, left = None, None
     if isinstance(common.probe_set, KeyPool):
