@@ -92,10 +92,11 @@ def test_identify_uses_every_key_and_names_the_right_customer(ws, keyring):
     for customer, _ in CUSTOMERS:
         result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx")
         assert result.verdict == "match" and result.customers == [customer]
-        best = result.candidates[0]
-        assert best.trials == POOL and best.matches >= 0.95 * POOL
-        other = result.candidates[1]
-        assert other.trials == POOL and other.p_value > 1e-3  # the other customer's labels agree about half the time
+        best, other = result.candidates[0], result.candidates[1]
+        # trials: the keys the copy answered inside their label set (a missed key may be answered outside it), the same
+        # for every customer; the copy's own customer matches nearly all of them, the other about half
+        assert 0.9 * POOL <= best.trials <= POOL and other.trials == best.trials
+        assert best.matches >= 0.9 * POOL and other.p_value > 1e-3
         doc = result.to_json()
         assert doc["label_choices"] == 2 and doc["probe_sets"] == [POOL_ID] and doc["key_pool"]["revealed"] == 0
 

@@ -304,8 +304,7 @@ class Ledger:
 
     def recorded_key_set_digests(self, set_id: str) -> set[str]:
         """Every digest the issuance records give for key set ``set_id`` (one per distinct record, normally one)."""
-        docs = (r[0] for r in self.db.execute("SELECT DISTINCT probe_sets FROM issuances").fetchall())
-        return {str(ps["digest"]) for doc in docs for ps in json.loads(doc) if isinstance(ps, dict) and ps.get("id") == set_id}
+        return {str(ps["digest"]) for ps in self._recorded_sets() if ps.get("id") == set_id}
 
     def issued_customers(self) -> list[tuple[str, str, frozenset[str]]]:
         """(customer id, display name, ids of every probe set its copies carry), in order of first issuance.
@@ -366,11 +365,14 @@ class Ledger:
             out.setdefault(kind, []).append(_payload(seq, text))
         return out
 
+    def _recorded_sets(self) -> Iterator[dict[str, Any]]:
+        """Every key-set document of the issuance records, once per distinct record (normally a handful)."""
+        for (doc,) in self.db.execute("SELECT DISTINCT probe_sets FROM issuances").fetchall():
+            yield from (ps for ps in json.loads(doc) if isinstance(ps, dict))
+
     def recorded_pools(self) -> dict[str, int]:
         """Key pools (id -> size) the issuance records name."""
-        docs = (r[0] for r in self.db.execute("SELECT DISTINCT probe_sets FROM issuances").fetchall())
-        return {str(ps["id"]): int(ps["size"]) for doc in docs for ps in json.loads(doc)
-                if isinstance(ps, dict) and str(ps.get("id", "")).startswith("pool")}
+        return {str(ps["id"]): int(ps["size"]) for ps in self._recorded_sets() if str(ps.get("id", "")).startswith("pool")}
 
     def sent_keys(self, pool_id: str) -> set[int]:
         """Pool keys that left for an endpoint: the ``key`` of every ``probe-sent`` entry of ``pool_id`` (revelation per key)."""
