@@ -44,7 +44,7 @@ def key_inputs(ws: Workspace, keyring: Keyring) -> np.ndarray:
     noise probe sets, or both), concatenated."""
     cfg = ws.config
     with ws.ledger() as ledger:
-        sets = carried_key_sets(ws, keyring, ledger, sorted(set().union(*issued_customers(ledger).set_groups)))
+        sets = carried_key_sets(ws, keyring, ledger, issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir).carried_sets())
     return np.concatenate([ps.inputs for ps in sets]) if sets else np.zeros((0, *cfg.task.input_shape), dtype=cfg.task.input_dtype)
 
 

@@ -29,7 +29,7 @@ def identify_predictor(
     cfg = ws.config
     with ws.ledger() as ledger:
         customers = issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir)
-        sets = carried_key_sets(ws, keyring, ledger, probe_sets or sorted(set().union(*customers.set_groups)))
+        sets = carried_key_sets(ws, keyring, ledger, probe_sets or customers.carried_sets())
         pools = [pool_usage(ledger, ps.id, ps.size, cfg.fingerprint.keys_per_probe)[0].to_json() for ps in sets if isinstance(ps, KeyPool)]
     answers = {ps.id: predict(ps.inputs) for ps in sets}
     if pools:

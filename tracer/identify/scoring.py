@@ -135,6 +135,10 @@ class IssuedCustomers(Sequence):
     def copy(self) -> IssuedCustomers:
         return IssuedCustomers(list(self.ids), list(self.names), list(self.set_groups), self.group_of.copy())
 
+    def carried_sets(self) -> list[str]:
+        """Ids of every key set at least one issued copy carries, sorted (noise probe sets, pools)."""
+        return sorted(set().union(*self.set_groups))
+
     def members(self, set_id: str) -> np.ndarray:
         """Boolean mask of customers whose copies carry ``set_id``."""
         has = np.array([set_id in g for g in self.set_groups], dtype=bool)

@@ -262,8 +262,7 @@ def _finish(ws: Workspace, keyring: Keyring, common: _Common, *, keys: list[int]
 def _pick_probe_set(ws: Workspace, keyring: Keyring, ledger: Ledger, wanted: str | None) -> str:
     """The key set a new session draws from: ``--probe-set``, else the pool when copies carry it, else the first unrevealed probe set."""
     ids = probe_set_ids(ws.config.fingerprint.probe_sets)
-    carried = set().union(*issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir).set_groups)  # the cached table
-    pools = sorted(i for i in carried if is_pool(i))
+    pools = [i for i in issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir).carried_sets() if is_pool(i)]
     if wanted is not None:
         if wanted not in ids and wanted not in pools:
             raise ConfigError(f"unknown probe set {wanted!r}", hint=f"this workspace has {', '.join(pools + ids)}")
