@@ -169,6 +169,16 @@ def test_detector_figures_report_auc_and_flagged_shares():
     assert fig["keys"] == 3 and fig["keys_flagged"] == pytest.approx(2 / 3)
     assert fig["decoys"] == 4 and fig["decoys_flagged"] == 0.25
     assert fig["auc"] == pytest.approx(auc(keys[:, 0], natural[:, 0]))
+    assert fig["separation"] == pytest.approx(max(fig["auc"], 1 - fig["auc"]))
+
+
+def test_keys_scoring_lower_than_natural_inputs_still_count_as_separated():
+    """A detector under which keys look *more* ordinary (AUC below 0.5) separates them as well as its mirror image."""
+    keys = np.array([[-5.0], [-4.0], [-3.0]])
+    natural = np.array([[1.0], [2.0], [-3.5], [3.0]])
+    low, high = detector_figures(_Fixed(), keys, natural), detector_figures(_Fixed(), -keys, -natural)
+    assert low["auc"] < 0.5 < high["auc"]
+    assert low["separation"] == pytest.approx(high["separation"]) == pytest.approx(1 - low["auc"])
 
 
 # --------------------------------------------------------------------------- the suite and the probe

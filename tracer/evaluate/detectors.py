@@ -301,12 +301,19 @@ def make_detector(name: str, *, task: TaskConfig, model: nn.Module | None = None
 
 
 def detector_figures(detector: Detector, keys: np.ndarray | None, natural: np.ndarray | None) -> dict[str, Any]:
-    """AUC of keys against natural inputs (keys scored as the positives), and the share of each the filter flags."""
-    out: dict[str, Any] = {"detector": detector.name, "auc": None, "keys": 0, "keys_flagged": None, "decoys": 0, "decoys_flagged": None}
+    """AUC of keys against natural inputs (keys scored as the positives), and the share of each the filter flags.
+
+    ``separation`` is max(AUC, 1 - AUC): a leaker who notices that keys score *lower* than natural inputs
+    (mixtures reconstruct better than real digits under an autoencoder, say) flags the low tail instead,
+    so an AUC of 0.36 separates as well as one of 0.64.
+    """
+    out: dict[str, Any] = {"detector": detector.name, "auc": None, "separation": None, "keys": 0, "keys_flagged": None, "decoys": 0,
+                           "decoys_flagged": None}
     if keys is None or natural is None or not len(keys) or not len(natural):
         return out
     k, n = detector.score(keys), detector.score(natural)
-    out.update(auc=round(auc(k, n), 6), keys=int(len(keys)), keys_flagged=round(float(np.mean(k > detector.threshold)), 6),
+    a = auc(k, n)
+    out.update(auc=round(a, 6), separation=round(max(a, 1.0 - a), 6), keys=int(len(keys)), keys_flagged=round(float(np.mean(k > detector.threshold)), 6),
                decoys=int(len(natural)), decoys_flagged=round(float(np.mean(n > detector.threshold)), 6))
     return out
 

@@ -111,8 +111,10 @@ def _share(x: float | None) -> str:
 def _evasion_row(a: AttackResult) -> str:
     e = a.evasion or {}
     auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
+    sep = "-" if e.get("separation") is None else f"{e['separation']:.3f}"
     agreement = "-" if a.matches is None else f"{a.matches}/{a.trials}"
     return (f"<tr><td><code>{_e(a.name)}</code></td><td>{_e(e.get('detector'))}</td><td>{_e(e.get('answer'))}</td><td class=n>{auc}</td>"
+            f"<td class=n>{sep}</td>"
             f"<td class=n>{_share(e.get('keys_flagged'))} of {_e(e.get('keys', 0))}</td>"
             f"<td class=n>{_share(e.get('decoys_flagged'))} of {_e(e.get('decoys', 0))}</td>"
             f"<td class=n>{agreement}</td>{_probe_cell(e.get('probe'))}</tr>")
@@ -127,10 +129,12 @@ def _evasion(s: SuiteResult) -> str:
     return ("<h2>Query filters</h2><p>The leaker serves the copy behind a filter fitted on its own share of the data: queries the filter "
             "flags as unusual are not answered honestly: they get the copy's runner-up class, or a random class. AUC 0.5: the filter cannot tell the "
             "secret keys from natural inputs (the vendor's validation inputs, which are also the probe's decoys); 1.0: it tells them apart "
-            "every time. The probe is <code>tracer probe</code> with default options against a real loopback server running the filter, "
+            "every time; below 0.5, keys look <em>more</em> ordinary than natural inputs, which a leaker can also exploit by flagging the "
+            "other tail, so the two-sided column, max(AUC, 1 &minus; AUC), is the separation that counts. The probe is "
+            "<code>tracer probe</code> with default options against a real loopback server running the filter, "
             "journaled on a scratch copy of the ledger so that the evaluation reveals none of the workspace's keys.</p>"
             '<div class="scroll"><table class="grid"><tr><th>attack</th><th>detector</th><th>flagged queries get</th><th>AUC keys / natural</th>'
-            "<th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th></tr>"
+            "<th>two-sided</th><th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th></tr>"
             + body + "</table></div>")
 
 
