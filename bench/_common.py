@@ -22,7 +22,9 @@ CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech
 
 #: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12)
 NATURAL_KEYS = {"style": '"natural-mix/v1"', "pool_size": "2048", "keys_per_probe": "40"}
-NATURAL_EMBEDDING = {"steps": "2000", "trigger_batch": "128"}
+#: 2048 keys on the 38k-parameter digits CNN: no trigger jitter (keys already lie on the data's grid; jitter widened
+#: the region each key flips and cost clean accuracy) and a 3-logit margin (bench/results/keys_pool2048.txt)
+NATURAL_EMBEDDING = {"steps": "2000", "trigger_batch": "128", "trigger_noise": "0.0", "trigger_margin": "3.0"}
 
 
 def example_text(example: str, keys: str = "noise") -> str:
@@ -37,7 +39,9 @@ def example_text(example: str, keys: str = "noise") -> str:
     lines = "".join(f"{k} = {v}\n" for k, v in NATURAL_KEYS.items())
     text = re.sub(r"(?m)^\[fingerprint\]\n", "[fingerprint]\n" + lines, text)
     for k, v in NATURAL_EMBEDDING.items():
-        text = re.sub(rf"(?m)^{k} = \S+", f"{k} = {v}", text)
+        text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
+        if not found:
+            text = re.sub(r"(?m)^\[embedding\]\n", f"[embedding]\n{k} = {v}\n", text)
     return text
 
 
