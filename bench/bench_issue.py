@@ -15,7 +15,7 @@ validation data the gates used, the drop on the example's attacker share
 (data neither training nor the gates saw: choosing among candidates by the
 gate makes the first slightly optimistic) and the trigger accuracy.
 
-    python bench/bench_issue.py [digits] [tabular] [shapes] [--customers N] [--base-runs K]
+    python bench/bench_issue.py [digits] [tabular] [shapes] [--customers N] [--base-runs K] [--keys natural]
 
 With ``--base-runs K`` the base model is retrained after the first K customers only
 (default: after every one); on shapes, whose base trains for a minute or more, a
@@ -40,11 +40,10 @@ import time
 from pathlib import Path
 
 import torch
-from _common import FAST_SCRYPT, PASSPHRASE
+from _common import FAST_SCRYPT, PASSPHRASE, example_text
 
 from tracer.embedding import Issuer
 from tracer.errors import GateError
-from tracer.examples import example_config
 from tracer.examples.base import train_base
 from tracer.training import accuracy, predict
 from tracer.workspace import init_workspace
@@ -62,10 +61,10 @@ def _onnx_accuracy(path, x, y, *, torch_model=None) -> float:
 CUSTOMERS = [("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech")]
 
 
-def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> None:
+def bench(example: str, n_customers: int = 3, base_runs: int | None = None, keys: str = "noise") -> None:
     customers = (CUSTOMERS + [(f"customer{i}", f"Customer {i}") for i in range(len(CUSTOMERS) + 1, n_customers + 1)])[:n_customers]
     root = Path(tempfile.mkdtemp(prefix=f"tracer-bench-issue-{example}-")) / "ws"
-    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=FAST_SCRYPT)
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_text(example, keys), scrypt=FAST_SCRYPT)
     t0, c0 = time.perf_counter(), time.process_time()
     model, base_acc = train_base(example)
     base_times, base_cpu = [time.perf_counter() - t0], [time.process_time() - c0]
@@ -92,7 +91,7 @@ def bench(example: str, n_customers: int = 3, base_runs: int | None = None) -> N
         base_cpu.append(time.process_time() - c0)
     base_seconds = min(base_times)
     base_cpu_s = min(base_cpu)
-    print(f"\n{example}: torch threads {torch.get_num_threads()}; base model trained on {n_train} examples in {base_seconds:.2f} s (fastest of {len(base_times)}: "
+    print(f"\n{example} ({keys} keys{': ' + ws.config.fingerprint.style if keys != 'noise' else ''}): torch threads {torch.get_num_threads()}; base model trained on {n_train} examples in {base_seconds:.2f} s (fastest of {len(base_times)}: "
           f"{', '.join(f'{t:.1f}' for t in base_times)}; CPU {base_cpu_s:.2f} s), validation accuracy {base_acc:.4f}; "
           f"{len(issuer.triggers)} triggers ({len(issuer.probe_sets)} probe sets x {issuer.probe_sets[0].size})")
     # The gates choose among candidates by validation accuracy, so the recorded drop is slightly optimistic;
@@ -145,5 +144,10 @@ if __name__ == "__main__":
         i = args.index("--customers")
         n = int(args[i + 1])
         del args[i : i + 2]
+    keys = "noise"
+    if "--keys" in args:
+        i = args.index("--keys")
+        keys = args[i + 1]
+        del args[i : i + 2]
     for ex in args or ["digits", "tabular"]:
-        bench(ex, n, k)
+        bench(ex, n, k, keys)
