@@ -44,14 +44,26 @@ _COMPLETE = ".complete"
 def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS) -> Path:
     """init --example, train the base model, issue each customer; return the workspace folder."""
     from tracer.embedding import Issuer
+    from tracer.errors import GateError
     from tracer.examples import example_config, prepare_example
     from tracer.workspace import init_workspace
 
-    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=LOW_SCRYPT)
-    prepare_example(ws, example, progress=False)
-    keyring = ws.unlock(passphrase=PASSPHRASE)
-    Issuer(ws, keyring).issue_many(list(customers))
-    return ws.root
+    for tries_left in reversed(range(3)):
+        ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=LOW_SCRYPT)
+        prepare_example(ws, example, progress=False)
+        keyring = ws.unlock(passphrase=PASSPHRASE)
+        try:
+            Issuer(ws, keyring).issue_many(list(customers))
+        except GateError:
+            # Each build has a fresh master key, so its codewords are new: now and then one copy misses the example's
+            # 0.5-point clean gate after every retry (a tabular copy was seen to: 0.88 points after 5 tries). The tests need
+            # copies that pass the real gates (test_issue checks it), so start over with another key.
+            if not tries_left:
+                raise
+            shutil.rmtree(root)
+            continue
+        return ws.root
+    raise AssertionError("unreachable")
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

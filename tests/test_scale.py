@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,11 @@ def fresh(tmp_path_factory) -> Path:
     from tracer.workspace import init_workspace
 
     root = tmp_path_factory.mktemp("scale") / "fresh"
-    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config("tabular"), scrypt=LOW_SCRYPT)
+    # The batch plumbing is under test here, not the gates (bench/ measures those). Each run has a fresh master key,
+    # and with the example's 0.5-point gate a tabular copy now and then misses it after every retry (seen once: 0.88
+    # points after 5 tries), failing the whole module; a 2-point allowance lands every copy.
+    text = re.sub(r"(?m)^max_accuracy_drop = \S+", "max_accuracy_drop = 0.02", example_config("tabular"))
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=text, scrypt=LOW_SCRYPT)
     prepare_example(ws, "tabular", progress=False)
     (root.parent / "customers.csv").write_text("".join(f"{c},{n or ''}\n" for c, n in BATCH))
     return root
