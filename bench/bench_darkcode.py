@@ -44,7 +44,7 @@ from tracer.training import accuracy, predict, train_classifier
 from tracer.workspace import Workspace
 
 C = 10
-PAIRS = (C - 1) * (C - 2) // 2  # 36 ordered pairs of wrong classes per class
+PAIRS = (C - 1) * (C - 2) // 2  # 36 unordered pairs of wrong classes per class; C * PAIRS = 360 in all
 
 
 def mahonian(n: int) -> np.ndarray:
@@ -134,7 +134,7 @@ def row(name, model, *, xv, yv, keys, S, labels, R, R_other) -> None:
     z = torch_predictor(model)(xv)
     c1, c2 = concordant(z, yv, R), concordant(z, yv, R_other)
     print(f"  {name:25s} clean {accuracy(predict(model, xv), yv):.4f}  {key_figure(model, keys, S, labels)}  "
-          f"rank {c1:3d}/360 p {p_value(c1):8.2g}   other {c2:3d}/360 p {p_value(c2):6.2g}", flush=True)
+          f"rank {c1:3d}/{C * PAIRS} p {p_value(c1):8.2g}   other {c2:3d}/{C * PAIRS} p {p_value(c2):6.2g}", flush=True)
 
 
 def main() -> None:
@@ -158,7 +158,7 @@ def main() -> None:
     print(f"workspace {a.workspace} ({'noise keys' if S is None else 'natural-mix keys'}, {len(keys)} keys); "
           f"eps {a.eps}, decay {a.decay}/rank, {a.steps} steps x (64 clean + 64 keys); base val acc "
           f"{accuracy(predict(base, xv), yv):.4f}; {len(xa)} leaker inputs, {len(xv)} validation inputs read")
-    print("rank code: 10 classes x 36 pairs = 360; chance 180; p exact (Mahonian convolution)")
+    print(f"rank code: {C} classes x {PAIRS} pairs = {C * PAIRS}; chance {C * PAIRS // 2}; p exact (Mahonian convolution)")
     print("simulated null (20000 uniform orders vs one fixed suspect), P[p <= u]:",
           ", ".join(f"u={u:g}: {f:.4f}" for u, f in simulated_null()))
     for cust, seed, other in (("acme", 1, 2), ("globex", 2, 3), ("initech", 3, 1))[: a.customers]:
