@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "timed"]
+__all__ = ["CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "save_result", "timed"]
 
 #: The passphrase of every bench workspace (the bench never imports tests/: it has its own).
 PASSPHRASE = "bench-passphrase"
@@ -25,6 +25,15 @@ NATURAL_KEYS = {"style": '"natural-mix/v1"', "pool_size": "2048", "keys_per_prob
 #: 2048 keys on the 38k-parameter digits CNN: no trigger jitter (keys already lie on the data's grid; jitter widened
 #: the region each key flips and cost clean accuracy) and a 3-logit margin (bench/results/keys_pool2048.txt)
 NATURAL_EMBEDDING = {"steps": "2000", "trigger_batch": "128", "trigger_noise": "0.0", "trigger_margin": "3.0"}
+
+
+def save_result(name: str, text: str) -> Path:
+    """Write a bench's output to bench/results/NAME (the recorded figures), saying where on stderr."""
+    path = ROOT / "bench" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"saved {path.relative_to(ROOT)}", file=sys.stderr)
+    return path
 
 
 def example_text(example: str, keys: str = "noise") -> str:

@@ -25,7 +25,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
-from _common import PASSPHRASE, ROOT, build_issued_workspace
+from _common import PASSPHRASE, build_issued_workspace, save_result
 
 from tracer import __version__
 from tracer.evaluate import Evaluation, false_accusation_study, run_suite
@@ -115,10 +115,7 @@ def main() -> None:
             text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys)
             print(text)
             if args.save:
-                path = ROOT / "bench" / "results" / f"evaluate_{ex}{args.suffix}.txt"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-                print(f"saved {path.relative_to(ROOT)}", file=sys.stderr)
+                save_result(f"evaluate_{ex}{args.suffix}.txt", text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
-from _common import PASSPHRASE, ROOT, build_issued_workspace
+from _common import PASSPHRASE, build_issued_workspace, save_result
 
 from tracer import __version__
 from tracer.evaluate import run_suite
@@ -79,10 +79,7 @@ def main() -> None:
             text, _ = run_example(ex, args.workspaces or Path(tmp), args.attacks, args.keys)
             print(text)
             if args.save:
-                path = ROOT / "bench" / "results" / f"evasion_{ex}{args.suffix}.txt"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-                print(f"saved {path.relative_to(ROOT)}", file=sys.stderr)
+                save_result(f"evasion_{ex}{args.suffix}.txt", text)
 
 
 if __name__ == "__main__":
