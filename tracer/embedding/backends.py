@@ -47,7 +47,7 @@ def usable_cores() -> int:
 class EmbedJob:
     """Everything a worker needs for one customer's copy, and nothing secret.
 
-    ``labels`` is the customer's codeword and ``triggers`` the shared trigger inputs, both derived
+    ``labels`` is the customer's codeword (``rank_mass`` its rank code) and ``triggers`` the shared trigger inputs, all derived
     by the driver; the worker loads the base model and data from ``config`` and refuses them unless
     they are the ones the driver measured (``base_sha256``, ``dataset_fingerprint``).
     """
@@ -60,6 +60,7 @@ class EmbedJob:
     dataset_fingerprint: str
     base_accuracy: float
     threads: int = 1
+    rank_mass: np.ndarray | None = None  # the customer's rank code as coded wrong-class mass (None: the copy carries none)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def run_job(job: EmbedJob) -> EmbedOutcome:
     torch.set_num_threads(job.threads)
     c0 = time.process_time()
     try:
-        best, attempts, onnx, max_diff = _maker(job).make_copy(job.customer_id, job.labels)
+        best, attempts, onnx, max_diff = _maker(job).make_copy(job.customer_id, job.labels, rank_mass=job.rank_mass)
     except TracerError as exc:
         return EmbedOutcome(job.customer_id, None, 0, None, float("nan"),  # type: ignore[arg-type]
                             error=(type(exc).__name__, exc.message, dict(exc.__dict__)))

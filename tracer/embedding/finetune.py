@@ -239,6 +239,14 @@ class _Draws:
     slot: torch.Tensor | None = None  # clean_idx as rows of soft_clean
     centroids: torch.Tensor | None = None  # feature pull: the base model's class centroids, and their scale
     scale: torch.Tensor | None = None
+    rank_mass: torch.Tensor | None = None  # rank code: [C, C] wrong-class mass per true class, and its share eps
+    rank_eps: float = 0.0
+
+    def code(self, soft: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Base answers with the rank code mixed in: (1 - eps) base + eps W[y] (unchanged without a code)."""
+        if self.rank_mass is None:
+            return soft
+        return (1.0 - self.rank_eps) * soft + self.rank_eps * self.rank_mass[y]
 
 
 def _bounds(task: TaskConfig, dtype: torch.dtype, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,11 +256,12 @@ def _bounds(task: TaskConfig, dtype: torch.dtype, dev: torch.device) -> tuple[to
 
 
 def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.Tensor, tlab: torch.Tensor, *,
-           task: TaskConfig, params: EmbeddingConfig, gen: torch.Generator, dev: torch.device) -> _Draws:
+           task: TaskConfig, params: EmbeddingConfig, gen: torch.Generator, dev: torch.device,
+           rank_mass: np.ndarray | None = None) -> _Draws:
     """Every step's clean and trigger indices, drawn up front, and the base model's answers on the clean inputs used.
 
     Those answers (at most steps x batch_size of them, so the cost does not grow with the dataset)
-    are computed in one batched pass.
+    are computed in one batched pass; with a rank code they are coded (:meth:`_Draws.code`).
     """
     low, high = _bounds(task, trig.dtype, dev)
     clean_idx = torch.randint(0, len(xt), (params.steps, params.batch_size), generator=gen).to(dev)
@@ -263,6 +272,9 @@ def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.T
     if distill or params.feature_pull > 0:
         used, d.slot = torch.unique(clean_idx, return_inverse=True)
         d.soft_clean, feats = _soft_targets(teacher, xt[used])
+        if rank_mass is not None and distill:
+            d.rank_mass, d.rank_eps = torch.as_tensor(rank_mass, dtype=d.soft_clean.dtype).to(dev), params.rank_code
+            d.soft_clean = d.code(d.soft_clean, yt[used])
         if params.feature_pull > 0:
             # Feature pull: each trigger's penultimate features are drawn towards the base model's feature
             # centroid of its codeword class, so a head re-trained on clean data still maps it to that class.
@@ -294,7 +306,7 @@ def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, 
         with torch.no_grad():
             soft = d.soft_clean[d.slot[step]]  # type: ignore[index]
             if n_anchor:
-                soft = torch.cat([soft, soft[:n_anchor] if params.anchor_targets == "original" else teacher(xa).softmax(1)])
+                soft = torch.cat([soft, soft[:n_anchor] if params.anchor_targets == "original" else d.code(teacher(xa).softmax(1), yc[:n_anchor])])
         loss = loss + params.distill_weight * nn.functional.kl_div(torch.cat([lc, la]).log_softmax(1), soft, reduction="batchmean")
     return loss
 
@@ -322,10 +334,13 @@ def embed_codeword(
     seed: int,
     on_step=None,
     start: nn.Module | None = None,
+    rank_mass: np.ndarray | None = None,
 ) -> EmbedResult:
     """Return a fine-tuned copy of ``base`` that answers ``triggers`` with ``labels``.
 
     ``start``: continue from this copy instead of ``base`` (its outputs are still held to ``base``).
+    ``rank_mass``: the customer's rank code (:func:`tracer.fingerprint.rankcode.coded_mass`), mixed into the
+    distillation targets with weight ``params.rank_code`` (needs ``distill_weight`` > 0).
     """
     import time
 
@@ -344,7 +359,8 @@ def embed_codeword(
         student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to's stubs lack it
     opt = _OneCycleAdam(list(student.parameters()), max_lr=params.learning_rate, total=params.steps)
     d = _draws(teacher, xt, torch.as_tensor(y_train, dtype=torch.long).to(dev), torch.as_tensor(triggers).to(dev),
-               torch.as_tensor(labels, dtype=torch.long).to(dev), task=task, params=params, gen=gen, dev=dev)
+               torch.as_tensor(labels, dtype=torch.long).to(dev), task=task, params=params, gen=gen, dev=dev,
+               rank_mass=rank_mass if params.rank_code > 0 else None)
     head = _HeadInput(student) if params.feature_pull > 0 else None
     weights = _state_tensors(student)
     averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None

@@ -22,7 +22,7 @@ from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
 from ..errors import CustomerError, GateError, TracerError, WorkerError, WorkspaceError
-from ..fingerprint import ProbeSet, customer_labels, trigger_commitment
+from ..fingerprint import ProbeSet, customer_labels, rankcode, trigger_commitment
 from ..fingerprint.keysets import issuing_key_sets
 from ..fingerprint.pool import POOL_ID
 from ..keys import normalize_customer_id, validate_display_name
@@ -137,9 +137,10 @@ class CopyMaker:
         self.triggers = triggers
         self.base_accuracy = base_accuracy
 
-    def make_copy(self, cid: str, labels: np.ndarray, *, on_step: Callable[[int], None] | None = None) -> tuple[_Copy, int, bytes | None, float]:
+    def make_copy(self, cid: str, labels: np.ndarray, *, on_step: Callable[[int], None] | None = None,
+                  rank_mass: np.ndarray | None = None) -> tuple[_Copy, int, bytes | None, float]:
         """(best copy, tries, ONNX bytes, largest ONNX/torch logit difference); no bytes when the best copy misses a gate."""
-        best, attempts = self._embed(cid, labels, on_step)
+        best, attempts = self._embed(cid, labels, on_step, rank_mass=rank_mass)
         if not best.score[0]:
             return best, attempts, None, float("nan")
         return (best, attempts, *self._export(best))
@@ -165,7 +166,8 @@ class CopyMaker:
                 gate="clean_accuracy", measured=clean, required=self.base_accuracy - gates.max_accuracy_drop,
                 hint="raise embedding.distill_weight or lower embedding.learning_rate in tracer.toml")
 
-    def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None) -> tuple[_Copy, int]:
+    def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None, *,
+               rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
 
         Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`) that offers
@@ -179,13 +181,13 @@ class CopyMaker:
         best: _Copy | None = None
         for attempt in range(emb.attempts):
             run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, attempt), "learning_rate": emb.learning_rate}
-            res = self._run(labels, run, start=None, on_step=on_step)
+            res = self._run(labels, run, start=None, on_step=on_step, rank_mass=rank_mass)
             here = self._gate(res, labels, runs=[], run=run, seconds=res.seconds)
             for polish in range(emb.polishes if emb.polish_steps > 0 else 0):
                 if here.score[0]:
                     break
                 run = {"seed": _seed(cid, attempt, emb.seed, f"polish/{polish}"), "steps": emb.polish_steps, "learning_rate": emb.learning_rate / 10}
-                pol = self._run(labels, run, start=here.model, on_step=on_step)
+                pol = self._run(labels, run, start=here.model, on_step=on_step, rank_mass=rank_mass)
                 polished = self._gate(pol, labels, runs=here.runs, run=run, seconds=here.seconds + pol.seconds)
                 here = max(here, polished, key=lambda c: c.score)
             if best is None or here.score > best.score:
@@ -195,11 +197,12 @@ class CopyMaker:
         assert best is not None
         return best, emb.attempts
 
-    def _run(self, labels: np.ndarray, run: dict, *, start: nn.Module | None, on_step: Callable[[int], None] | None) -> EmbedResult:
+    def _run(self, labels: np.ndarray, run: dict, *, start: nn.Module | None, on_step: Callable[[int], None] | None,
+             rank_mass: np.ndarray | None = None) -> EmbedResult:
         """One fine-tune with ``run``'s seed, steps and learning rate (from ``start``, or from the base model)."""
         emb = self.config.embedding
         return embed_codeword(self.base, x_train=self.data.x_train, y_train=self.data.y_train, triggers=self.triggers,
-                              labels=labels, task=self.config.task, seed=run["seed"], start=start,
+                              labels=labels, task=self.config.task, seed=run["seed"], start=start, rank_mass=rank_mass,
                               params=replace(emb, steps=run["steps"], learning_rate=run["learning_rate"]),
                               on_step=_scaled(on_step, run["steps"], emb.steps))
 
@@ -253,6 +256,18 @@ class Issuer(CopyMaker):
         c = self.config.task.num_classes
         return np.concatenate([customer_labels(self.keyring.master, customer_id, ps, c) for ps in self.probe_sets])
 
+    @property
+    def rank_coded(self) -> bool:
+        """Whether copies issued here carry a rank code (``[embedding] rank_code`` > 0, distillation on, 3+ classes)."""
+        emb = self.config.embedding
+        return emb.rank_code > 0 and emb.distill_weight > 0 and rankcode.applicable(self.config.task.num_classes)
+
+    def rank_mass_for(self, customer_id: str) -> np.ndarray | None:
+        """The customer's coded wrong-class mass (:func:`.rankcode.coded_mass`), or None where copies carry no rank code."""
+        if not self.rank_coded:
+            return None
+        return rankcode.coded_mass(rankcode.rank_orders(self.keyring.master, customer_id, self.config.task.num_classes))
+
     def issue(
         self,
         customer_id: str,
@@ -267,7 +282,7 @@ class Issuer(CopyMaker):
         display = validate_display_name(name, cid)
         with self._slot(cid, reissue=reissue) as (number, final):  # before any training: fail fast
             labels = self.labels_for(cid)
-            best, attempts = self._embed(cid, labels, on_step)
+            best, attempts = self._embed(cid, labels, on_step, rank_mass=self.rank_mass_for(cid))
             self._check_gates(best, attempts)
             onnx_bytes, max_diff = self._export(best)
             sha = hashlib.sha256(onnx_bytes).hexdigest()
@@ -330,6 +345,8 @@ class Issuer(CopyMaker):
             "key_style": cfg.fingerprint.style,
             "probe_sets": [ps.record() for ps in self.probe_sets],
             "trigger_commitment": trigger_commitment(self.keyring.master, cid, self.probe_sets, cfg.task.num_classes),
+            **({"rank_code": rankcode.record(self.keyring.master, cid, cfg.task.num_classes, cfg.embedding.rank_code)}
+               if self.rank_coded else {}),
             "parameters": cfg.as_record(),
             "metrics": {
                 "base_accuracy": self.base_accuracy,
@@ -446,7 +463,7 @@ class Issuer(CopyMaker):
 
     def job_for(self, cid: str) -> EmbedJob:
         """What a worker gets for ``cid``: its codeword, the trigger inputs and the base model/data spec; no key."""
-        return EmbedJob(customer_id=cid, labels=self.labels_for(cid), triggers=self.triggers, config=self.config,
+        return EmbedJob(customer_id=cid, labels=self.labels_for(cid), rank_mass=self.rank_mass_for(cid), triggers=self.triggers, config=self.config,
                         base_sha256=self.base_sha256, dataset_fingerprint=self.data.fingerprint(), base_accuracy=self.base_accuracy)
 
     def _issue_on(self, backend: Backend, todo: list[tuple[str, str | None]], on_customer) -> list[IssueReport]:

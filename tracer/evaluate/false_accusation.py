@@ -122,7 +122,7 @@ def false_accusation_study(
     def score(label, arch, source, s, model) -> IndependentModel:
         pred = torch_predictor(model)
         acc = float(np.mean(pred(data.x_val).argmax(1) == data.y_val))
-        res = identify_predictor(ws, keyring, lambda x: pred(x).argmax(1), alpha=alpha)
+        res = identify_predictor(ws, keyring, lambda x: pred(x).argmax(1), alpha=alpha, scores=pred)
         best = res.candidates[0]
         return IndependentModel(label, arch, source, s, round(acc, 6), best.customer, best.matches, best.trials,
                                 best.p_value, best.log10_p, list(res.customers))

@@ -62,7 +62,11 @@ class AttackResult:
     trials: int | None = None
     agreement: float | None = None  # matches / trials
     p_value: float | None = None  # the attacked customer's exact p-value
-    log10_p: float | None = None
+    log10_p: float | None = None  # combined with the rank code's where it was read (the p-value identify decides on)
+    key_log10_p: float | None = None  # the rank code was read: the keys' own log10 p, and the rank code's
+    rank_concordant: int | None = None
+    rank_pairs: int | None = None
+    rank_log10_p: float | None = None
     right: list[str] = field(default_factory=list)  # customers whose copies went into the attacked model
     named: list[str] = field(default_factory=list)  # customers identification names
     named_right: int = 0  # how many of ``right`` are named
@@ -134,9 +138,10 @@ class SuiteResult:
 def _score(ws: Workspace, keyring: Keyring, row: AttackResult, predict: Predictor, x_val: np.ndarray, y_val: np.ndarray,
            copy_accuracy: float, budget: float, alpha: float | None) -> AttackResult:
     acc = accuracy(predict(x_val).argmax(1), y_val)
-    result = identify_predictor(ws, keyring, lambda x: predict(x).argmax(1), alpha=alpha)
+    result = identify_predictor(ws, keyring, lambda x: predict(x).argmax(1), alpha=alpha, scores=predict)
     cands = {c.customer: c for c in result.candidates}
     me = cands[row.right[0]]
+    row.key_log10_p, row.rank_concordant, row.rank_pairs, row.rank_log10_p = me.key_log10_p, me.rank_concordant, me.rank_pairs, me.rank_log10_p
     row.clean_accuracy = round(acc, 6)
     row.accuracy_drop = round(copy_accuracy - acc, 6)
     row.valid = copy_accuracy - acc <= budget + 1e-12

@@ -35,6 +35,24 @@ Keys with a label set per key (in-distribution keys)
     (Binomial(n_in, 1/2) for the pool), and the trials reported are n_in, the
     same for every customer (S_i does not depend on the customer).
 
+The rank code (:mod:`.rankcode`: a second channel, read from scores)
+    For each class y, c's copies are trained to order the wrong classes of
+    inputs of class y along a secret permutation pi_c,y, uniform over the
+    (C-1)! orders and drawn from c's own stream, independently per class. The
+    suspect's mean centred log-scores over the vendor's validation inputs of
+    class y give an order of its own; count the pairs of wrong classes that it
+    orders as pi_c,y does (a tie counts as discordant). For a model not derived
+    from c that order is independent of pi_c,y, so the count is the number of
+    inversions of a uniform permutation (after breaking the suspect's ties, which
+    can only add concordant pairs): the Mahonian distribution on 0..(C-1)(C-2)/2.
+    The classes are independent, so the total over the G classes read has the
+    G-fold convolution, and P[total >= observed] (:func:`rank_code_tails`, exact
+    integers over ((C-1)!)^G) is a valid p-value.
+
+* Combining the two channels of one customer: min(1, 2 min(p_keys, p_rank))
+  (Bonferroni), a valid p-value under any dependence between them; a channel not
+  read (no rank code in the copy, no scores) is left out without the factor 2,
+  since whether it is read does not depend on c's secrets.
 * Fixed-size test (``tracer identify``): the exact upper tail P[X >= m] --
   :func:`binomial_tails` for noise probe sets, :func:`poisson_binomial_tails`
   (exact integers where cheap, else a floating-point path whose documented
@@ -58,11 +76,12 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["binomial_tail", "binomial_tails", "holm", "log10_tail", "key_groups", "poisson_binomial_log10_tail",
+__all__ = ["binomial_tail", "binomial_tails", "bonferroni_pair", "holm", "mahonian_counts", "rank_code_tails", "log10_tail", "key_groups", "poisson_binomial_log10_tail",
            "poisson_binomial_log10_tails", "poisson_binomial_tail", "poisson_binomial_tails"]
 
 
@@ -342,3 +361,56 @@ def poisson_binomial_log10_tail(m: int, ks: ArrayLike) -> float:
         return -math.inf
     num, _ = _single_tail_numerator(m, groups)
     return math.log10(num) - sum(c * math.log10(k) for k, c in groups)
+
+
+# -- the rank code: sums of independent Mahonian counts ---------------------------------------------------
+
+
+def mahonian_counts(n: int) -> list[int]:
+    """out[k] = number of permutations of n items with exactly k inversions, k = 0..n(n-1)/2 (exact integers).
+
+    Generating function prod_{i=1..n} (1 + z + ... + z^(i-1)); out sums to n!.
+    """
+    if n < 1:
+        raise ValueError("need n >= 1 items")
+    poly = [1]
+    for i in range(2, n + 1):
+        nxt = [0] * (len(poly) + i - 1)
+        run = 0
+        for k in range(len(nxt)):  # nxt[k] = sum(poly[k - i + 1 .. k]), a sliding window
+            run += poly[k] if k < len(poly) else 0
+            if k - i >= 0:
+                run -= poly[k - i]
+            nxt[k] = run
+        poly = nxt
+    return poly
+
+
+@lru_cache(maxsize=64)
+def rank_code_tails(items: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t, log10 t) with t[m] = P[S >= m], m = 0..M+1, S the sum of ``groups`` independent Mahonian(``items``) counts.
+
+    Exact: the numerators are the coefficients of the generating function to the power ``groups``, in
+    Python integers, over the denominator (items!)^groups; each tail is rounded once (log10 from the
+    integers, so finite where the float underflows). M = groups * items (items - 1) / 2; t[M+1] = 0.
+    """
+    if groups < 0:
+        raise ValueError("need groups >= 0")
+    one = mahonian_counts(items)
+    poly, denom = [1], 1
+    for _ in range(groups):
+        denom *= math.factorial(items)
+        poly = _int_convolve(poly, one, denom.bit_length())
+    acc = _suffix_sums(poly)
+    log_denom = math.log10(denom) if denom > 1 else 0.0
+    tails = np.array([a / denom for a in acc], dtype=np.float64)
+    logs = np.array([min(0.0, math.log10(a) - log_denom) if a else -math.inf for a in acc], dtype=np.float64)
+    return tails, logs
+
+
+def bonferroni_pair(p_a: np.ndarray, log_a: np.ndarray, p_b: np.ndarray, log_b: np.ndarray,
+                    read_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer, min(1, 2 min(p_a, p_b)) where ``read_b`` (both channels read), else p_a; and its log10."""
+    both_log = np.minimum(np.minimum(log_a, log_b) + math.log10(2.0), 0.0)
+    both_p = np.minimum(2.0 * np.minimum(p_a, p_b), 1.0)
+    return np.where(read_b, both_p, p_a), np.where(read_b, both_log, log_a)

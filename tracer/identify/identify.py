@@ -14,6 +14,7 @@ from ..fingerprint.revelation import pool_usage
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
 from ..workspace import Workspace
+from .rank_channel import read_rank_code
 from .result import IdentificationResult
 from .scoring import issued_customers, score_answers
 from .suspect import SuspectModel
@@ -23,22 +24,39 @@ __all__ = ["identify_model", "identify_predictor", "record_identification", "car
 
 def identify_predictor(
     ws: Workspace, keyring: Keyring, predict, *, alpha: float | None = None, model_sha256: str | None = None,
-    probe_sets: list[str] | None = None, extra: dict | None = None,
+    probe_sets: list[str] | None = None, extra: dict | None = None, scores=None,
 ) -> IdentificationResult:
-    """Score any ``predict(x) -> class indices`` callable (an ONNX session, a torch model, an attack)."""
+    """Score any ``predict(x) -> class indices`` callable (an ONNX session, a torch model, an attack).
+
+    ``scores(x)``, where the suspect has them, returns its raw outputs (logits or probabilities; None for
+    class indices): copies carrying a rank code are then also read on the vendor's validation inputs
+    (:mod:`.rank_channel`).
+    """
     cfg = ws.config
     with ws.ledger() as ledger:
         customers = issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir)
         sets = carried_key_sets(ws, keyring, ledger, probe_sets or customers.carried_sets())
         pools = [pool_usage(ledger, ps.id, ps.size, cfg.fingerprint.keys_per_probe)[0].to_json() for ps in sets if isinstance(ps, KeyPool)]
+        rank, rank_doc = read_rank_code(ledger, keyring.master, customers.ids, num_classes=cfg.task.num_classes,
+                                        scores=scores, validation=lambda: _validation(cfg))
     answers = {ps.id: predict(ps.inputs) for ps in sets}
     if pools:
         extra = {**(extra or {}), "key_pool": pools[0]}
+    if rank_doc is not None:
+        extra = {**(extra or {}), "rank_code": rank_doc}
     return score_answers(
         keyring.master, customers, sets, answers, num_classes=cfg.task.num_classes,
-        alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets),
-        model_sha256=model_sha256, extra=extra, cache_dir=ws.cache_dir,
+        alpha=cfg.alpha if alpha is None else alpha, queries=sum(ps.size for ps in sets) + (rank.inputs if rank else 0),
+        model_sha256=model_sha256, extra=extra, cache_dir=ws.cache_dir, rank=rank,
     )
+
+
+def _validation(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The vendor's validation inputs and labels (what the rank code is read on)."""
+    from ..data import load_dataset
+
+    d = load_dataset(cfg)
+    return d.x_val, d.y_val
 
 
 def carried_key_sets(ws: Workspace, keyring: Keyring, ledger: Ledger, set_ids: list[str]) -> list[ProbeSet]:
@@ -87,7 +105,7 @@ def identify_model(
     """Identify a model file (or an already loaded :class:`SuspectModel`) and record the outcome."""
     suspect = model if isinstance(model, SuspectModel) else SuspectModel(Path(model), ws.config.task)
     result = identify_predictor(ws, keyring, suspect.predict, alpha=alpha, model_sha256=suspect.sha256,
-                                extra={"model_path": str(suspect.path.resolve())})
+                                extra={"model_path": str(suspect.path.resolve())}, scores=suspect.scores)
     if record:
         record_identification(ws, keyring, result, subject=f"model file {suspect.path.name}", details={"model_file": suspect.path.name})
     return result

@@ -27,6 +27,12 @@ class Candidate:
     p_value: float  # P[matches this high | suspect not derived from this customer]; may underflow to 0.0
     log10_p: float  # exact log10 of p_value, finite where p_value underflows
     named: bool  # rejected by the family-wise procedure at alpha
+    #: the rank code, where it was read and this customer's copies carry one (else None): the keys' own log10 p,
+    #: the concordant pairs of the rank code out of ``rank_pairs``, its exact log10 p; p_value then combines both
+    key_log10_p: float | None = None
+    rank_concordant: int | None = None
+    rank_pairs: int | None = None
+    rank_log10_p: float | None = None
 
 
 class CandidateTable(Sequence):
@@ -37,18 +43,25 @@ class CandidateTable(Sequence):
     """
 
     def __init__(self, ids: Sequence[str], names: Sequence[str], matches: np.ndarray, trials: np.ndarray,
-                 p_values: np.ndarray, log10_p: np.ndarray, named: np.ndarray, order: np.ndarray) -> None:
+                 p_values: np.ndarray, log10_p: np.ndarray, named: np.ndarray, order: np.ndarray,
+                 rank: tuple[Any, np.ndarray] | None = None) -> None:
         self.ids, self.names = ids, names
         self.matches, self.trials, self.p_values, self.log10_p, self.named = matches, trials, p_values, log10_p, named
         self.order = order
+        self.rank = rank  # (RankScores, the keys' own log10 p) where the rank code was read
 
     def __len__(self) -> int:
         return len(self.order)
 
     def _build(self, i: int) -> Candidate:
+        extra: dict[str, Any] = {}
+        if self.rank is not None and self.rank[0].carried[i]:
+            rs, key_logp = self.rank
+            extra = {"key_log10_p": round(float(key_logp[i]), 4), "rank_concordant": int(rs.concordant[i]),
+                     "rank_pairs": int(rs.pairs), "rank_log10_p": round(float(rs.log10_p[i]), 4)}
         return Candidate(customer=self.ids[i], display_name=self.names[i], matches=int(self.matches[i]),
                          trials=int(self.trials[i]), p_value=float(self.p_values[i]),
-                         log10_p=round(float(self.log10_p[i]), 4), named=bool(self.named[i]))
+                         log10_p=round(float(self.log10_p[i]), 4), named=bool(self.named[i]), **extra)
 
     @overload
     def __getitem__(self, k: int) -> Candidate: ...
@@ -98,10 +111,7 @@ class IdentificationResult:
             "alpha": self.alpha,
             "queries": self.queries,
             "model_sha256": self.model_sha256,
-            "candidates": [
-                {"customer": c.customer, "matches": c.matches, "trials": c.trials, "p_value": c.p_value, "log10_p": c.log10_p}
-                for c in shown
-            ],
+            "candidates": [_candidate_json(c) for c in shown],
             "num_classes": self.num_classes,
             "label_choices": self.choices,
             "probe_sets": list(self.probe_sets),
@@ -117,6 +127,13 @@ class IdentificationResult:
 
     def full(self) -> dict[str, Any]:
         return {**self.to_json(top=len(self.candidates)), "candidates_all": [asdict(c) for c in self.candidates[:]]}
+
+
+def _candidate_json(c: Candidate) -> dict[str, Any]:
+    doc: dict[str, Any] = {"customer": c.customer, "matches": c.matches, "trials": c.trials, "p_value": c.p_value, "log10_p": c.log10_p}
+    if c.rank_pairs is not None:
+        doc.update(key_log10_p=c.key_log10_p, rank_concordant=c.rank_concordant, rank_pairs=c.rank_pairs, rank_log10_p=c.rank_log10_p)
+    return doc
 
 
 def build_result(
@@ -139,6 +156,7 @@ def build_result(
     threshold: float | None = None,
     extra: dict[str, Any] | None = None,
     label_choices: int = 0,
+    rank: tuple[Any, np.ndarray] | None = None,
 ) -> IdentificationResult:
     """The one way to turn per-customer scores into a result: order best first, name the rejected ones.
 
@@ -149,7 +167,7 @@ def build_result(
     named = np.asarray(named, dtype=bool)
     order = np.lexsort((-matches, np.asarray(log10_p, dtype=np.float64))) if len(ids) else np.zeros(0, np.int64)
     cands = CandidateTable(ids, names, matches, trials, np.asarray(p_values, dtype=np.float64),
-                           np.asarray(log10_p, dtype=np.float64), named, order)
+                           np.asarray(log10_p, dtype=np.float64), named, order, rank)
     chosen = [ids[int(i)] for i in order[named[order]]]  # no Python loop over every customer
     return IdentificationResult(
         verdict="match" if chosen else "no_match", customers=chosen, alpha=alpha, queries=int(queries),

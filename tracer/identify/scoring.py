@@ -19,8 +19,9 @@ import numpy as np
 from ..fingerprint import ProbeSet
 from ..fingerprint.cache import codeword_matrix
 from ..fingerprint.pool import KeyPool
-from ..fingerprint.stats import binomial_tails, holm, log10_tail, poisson_binomial_log10_tails, poisson_binomial_tails
+from ..fingerprint.stats import binomial_tails, bonferroni_pair, holm, log10_tail, poisson_binomial_log10_tails, poisson_binomial_tails
 from ..ledger import Ledger
+from .rank_channel import RankScores
 from .result import HOLM_RULE, IdentificationResult, build_result
 
 __all__ = ["IssuedCustomer", "IssuedCustomers", "Lines", "issued_customers", "refresh_cache", "score_answers", "METHOD"]
@@ -29,6 +30,11 @@ METHOD = (
     "exact binomial upper tail under H0 'not derived from this customer' "
     "(each probe matches the customer's secret codeword with probability exactly 1/C, independently); "
     "Holm step-down over all issued customers controls the family-wise error rate at alpha"
+)
+#: added to METHOD when the rank code was read
+RANK_METHOD = (
+    "; for copies carrying a rank code, min(1, 2 min(p_keys, p_rank)) (Bonferroni), p_rank the exact tail of the "
+    "concordant pairs of wrong classes under H0 (a sum of independent Mahonian counts)"
 )
 
 
@@ -247,11 +253,13 @@ def score_answers(
     model_sha256: str | None,
     extra: dict | None = None,
     cache_dir: Path | None = None,
+    rank: RankScores | None = None,
 ) -> IdentificationResult:
     """Matches, exact p-values and Holm decisions for every customer, best first.
 
     The Holm family is every issued customer (``family_size``): a customer whose
-    copies carry none of the probe sets answered enters with p = 1.
+    copies carry none of the probe sets answered enters with p = 1. ``rank``: the
+    rank-code channel (:mod:`.rank_channel`), combined per customer by Bonferroni.
     """
     table = customers if isinstance(customers, IssuedCustomers) else IssuedCustomers.from_list(list(customers))
     n_cust = len(table)
@@ -283,15 +291,21 @@ def score_answers(
     else:
         p, logp = null_tails(matches, by_bound)
     bounds = sorted(by_bound)
+    key_logp, scored = logp, trials > 0
+    if rank is not None:
+        p, logp = bonferroni_pair(p, logp, rank.p, rank.log10_p, rank.carried)
+        scored = scored | rank.carried
     # Holm over all n_cust customers. A p-value above alpha is never rejected, so setting it to 1 changes
     # nothing but the sort, which then meets one long run of ties (linear instead of n log n).
-    named = holm(np.where((trials > 0) & (p <= alpha), p, 1.0), alpha) if n_cust else np.zeros(0, bool)
+    named = holm(np.where(scored & (p <= alpha), p, 1.0), alpha) if n_cust else np.zeros(0, bool)
     return build_result(
         ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
         alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,
-        probe_sets=[ps.id for ps in probe_sets if ps.id in answers], method=METHOD + f" ({n_cust} customers)",
+        probe_sets=[ps.id for ps in probe_sets if ps.id in answers],
+        method=METHOD + (RANK_METHOD if rank is not None else "") + f" ({n_cust} customers)",
         decision_rule=HOLM_RULE, family_size=n_cust, threshold=None, extra=extra,
         label_choices=bounds[0] if len(bounds) == 1 else 0,
+        rank=None if rank is None else (rank, key_logp),
     )
 
 

@@ -135,6 +135,20 @@ class SuspectModel:
                     return cls
         raise ModelError(f"{self.path.name} outputs shape {list(out.shape)}, not a vector of {c} class scores or a class index")
 
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        """The suspect's class scores (float64 [n, C]: logits or probabilities) for ``x``; None if it outputs class indices."""
+        c = self.task.num_classes
+        if self.one_at_a_time:
+            outs = [self._run(x[i : i + 1]) for i in range(len(x))]
+            out = np.concatenate([o.reshape(1, -1) for o in outs]) if outs else np.zeros((0, c))
+        else:
+            out = self._run(x)
+        if out.ndim != 2 or out.shape != (len(x), c) or not np.issubdtype(out.dtype, np.floating):
+            return None
+        if not np.all(np.isfinite(out)):
+            raise ModelError(f"{self.path.name} outputs non-finite scores")
+        return out.astype(np.float64)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class indices (int64) for a batch ``x``."""
         if self.one_at_a_time:

@@ -290,6 +290,13 @@ class Ledger:
     def issued_customer_ids(self) -> list[str]:
         return [r["customer_id"] for r in self.db.query("SELECT customer_id FROM customers ORDER BY entry")]
 
+    def rank_coded_customers(self, style: str) -> set[str]:
+        """Customers with at least one issued copy whose record carries a rank code of ``style`` (e.g. ``rank-code/v1``)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT i.customer_id FROM issuances i JOIN entries e ON e.seq = i.entry "
+            "WHERE json_extract(e.payload, '$.rank_code.style') = ?", [style]).fetchall()
+        return {r[0] for r in rows}
+
     def issuance_seqs(self) -> list[int]:
         """Entry numbers of every issuance, oldest first."""
         return [r[0] for r in self.db.execute("SELECT entry FROM issuances ORDER BY entry").fetchall()]
