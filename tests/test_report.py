@@ -111,7 +111,10 @@ def test_report_is_self_contained_and_states_the_verdict(reported):
     # method in plain words, and how to verify independently
     assert "the chance that tracer names any innocent customer is at most alpha" in text
     assert "null hypothesis" in text and "Holm" in text and "cannot detect" in text
-    assert "Bonferroni" not in text and "e-value" not in text  # a model file is decided by the fixed-size Holm test
+    assert "Bonferroni's correction" not in text and "e-value" not in text  # a model file is decided by the fixed-size Holm test
+    # the copy's scores were read on the rank code too: its evidence, and how the two are combined, in words
+    assert "A second fingerprint, in the suspect's scores" in text and "twice the smaller one" in text
+    assert re.search(r"rank the wrong answers as that customer's secret ranking does on \d+ of 360 pairs", text)
     assert "Decision rule: holm-binomial" in text and "Technical appendix" in text
     assert "tracer evidence verify report.evidence.json --public-key key.pem" in text
     # every customer is in the chart, the named one highlighted and labelled

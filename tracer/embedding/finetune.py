@@ -23,6 +23,14 @@ example a head re-fitted on clean data then keeps 0.96 of the codeword
 instead of 0.82, but after the further all-layer fine-tuning of the suite's
 re-initialisation attacks the gain was gone, so it is not on by default.
 
+Rank code (``[embedding] rank_code``, :mod:`tracer.fingerprint.rankcode`): the distillation targets
+on clean inputs and anchors become (1 - eps) x the base model's answers + eps x the customer's coded
+wrong-class mass for the input's class, so the copy learns the customer's order of the wrong classes
+within the same steps (no extra forward pass). On digits, eps 0.2 with decay 0.2 per rank read best
+of the settings tried after soft-label distillation into the MLP (scratch runs, one customer each:
+eps 0.05 / decay 0.5 gave log10 p -3.0 at T=1 and -13.7 at T=3; 0.1 / 0.25 gave -8.0 and -12.0;
+0.2 / 0.2 gave -12.7 and -22.7, with the copy's clean accuracy unchanged).
+
 Cost: every step's random indices are drawn up front, and the base model's
 answers on the clean inputs those steps use (at most steps x batch_size of
 them, whatever the dataset's size) are computed in one batched pass before

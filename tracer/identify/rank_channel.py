@@ -34,7 +34,7 @@ class RankScores:
 
     def summary(self) -> dict:
         """The ``rank_code`` block of the result document."""
-        return {"read": True, "style": rankcode.RANK_CODE_STYLE, "inputs": self.inputs, "classes": self.classes,
+        return {"read": True, "style": rankcode.RANK_CODE_STYLE, "queries": self.inputs, "classes": self.classes,
                 "pairs": self.pairs, "carriers": int(self.carried.sum()), "chance": self.pairs / 2}
 
 

@@ -254,8 +254,26 @@ def _named_line(c: Candidate, r: IdentificationResult, dec: Decision) -> str:
                        f"{num(charts.format_e(-c.log10_p))}, at or above the naming threshold of {num(charts.format_e(math.log10(dec.threshold)))}. "
                        f"A model unrelated to its copy reaches that much evidence, at any point of a probe, with a chance of at most "
                        f"{_e(odds_text(c.p_value, c.log10_p))} (p = {_p(c)}).</p>")
+    if c.rank_pairs is not None and c.key_log10_p is not None and c.rank_log10_p is not None:
+        return head + (f"Matching {c.matches} or more by coincidence has a chance of {_e(_odds(c.key_log10_p))}. "
+                       f"{_rank_sentence(c, r)} Together (twice the smaller of the two chances, so that looking at two "
+                       f"fingerprints does not double the risk of a wrong name): {_e(odds_text(c.p_value, c.log10_p))} "
+                       f"(p = {_p(c)}).</p>")
     return head + (f"Matching {c.matches} or more by coincidence has a chance of "
                    f"{_e(odds_text(c.p_value, c.log10_p))} (p = {_p(c)}).</p>")
+
+
+def _odds(log10_p: float) -> str:
+    return odds_text(10.0**log10_p, log10_p)
+
+
+def _rank_sentence(c: Candidate, r: IdentificationResult) -> str:
+    """The rank code's evidence for one customer, in words."""
+    rc = r.extra.get("rank_code") or {}
+    return (f"Its scores on {num(rc.get('queries', 0))} ordinary inputs of the vendor's also rank the wrong answers as that "
+            f"customer's secret ranking does on <strong>{c.rank_concordant} of {c.rank_pairs}</strong> pairs, where an unrelated "
+            f"model agrees on {plain_count((c.rank_pairs or 0) / 2)} on average; that much agreement by coincidence has a chance of "
+            f"{_e(_odds(c.rank_log10_p or 0.0))}.")
 
 
 def _verdict_match(d: ReportData, dec: Decision, subject: str, verb: str, kind: str) -> str:
@@ -576,10 +594,27 @@ customer's copy.</li>
 </ul>"""
 
 
+def _method_rank(r: IdentificationResult) -> str:
+    """The rank code, where it was read: what it is, its null, and how it is combined with the probes."""
+    rc = r.extra.get("rank_code") or {}
+    if not rc.get("read"):
+        return ""
+    return f"""<h3 class="keep">A second fingerprint, in the suspect's scores</h3>
+<p>Each copy was also trained to spread a small part of its confidence over the wrong answers in a secret, customer-specific
+order: for inputs of each class, a ranking of the other classes drawn at random for that customer. The suspect's scores on
+{num(rc.get("queries", 0))} of the vendor's ordinary inputs were read, and for each class we counted the pairs of wrong answers
+it ranks the way the customer's secret ranking does ({num(rc.get("pairs", 0))} pairs in all). A model not derived from the
+customer's copy knows nothing of that ranking, so it agrees on each class as a random ranking would; the exact chance of
+agreeing on as many pairs as observed is computed from that. This fingerprint survives what the probes do not: a model
+trained to imitate a copy's scores inherits it. The two chances of one customer are combined by taking twice the smaller one
+(Bonferroni's rule for two tests), and that combined p-value is what the correction below uses.</p>"""
+
+
 def _method(d: ReportData, dec: Decision) -> str:
     r = d.result
     rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
-    return _method_common(r.choices, natural=any(p.startswith("pool") for p in r.probe_sets)) + rule + _method_limits()
+    return (_method_common(r.choices, natural=any(p.startswith("pool") for p in r.probe_sets)) + _method_rank(r) + rule
+            + _method_limits())
 
 
 _GLOSSARY_COMMON = [
