@@ -31,9 +31,18 @@ def show_result(result: IdentificationResult, *, json_out: bool) -> None:
         else:
             out.print("NO MATCH: no issued customer can be named at this significance level", markup=False)
         out.print(f"alpha {result.alpha:g} (family-wise over {len(result.candidates)} customers), {result.queries} queries", markup=False)
+        rank = result.extra.get("rank_code") or {}
+        if rank.get("read"):
+            out.print(f"rank code read on {rank['queries']} validation inputs ({rank['pairs']} pairs, chance {rank['chance']:g}); "
+                      "p combines keys and rank code (Bonferroni)", markup=False)
+        elif rank:
+            out.print(f"rank code not read: {rank.get('reason', '')}", markup=False)
         for c in result.candidates[:5]:
             mark = "*" if c.named else " "
-            out.print(f" {mark} {c.customer:<24} {c.matches:>4}/{c.trials:<4} p = {c.p_value:.3g} (log10 {c.log10_p:.1f})", markup=False)
+            line = f" {mark} {c.customer:<24} {c.matches:>4}/{c.trials:<4} p = {c.p_value:.3g} (log10 {c.log10_p:.1f})"
+            if c.rank_pairs is not None:
+                line += f"  keys log10 {c.key_log10_p:.1f}, rank {c.rank_concordant}/{c.rank_pairs} log10 {c.rank_log10_p:.1f}"
+            out.print(line, markup=False)
     raise typer.Exit(EXIT_OK if result.matched else EXIT_FAILED)
 
 

@@ -45,7 +45,9 @@ def _facts(ev: Evaluation) -> str:
         ("Attacker share", f"{_e(s.attacker_data)}; {num(s.attacker_size)} inputs"),
         ("Identification", f"exact binomial p-values, Holm's step-down over {num(s.issued_customers)} issued customers at "
                            f"alpha {num(format_alpha(s.alpha))}: a customer is named for certain when its p-value is below "
-                           f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}"),
+                           f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}. Where the copy carries a rank "
+                           "code and the attacked model gives scores, the p-value combines the keys' with the rank code's "
+                           "(twice the smaller; rank code: pairs of wrong classes ordered as the customer's code)"),
         ("Ledger entry", num(ev.ledger_entry if ev.ledger_entry is not None else "-")),
     ]
     return kv_table(rows)
@@ -76,16 +78,17 @@ def _attack_row(a: AttackResult) -> str:
     verdict = f'<td style="color:{_COLORS.get(a.verdict, "#777")};font-weight:600">{_e(a.verdict)}</td>'
     head = f"<tr><td><code>{_e(a.name)}</code></td><td>{_e(a.description)}</td><td>{_e(settings)}</td>"
     if a.clean_accuracy is None:
-        return head + f"<td colspan=5>{_e(a.note)}</td>{verdict}</tr>"
+        return head + f"<td colspan=6>{_e(a.note)}</td>{verdict}</tr>"
+    rank = "-" if a.rank_pairs is None else f"{a.rank_concordant}/{a.rank_pairs}"
     return (head + f"<td class=n>{a.clean_accuracy:.4f}</td><td class=n>{100 * (a.accuracy_drop or 0):+.1f}</td>"
-            f"<td class=n>{a.matches}/{a.trials}</td><td class=n>{_e(format_p(a.p_value, a.log10_p))}</td>"
+            f"<td class=n>{a.matches}/{a.trials}</td><td class=n>{_e(rank)}</td><td class=n>{_e(format_p(a.p_value, a.log10_p))}</td>"
             f"<td>{_e(', '.join(a.named) or '-')}</td>{verdict}</tr>")
 
 
 def _attacks(ev: Evaluation) -> str:
     s, summary = ev.suite, ev.suite.to_json()["summary"]
     table = ('<div class="scroll"><table class="grid"><tr><th>attack</th><th>what the leaker did</th><th>settings</th>'
-             "<th>clean acc</th><th>drop (pts)</th><th>agreement</th><th>p-value</th><th>named</th><th>verdict</th></tr>"
+             "<th>clean acc</th><th>drop (pts)</th><th>agreement</th><th>rank code</th><th>p-value</th><th>named</th><th>verdict</th></tr>"
              + "".join(_attack_row(a) for a in [s.reference] + s.attacks) + "</table></div>")
     verdicts = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in VERDICTS.items())
     return ("<h2>Attacks</h2>"

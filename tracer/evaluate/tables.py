@@ -11,15 +11,22 @@ __all__ = ["format_p", "suite_table", "evasion_table", "false_accusation_table"]
 
 def _row(a: AttackResult) -> list[str]:
     if a.clean_accuracy is None:
-        return [a.name, a.group, "-", "-", "-", "-", "-", "-", f"{a.verdict}: {a.note}" if a.note else a.verdict]
+        return [a.name, a.group, "-", "-", "-", "-", "-", "-", "-", f"{a.verdict}: {a.note}" if a.note else a.verdict]
     named = ", ".join(a.named) if a.named else "-"
     right = f"{a.named_right}/{len(a.right)}"
     others = ", ".join(a.named_others) if a.named_others else "-"
     return [
         a.name, a.group, f"{a.clean_accuracy:.4f}", f"{100 * (a.accuracy_drop or 0):+.1f}",
-        f"{a.matches}/{a.trials} ({a.agreement:.2f})", format_p(a.p_value, a.log10_p), right, others,
+        f"{a.matches}/{a.trials} ({a.agreement:.2f})", _rank(a), format_p(a.p_value, a.log10_p), right, others,
         a.verdict + (f" [{named}]" if len(a.right) > 1 else ""),
     ]
+
+
+def _rank(a: AttackResult) -> str:
+    """The rank code's concordant pairs and its own p-value, where it was read ("-": not read, or not carried)."""
+    if a.rank_pairs is None or a.rank_log10_p is None:
+        return "-"
+    return f"{a.rank_concordant}/{a.rank_pairs} ({format_p(10.0**a.rank_log10_p, a.rank_log10_p)})"
 
 
 def _render(header: list[str], rows: list[list[str]], right_align: set[int]) -> str:
@@ -81,10 +88,12 @@ def suite_table(s: SuiteResult, *, params: bool = True) -> str:
         f"attacker share: {s.attacker_data}; {s.attacker_size} inputs\n"
         f"identification: Holm over {s.issued_customers} issued customers at alpha {s.alpha:g}; "
         f"an attack costing more than {100 * s.budget:.0f} points of accuracy is not a valid attack\n"
+        f"agreement: keys answered with the customer's labels; rank code: pairs of wrong classes ordered as the customer's code, "
+        f"read from scores on the validation inputs; p-value: the one identify decides on (both combined by Bonferroni where read)\n"
     ) if s.base_accuracy is not None else f"copy of {s.customer}: {s.model_path}\n"
-    header = ["attack", "group", "clean acc", "drop pts", "agreement", "p-value", "named right", "named others", "verdict"]
+    header = ["attack", "group", "clean acc", "drop pts", "agreement", "rank code (p)", "p-value", "named right", "named others", "verdict"]
     rows = [_row(s.reference)] + [_row(a) for a in s.attacks]
-    table = _render(header, rows, {2, 3, 4, 5, 6})
+    table = _render(header, rows, {2, 3, 4, 5, 6, 7})
     out = head + "\n" + table
     evasion = evasion_table(s)
     if evasion:
