@@ -6,7 +6,6 @@ into another architecture, old records are not read on it) run on the shared iss
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 
 from tracer.fingerprint import rankcode
+from tracer.fingerprint.probes import codeword, codewords
 from tracer.fingerprint.stats import bonferroni_pair, mahonian_counts, rank_code_tails
-from tracer.keys.derive import customer_key, uniform_permutation
 
 MASTER = bytes(range(32))
 
@@ -23,47 +22,52 @@ MASTER = bytes(range(32))
 # -- derivation: golden vectors and an independent reference -------------------------------------------------
 
 
-def _reference_permutation(key: bytes, label: str, n: int) -> list[int]:
-    """Fisher-Yates over SHAKE-256(key || 0 || label) words, written out without numpy."""
-    stream = hashlib.shake_256(key + b"\0" + label.encode()).digest(4 * n + 4096)
-    words = (int.from_bytes(stream[i : i + 4], "big") for i in range(0, len(stream), 4))
-    out = list(range(n))
-    for i in range(n - 1, 0, -1):
-        bound = i + 1
-        limit = (2**32 // bound) * bound
-        w = next(x for x in words if x < limit)
-        j = w % bound
-        out[i], out[j] = out[j], out[i]
-    return out
+def _reference_decode(k: int, n: int) -> list[int]:
+    """The Lehmer code k of an order of n items (factorial number system), written out without numpy."""
+    free, out = list(range(n)), []
+    for i in range(n):
+        f = math.factorial(n - 1 - i)
+        out.append(free.pop(k // f))
+        k %= f
+    return out  # out[r] = the item at rank r
 
 
-def test_golden_permutations_and_rank_orders():
-    key = customer_key(MASTER, "acme-01")
-    assert uniform_permutation(key, "rank-code/v1/class/0", 9).tolist() == [1, 0, 3, 2, 7, 5, 6, 8, 4]
-    assert uniform_permutation(b"k" * 32, "x", 20).tolist() == [10, 11, 3, 0, 5, 16, 8, 6, 17, 9, 13, 1, 7, 12, 14, 18, 4, 15, 2, 19]
+def test_golden_rank_orders():
     ranks = rankcode.rank_orders(MASTER, "acme-01", 10)
-    assert ranks[0].tolist() == [-1, 1, 0, 3, 2, 7, 5, 6, 8, 4]
-    assert ranks[9].tolist() == [3, 2, 1, 0, 8, 5, 4, 6, 7, -1]
-    assert rankcode.rank_orders(MASTER, "acme-01", 3).tolist() == [[-1, 1, 0], [1, -1, 0], [0, 1, -1]]
-    assert rankcode.rank_commitment(MASTER, "acme-01", 10) == "b67435cabe6b66846b4ec5dece824445b339f3e8b450f241c58924345af904e8"
+    assert ranks[0].tolist() == [-1, 8, 5, 1, 0, 3, 7, 4, 6, 2]
+    assert ranks[9].tolist() == [8, 2, 6, 4, 3, 1, 5, 0, 7, -1]
+    assert rankcode.rank_orders(MASTER, "acme-01", 3).tolist() == [[-1, 1, 0], [1, -1, 0], [1, 0, -1]]
+    assert rankcode.rank_commitment(MASTER, "acme-01", 10) == "ceb47aad0fb14836ff546680b4a258cc3ef1a1b6af214ca107001af6e3399086"
     assert rankcode.rank_orders(MASTER, " ACME-01", 10).tolist() == ranks.tolist()  # the canonical customer id
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 9, 40])
-def test_permutation_matches_the_reference(n):
-    for label in ("a", "b", "rank-code/v1/class/3"):
-        assert uniform_permutation(b"\x07" * 32, label, n).tolist() == _reference_permutation(b"\x07" * 32, label, n)
+def test_rank_orders_are_the_codeword_streams_lehmer_codes():
+    """Derived exactly as a codeword over (C-1)! values (golden vectors in test_derive), then decoded as a Lehmer code."""
+    codes = codeword(MASTER, "acme-01", rankcode.SET_ID, 10, math.factorial(9))
+    assert codes.tolist() == [135683, 189755, 111527, 209599, 207027, 274950, 313225, 89613, 149595, 308583]
+    assert codewords(MASTER, ["acme-01"], rankcode.SET_ID, 10, math.factorial(9)).tolist() == [codes.tolist()]  # not cut to int16
+    ranks = rankcode.rank_orders(MASTER, "acme-01", 10)
+    for y in range(10):
+        wrong = [j for j in range(10) if j != y]
+        by_rank = _reference_decode(int(codes[y]), 9)
+        assert [int(ranks[y, wrong[w]]) for w in by_rank] == list(range(9))
 
 
-def test_permutations_are_uniform():
-    """All 3! orders equally often over 6000 labels (chi-square with 5 degrees of freedom, p > 1e-4)."""
-    seen = {}
-    for i in range(6000):
-        perm = tuple(uniform_permutation(b"\x01" * 32, f"u/{i}", 3).tolist())
-        seen[perm] = seen.get(perm, 0) + 1
-    assert sorted(seen) == sorted(itertools.permutations(range(3)))
-    chi2 = sum((v - 1000) ** 2 / 1000 for v in seen.values())
-    assert chi2 < 25.7
+def test_lehmer_decoding_is_a_bijection():
+    """Every one of the 4! codes of a 5-class task gives a different order: uniform codes give uniform orders."""
+    codes = np.arange(24)[:, None].repeat(5, axis=1)
+    ranks = rankcode.lehmer_ranks(codes, 5)
+    for y in range(5):
+        orders = {tuple(np.delete(r[y], y).tolist()) for r in ranks}
+        assert orders == set(itertools.permutations(range(4)))
+
+
+def test_rank_matrix_uses_the_encrypted_cache(tmp_path):
+    ids = [f"c{i}" for i in range(50)]
+    first = rankcode.rank_matrix(MASTER, ids, 10, cache_dir=tmp_path)
+    assert any(tmp_path.iterdir())  # written...
+    assert np.array_equal(rankcode.rank_matrix(MASTER, ids[::-1], 10, cache_dir=tmp_path), first[::-1])  # ...and read back
+    assert np.array_equal(first, rankcode.rank_matrix(MASTER, ids, 10))
 
 
 def test_rank_orders_are_per_customer_and_per_class():
@@ -74,8 +78,9 @@ def test_rank_orders_are_per_customer_and_per_class():
         for y in range(10):
             assert sorted(np.delete(r[y], y).tolist()) == list(range(9))
     assert rankcode.rank_matrix(MASTER, ["acme", "globex"], 10).tolist() == [a.tolist(), b.tolist()]
-    with pytest.raises(ValueError):
-        rankcode.rank_orders(MASTER, "acme", 2)
+    for bad in (2, 14):
+        with pytest.raises(ValueError):
+            rankcode.rank_orders(MASTER, "acme", bad)
 
 
 def test_coded_mass_falls_off_along_the_order():

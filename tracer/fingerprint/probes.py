@@ -90,8 +90,8 @@ def customer_labels(master: bytes, customer_id: str, key_set: ProbeSet, num_clas
 
 
 def codewords(master: bytes, customer_ids: list[str], set_id: str, count: int, num_classes: int) -> np.ndarray:
-    """Codeword matrix [N customers, P probes] as int16, for vectorized scoring."""
-    out = np.empty((len(customer_ids), count), dtype=np.int16)
+    """Codeword matrix [N customers, P probes] as int16 (int32 for bounds above 32767: the rank code's), for vectorized scoring."""
+    out = np.empty((len(customer_ids), count), dtype=np.int16 if num_classes <= 32767 else np.int32)
     for i, cid in enumerate(customer_ids):
         out[i] = codeword(master, cid, set_id, count, num_classes)
     return out

@@ -16,28 +16,35 @@ orders as that customer's code does. The exact null and its p-value are in
 :func:`tracer.fingerprint.stats.rank_code_tails`. Nothing here looks at which customer is asked about
 before the count: the profiles are a function of the suspect and the vendor's data alone.
 
-Style ``rank-code/v1``: derivation labels ``rank-code/v1/class/<y>`` on the customer's key, DECAY 0.2.
-A copy carries the code when its issuance record has a ``rank_code`` entry; older copies are never
-read on it.
+Style ``rank-code/v1``: one integer per class, exactly uniform in [0, (C-1)!), from the customer's
+stream with label ``codeword/rankcode-v1`` (the codewords' own derivation, so the encrypted codeword
+cache holds them too: :func:`tracer.fingerprint.cache.codeword_matrix`), read as the Lehmer code of a
+permutation (a bijection, so the order is exactly uniform); DECAY 0.2; 3 to 13 classes ((C-1)! must
+fit one 32-bit draw). A copy carries the code when its issuance record has a ``rank_code`` entry;
+older copies are never read on it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from ..keys.derive import customer_key, hkdf_key, normalize_customer_id, uniform_permutation
+from ..keys.derive import hkdf_key, normalize_customer_id
+from .cache import codeword_matrix
 from .stats import rank_code_tails
 
-__all__ = ["RANK_CODE_STYLE", "DECAY", "MIN_CLASSES", "MAX_CLASSES", "applicable", "rank_orders", "rank_matrix",
+__all__ = ["RANK_CODE_STYLE", "DECAY", "MIN_CLASSES", "MAX_CLASSES", "SET_ID", "applicable", "lehmer_ranks", "rank_orders", "rank_matrix",
            "coded_mass", "rank_commitment", "record", "log_scores", "class_profiles", "concordant_pairs", "rank_p_values"]
 
 RANK_CODE_STYLE = "rank-code/v1"
 DECAY = 0.2  # the coded mass on the wrong class of rank r is proportional to exp(-DECAY r)
 MIN_CLASSES = 3  # two wrong classes at least: one pair per class
-MAX_CLASSES = 256  # past this the per-class profiles get thin and the exact tails large; not offered
+MAX_CLASSES = 13  # (C-1)! orders must fit one 32-bit uniform draw
+SET_ID = "rankcode-v1"  # derivation label codeword/<SET_ID>, and the name of its codeword cache
 
 
 def applicable(num_classes: int) -> bool:
@@ -45,28 +52,48 @@ def applicable(num_classes: int) -> bool:
     return MIN_CLASSES <= num_classes <= MAX_CLASSES
 
 
+def _check(num_classes: int) -> None:
+    if not applicable(num_classes):
+        raise ValueError(f"a rank code needs {MIN_CLASSES} to {MAX_CLASSES} classes, not {num_classes}")
+
+
+def lehmer_ranks(codes: np.ndarray, num_classes: int) -> np.ndarray:
+    """[N, C, C] int16 ranks from [N, C] Lehmer codes in [0, (C-1)!): R[., y, j] = rank of wrong class j for class y; -1 on the diagonal.
+
+    Code k of class y gives digits d_i = (k // (n-1-i)!) mod (n-i), n = C-1; the wrong class at rank i
+    is the d_i-th of those not yet placed (in increasing class order). k <-> order is a bijection.
+    """
+    _check(num_classes)
+    n, codes = num_classes - 1, np.asarray(codes, dtype=np.int64)
+    out = np.full((len(codes), num_classes, num_classes), -1, dtype=np.int16)
+    rows = np.arange(len(codes))
+    for y in range(num_classes):
+        wrong = np.array([j for j in range(num_classes) if j != y])
+        free = np.ones((len(codes), n), dtype=bool)
+        k = codes[:, y]
+        for i in range(n):
+            digit = (k // math.factorial(n - 1 - i)) % (n - i)
+            pick = np.argmax(np.cumsum(free, axis=1) == (digit + 1)[:, None], axis=1)  # the digit-th free slot
+            free[rows, pick] = False
+            out[rows, y, wrong[pick]] = i
+    return out
+
+
+def rank_matrix(master: bytes, customer_ids: Sequence[str], num_classes: int, *, cache_dir: Path | None = None) -> np.ndarray:
+    """[N, C, C] int16: each customer's rank code (:func:`rank_orders`), from the encrypted codeword cache where given."""
+    _check(num_classes)
+    codes = codeword_matrix(master, [normalize_customer_id(c) for c in customer_ids], SET_ID, num_classes,
+                            math.factorial(num_classes - 1), folder=cache_dir)
+    return lehmer_ranks(codes, num_classes)
+
+
 def rank_orders(master: bytes, customer_id: str, num_classes: int) -> np.ndarray:
     """[C, C] int16: R[y, j] = rank of wrong class j on inputs of class y (0: the most likely wrong class); R[y, y] = -1.
 
-    Per class, one exactly uniform permutation of the C-1 wrong classes (in increasing class order)
-    from the customer's key, label ``rank-code/v1/class/<y>``: independent across classes and customers.
+    Per class, an exactly uniform order of the C-1 wrong classes from the customer's stream:
+    independent across classes and customers.
     """
-    if not applicable(num_classes):
-        raise ValueError(f"a rank code needs {MIN_CLASSES} to {MAX_CLASSES} classes, not {num_classes}")
-    key = customer_key(master, normalize_customer_id(customer_id))
-    out = np.full((num_classes, num_classes), -1, dtype=np.int16)
-    for y in range(num_classes):
-        wrong = np.array([j for j in range(num_classes) if j != y])
-        out[y, wrong] = uniform_permutation(key, f"{RANK_CODE_STYLE}/class/{y}", num_classes - 1)
-    return out
-
-
-def rank_matrix(master: bytes, customer_ids: Sequence[str], num_classes: int) -> np.ndarray:
-    """[N, C, C] int16: :func:`rank_orders` of each customer, stacked (for scoring many customers at once)."""
-    out = np.empty((len(customer_ids), num_classes, num_classes), dtype=np.int16)
-    for i, cid in enumerate(customer_ids):
-        out[i] = rank_orders(master, cid, num_classes)
-    return out
+    return rank_matrix(master, [customer_id], num_classes)[0]
 
 
 def coded_mass(ranks: np.ndarray) -> np.ndarray:

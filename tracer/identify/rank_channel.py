@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,11 +46,12 @@ def not_read(reason: str) -> dict:
 
 def read_rank_code(ledger: Ledger, master: bytes, ids: Sequence[str], *, num_classes: int,
                    scores: Callable[[np.ndarray], np.ndarray | None] | None,
-                   validation: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[RankScores | None, dict | None]:
+                   validation: Callable[[], tuple[np.ndarray, np.ndarray]],
+                   cache_dir: Path | None = None) -> tuple[RankScores | None, dict | None]:
     """(scores of the channel or None, its ``rank_code`` block or None when no copy carries one).
 
     ``scores(x)`` returns the suspect's raw outputs (None: class indices only); ``validation()`` the
-    vendor's validation inputs and labels.
+    vendor's validation inputs and labels; ``cache_dir``: the encrypted codeword cache the codes are kept in.
     """
     if not rankcode.applicable(num_classes):
         return None, None
@@ -69,7 +71,8 @@ def read_rank_code(ledger: Ledger, master: bytes, ids: Sequence[str], *, num_cla
     rows = np.flatnonzero(carried)
     concordant = np.zeros(len(all_ids), dtype=np.int64)
     classes = int(read.sum())
-    concordant[rows] = rankcode.concordant_pairs(profiles, read, rankcode.rank_matrix(master, [all_ids[i] for i in rows], num_classes))
+    concordant[rows] = rankcode.concordant_pairs(profiles, read, rankcode.rank_matrix(master, [all_ids[i] for i in rows], num_classes,
+                                                                                  cache_dir=cache_dir))
     p, logp = np.ones(len(all_ids)), np.zeros(len(all_ids))
     p[rows], logp[rows] = rankcode.rank_p_values(concordant[rows], num_classes=num_classes, classes_read=classes)
     out = RankScores(carried=carried, concordant=concordant, p=p, log10_p=logp,

@@ -39,7 +39,6 @@ __all__ = [
     "probe_set_key",
     "shake_stream",
     "uniform_ints",
-    "uniform_permutation",
     "pending_marker_key",
 ]
 
@@ -119,35 +118,6 @@ def uniform_ints(key: bytes, label: str, count: int, bound: int) -> np.ndarray:
         if accepted.size >= count:
             return accepted[:count].copy()
         nbytes *= 2
-
-
-def uniform_permutation(key: bytes, label: str, n: int) -> np.ndarray:
-    """An exactly uniform permutation of ``range(n)`` (int64): Fisher-Yates over one SHAKE-256 stream.
-
-    Step i (i = n-1 down to 1) swaps position i with a position j exactly uniform in [0, i], taken from
-    the stream's next 32-bit big-endian words by rejection sampling (as :func:`uniform_ints`), so each of
-    the n! orders has probability exactly 1/n!. The stream is prefix-stable, so growing it never
-    changes the words already used.
-    """
-    if not 1 <= n <= 2**16:
-        raise ValueError("n must be in [1, 65536]")
-    out = np.arange(n, dtype=np.int64)
-    nbytes, pos = 4 * n + 64, 0
-    words = np.frombuffer(shake_stream(key, label, nbytes), dtype=">u4").astype(np.int64)
-    for i in range(n - 1, 0, -1):
-        bound = i + 1
-        limit = (2**32 // bound) * bound
-        while True:
-            if pos == len(words):
-                nbytes *= 2
-                words = np.frombuffer(shake_stream(key, label, nbytes), dtype=">u4").astype(np.int64)
-            w = int(words[pos])
-            pos += 1
-            if w < limit:
-                break
-        j = w % bound
-        out[i], out[j] = out[j], out[i]
-    return out
 
 
 def pending_marker_key(master: bytes) -> bytes:
