@@ -142,3 +142,22 @@ def test_class_profiles_of_an_issued_copy_follow_its_code(digits_ws):
     profile, read = rankcode.class_profiles(np.asarray(logits, dtype=np.float64), d.y_val, 10)
     own = rankcode.concordant_pairs(profile, read, rankcode.rank_matrix(keyring.master, ["acme"], 10))[0]
     assert own > 0.75 * 360
+
+
+def test_the_master_check_rederives_the_rank_commitment(issued_digits, tmp_path):
+    """A record whose rank-code commitment does not re-derive from the master secret is refused like a wrong key."""
+    from tracer.errors import KeyMismatch
+    from tracer.workspace import verify_master_matches
+
+    root = copy_workspace(issued_digits, tmp_path / "ws")
+    ws = Workspace(root)
+    keyring = ws.unlock(passphrase=PASSPHRASE)
+    with ws.ledger() as ledger:
+        assert verify_master_matches(ledger, keyring) == 3
+        p = next(iter(ledger.issuances())).payload
+        forged = {**p["rank_code"], "commitment": "0" * 64}
+        ledger.append("issuance", {**p, "new_customer": False, "issuance_number": 2, "rank_code": forged,
+                                   "model_sha256": hashlib.sha256(b"x").hexdigest(), "model_path": "paper/x.onnx"},
+                      key=keyring.signing_key)
+        with pytest.raises(KeyMismatch):
+            verify_master_matches(ledger, keyring)

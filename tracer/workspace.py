@@ -168,7 +168,7 @@ class _RecordedSet:
 
 
 def _commitment_matches(master: bytes, e: Entry, public_key: Any) -> bool:
-    """Recompute one issuance's trigger commitment from the master secret (after checking the record is signed)."""
+    """Recompute one issuance's trigger commitment (and rank-code commitment) from the master secret (after checking the record is signed)."""
     from .fingerprint import trigger_commitment
 
     if entry_hash(e.seq, e.kind, e.time, e.prev, e.payload) != e.hash or \
@@ -178,7 +178,13 @@ def _commitment_matches(master: bytes, e: Entry, public_key: Any) -> bool:
     p = e.payload
     sets = [_RecordedSet(d) for d in p["probe_sets"]]
     num_classes = int(p["parameters"]["task"]["num_classes"])
-    return trigger_commitment(master, p["customer_id"], cast(list, sets), num_classes) == p["trigger_commitment"]
+    if trigger_commitment(master, p["customer_id"], cast(list, sets), num_classes) != p["trigger_commitment"]:
+        return False
+    if "rank_code" in p:  # the copy's rank code is committed to as well (rank-code/v1)
+        from .fingerprint.rankcode import rank_commitment
+
+        return rank_commitment(master, p["customer_id"], num_classes) == p["rank_code"]["commitment"]
+    return True
 
 
 def verify_master_matches(ledger: Ledger, keyring: Keyring, *, public_key: Any = None, sample: int = MASTER_CHECK_SAMPLE) -> int:

@@ -29,7 +29,14 @@ wrong-class mass for the input's class, so the copy learns the customer's order 
 within the same steps (no extra forward pass). On digits, eps 0.2 with decay 0.2 per rank read best
 of the settings tried after soft-label distillation into the MLP (scratch runs, one customer each:
 eps 0.05 / decay 0.5 gave log10 p -3.0 at T=1 and -13.7 at T=3; 0.1 / 0.25 gave -8.0 and -12.0;
-0.2 / 0.2 gave -12.7 and -22.7, with the copy's clean accuracy unchanged).
+0.2 / 0.2 gave -12.7 and -22.7, with the copy's clean accuracy unchanged). The anchors carry the
+code too, and must: holding them to the base's answers instead left the code far weaker after
+distillation at T=1 (log10 p -4.8 to -7.6 against -13.0 to -15.7, four customers each), because a
+student's queries fall in the anchors' neighbourhoods. The code competes with the triggers for the
+copy's capacity: at the old digits settings (200 steps, 32 triggers per step) 2 of 10 first tries met
+the trigger gate, and a whole issuance cost 2.15x the CPU of one without the code (8 customers);
+with 64 triggers per step and 250 steps (the digits example's settings since) 8 of 8 landed on the
+first try at 1.02x that CPU.
 
 Cost: every step's random indices are drawn up front, and the base model's
 answers on the clean inputs those steps use (at most steps x batch_size of

@@ -513,6 +513,9 @@ def _records(d: ReportData) -> str:
             rows.append(("Base model SHA-256", f'<span class="hash">{_e(p["base_model_sha256"])}</span>'))
         if p.get("trigger_commitment"):
             rows.append(("Commitment to the secret fingerprint", f'<span class="hash">{_e(p["trigger_commitment"])}</span>'))
+        if isinstance(p.get("rank_code"), dict) and p["rank_code"].get("commitment"):
+            rows.append(("Commitment to the secret ranking of wrong answers",
+                         f'<span class="hash">{_e(p["rank_code"]["commitment"])}</span>'))
         parts.append(f"<h3>{_e(p.get('display_name', p.get('customer_id', '')))}, {_e(_date(e.time))}</h3>"
                      f'<table class="kv">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
     parts.append("<h3>This identification</h3>")
