@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "save_result", "timed"]
+__all__ = ["BEFORE_RANK_CODE", "CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "save_result", "timed"]
 
 #: The passphrase of every bench workspace (the bench never imports tests/: it has its own).
 PASSPHRASE = "bench-passphrase"
@@ -36,31 +36,45 @@ def save_result(name: str, text: str) -> Path:
     return path
 
 
-def example_text(example: str, keys: str = "noise") -> str:
-    """The example's tracer.toml; ``keys="natural"`` switches it to natural-mix keys (:data:`NATURAL_KEYS`)."""
+#: ``embedding=BEFORE_RANK_CODE``: the [embedding] settings before the rank code (issue 12): none, 200 steps, 32 triggers
+BEFORE_RANK_CODE = {"rank_code": "0.0", "steps": "200", "trigger_batch": "32"}
+
+
+def _set_embedding(text: str, settings: dict[str, str]) -> str:
+    """``text`` with each ``[embedding]`` key set to its value (replacing the example's line, or added)."""
     import re
 
-    from tracer.examples import example_config
-
-    text = example_config(example)
-    if keys == "noise":
-        return text
-    lines = "".join(f"{k} = {v}\n" for k, v in NATURAL_KEYS.items())
-    text = re.sub(r"(?m)^\[fingerprint\]\n", "[fingerprint]\n" + lines, text)
-    for k, v in NATURAL_EMBEDDING.items():
+    for k, v in settings.items():
         text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
         if not found:
             text = re.sub(r"(?m)^\[embedding\]\n", f"[embedding]\n{k} = {v}\n", text)
     return text
 
 
-def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS, *, keys: str = "noise") -> Path:
+def example_text(example: str, keys: str = "noise", embedding: dict[str, str] | None = None) -> str:
+    """The example's tracer.toml; ``keys="natural"`` switches it to natural-mix keys (:data:`NATURAL_KEYS`).
+
+    ``embedding``: ``[embedding]`` settings to apply last (e.g. :data:`BEFORE_RANK_CODE`).
+    """
+    import re
+
+    from tracer.examples import example_config
+
+    text = example_config(example)
+    if keys != "noise":
+        lines = "".join(f"{k} = {v}\n" for k, v in NATURAL_KEYS.items())
+        text = _set_embedding(re.sub(r"(?m)^\[fingerprint\]\n", "[fingerprint]\n" + lines, text), NATURAL_EMBEDDING)
+    return _set_embedding(text, embedding or {})
+
+
+def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS, *, keys: str = "noise",
+                           embedding: dict[str, str] | None = None) -> Path:
     """init --example, train the base model, issue each customer; return the workspace folder."""
     from tracer.embedding import Issuer
     from tracer.examples import prepare_example
     from tracer.workspace import init_workspace
 
-    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_text(example, keys), scrypt=FAST_SCRYPT)
+    ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_text(example, keys, embedding), scrypt=FAST_SCRYPT)
     prepare_example(ws, example, progress=False)
     Issuer(ws, ws.unlock(passphrase=PASSPHRASE)).issue_many(list(customers))
     return ws.root

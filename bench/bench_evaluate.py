@@ -11,6 +11,7 @@ best of ``--repeat`` each.
     python bench/bench_evaluate.py --example digits --independent 12
     python bench/bench_evaluate.py --example shapes --save   # tens of minutes on 2 cores
     python bench/bench_evaluate.py --cost-only          # just the embedding cost ratio
+    python bench/bench_evaluate.py --example digits --before-rank-code --save --suffix _before_rankcode
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
-from _common import PASSPHRASE, build_issued_workspace, save_result
+from _common import BEFORE_RANK_CODE, PASSPHRASE, build_issued_workspace, save_result
 
 from tracer import __version__
 from tracer.evaluate import Evaluation, false_accusation_study, run_suite
@@ -64,11 +65,12 @@ def cost_ratio(repeat: int = 2) -> str:
             f"ratio {min(t_embed) / min(t_base):.3f} (best/best)")
 
 
-def run_example(example: str, tmp: Path, independent: int, attacks: str | None, keys: str = "noise") -> str:
+def run_example(example: str, tmp: Path, independent: int, attacks: str | None, keys: str = "noise",
+                embedding: dict[str, str] | None = None) -> str:
     t0 = time.perf_counter()
     root = tmp / example
     if not (root / "tracer.toml").exists():
-        root = build_issued_workspace(root, example, keys=keys)
+        root = build_issued_workspace(root, example, keys=keys, embedding=embedding)
     built = time.perf_counter() - t0
     ws = Workspace(root)
     keyring = ws.unlock(passphrase=PASSPHRASE)
@@ -103,6 +105,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="repetitions of the cost measurement")
     ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
                     help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
+    ap.add_argument("--before-rank-code", action="store_true",
+                    help="issue with the [embedding] settings before the rank code (bench/_common.BEFORE_RANK_CODE)")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named after the examples; default: a temporary folder")
     args = ap.parse_args()
@@ -112,7 +116,8 @@ def main() -> None:
     examples = ("digits", "tabular") if args.example == "both" else (args.example,)
     with tempfile.TemporaryDirectory(prefix="tracer-bench-evaluate-") as tmp:
         for ex in examples:
-            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys)
+            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys,
+                               BEFORE_RANK_CODE if args.before_rank_code else None)
             print(text)
             if args.save:
                 save_result(f"evaluate_{ex}{args.suffix}.txt", text)

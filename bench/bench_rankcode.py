@@ -9,7 +9,7 @@ T=3 and hard-label distillation, into the same CNN and into the MLP (60 epochs o
 fine-tuning all layers 5 and 20 epochs; 50 % magnitude pruning; the average of two customers' copies
 and their ensemble (collusion); and the nulls (independent CNN and MLP, the base model). Then a
 simulated null of the statistic on 2000 other customer ids' codes read on each null model, and the
-issuance cost of the example's settings against those before the rank code (:data:`BEFORE`), same run.
+issuance cost of the example's settings against those before the rank code (:data:`_common.BEFORE_RANK_CODE`), same run.
 
     python bench/bench_rankcode.py [--customers 4] [--out rankcode_digits.txt]
 """
@@ -17,14 +17,13 @@ issuance cost of the example's settings against those before the rank code (:dat
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import FAST_SCRYPT, PASSPHRASE, example_text, save_result
+from _common import BEFORE_RANK_CODE, FAST_SCRYPT, PASSPHRASE, example_text, save_result
 
 from tracer.data import load_dataset
 from tracer.embedding import Issuer
@@ -40,17 +39,8 @@ from tracer.workspace import Workspace, init_workspace
 IDS = ("acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne")
 
 
-#: the digits example's [embedding] before the rank code: no code, 200 steps, 32 triggers per step
-BEFORE = {"rank_code": "0.0", "steps": "200", "trigger_batch": "32"}
-
-
 def build(root: Path, customers: list[str], before: bool) -> tuple[Workspace, float, list[dict]]:
-    text = example_text("digits")
-    if before:
-        for k, v in BEFORE.items():
-            text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
-            if not found:
-                text = text.replace("[embedding]\n", f"[embedding]\n{k} = {v}\n")
+    text = example_text("digits", embedding=BEFORE_RANK_CODE if before else None)
     ws = init_workspace(root, passphrase=PASSPHRASE, config_text=text, scrypt=FAST_SCRYPT)
     prepare_example(ws, "digits", progress=False)
     t0 = time.process_time()
@@ -86,7 +76,7 @@ def main() -> None:
             f"(decay {rankcode.DECAY}/rank); alpha {cfg.alpha:g}; {len(customers)} customers; attacker share {len(xa)}, "
             f"validation {len(d.x_val)} (the rank code is read there)")
         say("\nissuance (same run, same customers; each workspace its own master key):")
-        for name, recs, cpu in (("rank code (example now)", recs_on, cpu_on), ("before: " + ", ".join(f"{k} {v}" for k, v in BEFORE.items()), recs_off, cpu_off)):
+        for name, recs, cpu in (("rank code (example now)", recs_on, cpu_on), ("before: " + ", ".join(f"{k} {v}" for k, v in BEFORE_RANK_CODE.items()), recs_off, cpu_off)):
             steps = [r["embedding"]["steps"] for r in recs]
             tries = [r["embedding"]["attempts"] for r in recs]
             drops = [100 * (r["metrics"]["base_accuracy"] - r["metrics"]["clean_accuracy"]) for r in recs]

@@ -206,9 +206,9 @@ class FingerprintConfig:
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class EmbeddingConfig:
-    steps: Int = Field(default=200, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
+    steps: Int = Field(default=250, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
     batch_size: Int = Field(default=32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
-    trigger_batch: Int = Field(default=32, ge=1, le=MAX_BATCH, description="triggers per step")
+    trigger_batch: Int = Field(default=64, ge=1, le=MAX_BATCH, description="triggers per step (64 with 250 steps: room for the rank code too)")
     learning_rate: Float = Field(default=2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
     distill_weight: Float = Field(default=12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
     trigger_noise: Float = Field(default=0.03, ge=0, le=1, description="triggers jittered by this fraction of the input range")
