@@ -84,6 +84,7 @@ def test_issuance_records_the_style_and_the_pool(ws, keyring):
         assert r["key_style"] == KEY_STYLE
         assert r["probe_sets"] == [pool.record()] and r["probe_sets"][0]["bound"] == 2
         assert r["metrics"]["triggers"] == POOL and r["metrics"]["trigger_accuracy"] >= 0.95
+        assert "rank_code" not in r  # natural-mix copies carry no rank code (it costs them the clean gate)
     assert pool_path(ws.keys_dir).stat().st_mode & 0o777 == 0o600
     assert pool.dataset_fingerprint == records[0]["dataset_fingerprint"]
 

@@ -223,7 +223,7 @@ class EmbeddingConfig:
     polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
     feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
     rank_code: Float = Field(default=0.2, ge=0, le=0.5, description="wrong-class mass carrying the customer's rank code: survives\n"
-                             "soft-label distillation, read from scores (0: off; needs distill_weight > 0, 3+ classes)")
+                             "soft-label distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes, uniform-grid keys)")
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
