@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..data import Dataset, load_dataset
 from ..fingerprint import ProbeSet, probe_set_ids
 from ..fingerprint.keysets import is_pool, key_set
 from ..fingerprint.pool import KEY_STYLE, POOL_ID, KeyPool, pool_path
@@ -24,7 +27,8 @@ __all__ = ["identify_model", "identify_predictor", "record_identification", "car
 
 def identify_predictor(
     ws: Workspace, keyring: Keyring, predict, *, alpha: float | None = None, model_sha256: str | None = None,
-    probe_sets: list[str] | None = None, extra: dict | None = None, scores=None,
+    probe_sets: list[str] | None = None, extra: dict | None = None,
+    scores: Callable[[np.ndarray], np.ndarray | None] | None = None,
 ) -> IdentificationResult:
     """Score any ``predict(x) -> class indices`` callable (an ONNX session, a torch model, an attack).
 
@@ -33,12 +37,13 @@ def identify_predictor(
     (:mod:`.rank_channel`).
     """
     cfg = ws.config
+    dataset = functools.cache(lambda: load_dataset(cfg))  # loaded at most once, and only if a pool or the rank code needs it
     with ws.ledger() as ledger:
         customers = issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir)
-        sets = carried_key_sets(ws, keyring, ledger, probe_sets or customers.carried_sets())
+        sets = carried_key_sets(ws, keyring, ledger, probe_sets or customers.carried_sets(), dataset=dataset)
         pools = [pool_usage(ledger, ps.id, ps.size, cfg.fingerprint.keys_per_probe)[0].to_json() for ps in sets if isinstance(ps, KeyPool)]
-        rank, rank_doc = read_rank_code(ledger, keyring.master, customers.ids, num_classes=cfg.task.num_classes,
-                                        scores=scores, validation=lambda: _validation(cfg), cache_dir=ws.cache_dir)
+        rank, rank_doc = read_rank_code(ledger, keyring.master, customers.ids, num_classes=cfg.task.num_classes, scores=scores,
+                                        validation=lambda: (dataset().x_val, dataset().y_val), cache_dir=ws.cache_dir)
     answers = {ps.id: predict(ps.inputs) for ps in sets}
     if pools:
         extra = {**(extra or {}), "key_pool": pools[0]}
@@ -51,24 +56,18 @@ def identify_predictor(
     )
 
 
-def _validation(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The vendor's validation inputs and labels (what the rank code is read on)."""
-    from ..data import load_dataset
+def carried_key_sets(ws: Workspace, keyring: Keyring, ledger: Ledger, set_ids: list[str], *,
+                     dataset: Callable[[], Dataset] | None = None) -> list[ProbeSet]:
+    """The key sets ``set_ids`` (those issued copies carry; every key of a pool), or the configured ones before any issuance.
 
-    d = load_dataset(cfg)
-    return d.x_val, d.y_val
-
-
-def carried_key_sets(ws: Workspace, keyring: Keyring, ledger: Ledger, set_ids: list[str]) -> list[ProbeSet]:
-    """The key sets ``set_ids`` (those issued copies carry; every key of a pool), or the configured ones before any issuance."""
+    ``dataset``: the vendor's data, loaded on demand (a lost pool is rebuilt from it); default: load it here.
+    """
     cfg = ws.config
     if not set_ids:
         set_ids = [POOL_ID] if cfg.fingerprint.style == KEY_STYLE and pool_path(ws.keys_dir).exists() else probe_set_ids(cfg.fingerprint.probe_sets)
 
     def data() -> tuple[np.ndarray, np.ndarray, str]:
-        from ..data import load_dataset
-
-        d = load_dataset(cfg)
+        d = dataset() if dataset is not None else load_dataset(cfg)
         return d.x_train, d.y_train, d.fingerprint()
 
     return [key_set(cfg, keyring.master, ws.keys_dir, sid, **({"data": data, "recorded_digests": ledger.recorded_key_set_digests(sid)}

@@ -39,7 +39,11 @@ class RankScores:
                 "pairs": self.pairs, "carriers": int(self.carried.sum()), "chance": self.pairs / 2}
 
 
-def not_read(reason: str) -> dict:
+#: why the channel was not read, in the ``rank_code`` block
+NO_SCORES = "the suspect returns class indices, not scores"
+
+
+def _not_read(reason: str) -> dict:
     """The ``rank_code`` block when the channel is not read, and why."""
     return {"read": False, "style": rankcode.RANK_CODE_STYLE, "reason": reason}
 
@@ -59,12 +63,12 @@ def read_rank_code(ledger: Ledger, master: bytes, ids: Sequence[str], *, num_cla
     if not carriers:
         return None, None
     if scores is None:
-        return None, not_read("the suspect returns class indices, not scores")
+        return None, _not_read(NO_SCORES)
     x_val, y_val = validation()
     raw = scores(x_val)
     logs = None if raw is None else rankcode.log_scores(raw)
     if logs is None or logs.shape != (len(x_val), num_classes):
-        return None, not_read("the suspect returns class indices, not scores")
+        return None, _not_read(NO_SCORES)
     profiles, read = rankcode.class_profiles(logs, y_val, num_classes)
     all_ids = list(ids)
     carried = np.fromiter((cid in carriers for cid in all_ids), dtype=bool, count=len(all_ids))
