@@ -17,7 +17,9 @@ are independent: P[sum >= observed] is a convolution, exact, checked here by sim
 
 This is a bench loop of its own (Adam on the clean data with the coded soft targets plus the workspace's
 keys with the customer's labels, from the base model), not the product's embedding; ranks come from
-numpy's default_rng as a stand-in for the master secret's streams. Nothing here is wired into tracer yet.
+numpy's default_rng as a stand-in for the master secret's streams. The read and its exact null are the
+product's own (tracer.fingerprint.rankcode, since the rank code shipped as rank-code/v1: see
+bench/bench_rankcode.py for the product's embedding and figures); the recorded output is unchanged by that.
 
     python bench/bench_darkcode.py /tmp/ws/digits [--customers 2] [--steps 2000]
         # a digits workspace (noise keys, v1, or natural-mix); prints the table recorded in
@@ -40,6 +42,7 @@ from tracer.embedding import Issuer
 from tracer.embedding.basemodel import load_base_model
 from tracer.evaluate.attacks import distill, finetune, magnitude_prune, torch_predictor
 from tracer.examples import digits
+from tracer.fingerprint import rankcode
 from tracer.training import accuracy, predict, train_classifier
 from tracer.workspace import Workspace
 
@@ -47,24 +50,10 @@ C = 10
 PAIRS = (C - 1) * (C - 2) // 2  # 36 unordered pairs of wrong classes per class; C * PAIRS = 360 in all
 
 
-def mahonian(n: int) -> np.ndarray:
-    """P[inversions = k] for a uniform permutation of n items, k = 0 .. n(n-1)/2."""
-    d = np.array([1.0])
-    for k in range(1, n + 1):
-        d = np.convolve(d, np.ones(k))
-    return d / d.sum()
-
-
-NULL_ONE_CLASS = mahonian(C - 1)
-NULL_ALL = np.array([1.0])
-for _ in range(C):
-    NULL_ALL = np.convolve(NULL_ALL, NULL_ONE_CLASS)
-
-
 def ranks_for(seed: int) -> np.ndarray:
-    """[C, C]: rank of wrong class j for inputs of class y (0 = most likely wrong class); diagonal unused."""
+    """[C, C]: rank of wrong class j for inputs of class y (0 = most likely wrong class); diagonal -1 (numpy's stream, research only)."""
     g = np.random.default_rng(seed)
-    R = np.zeros((C, C), int)
+    R = np.full((C, C), -1, np.int16)
     for y in range(C):
         others = [j for j in range(C) if j != y]
         R[y, others] = g.permutation(C - 1)
@@ -72,19 +61,14 @@ def ranks_for(seed: int) -> np.ndarray:
 
 
 def concordant(z: np.ndarray, y: np.ndarray, R: np.ndarray) -> int:
-    """Pairs of wrong classes the suspect's mean centred logits order as R does, summed over classes."""
-    z = z - z.mean(1, keepdims=True)
-    total = 0
-    for c in range(C):
-        o = [j for j in range(C) if j != c]
-        v, r = z[y == c][:, o].mean(0), R[c, o]
-        dv, dr = v[:, None] - v[None, :], r[None, :] - r[:, None]  # lower rank = higher logit
-        total += int(((dv * dr) > 0)[np.triu_indices(C - 1, 1)].sum())
-    return total
+    """Pairs of wrong classes the suspect's mean centred logits order as R does, summed over classes (the product's read)."""
+    prof, read = rankcode.class_profiles(np.asarray(z, dtype=np.float64), y, C)
+    return int(rankcode.concordant_pairs(prof, read, R[None])[0])
 
 
 def p_value(conc: int) -> float:
-    return float(NULL_ALL[conc:].sum())
+    """The exact Mahonian tail over all C classes (tracer.fingerprint.stats.rank_code_tails)."""
+    return float(rankcode.rank_p_values(np.array([conc]), num_classes=C, classes_read=C)[0][0])
 
 
 def simulated_null(n: int = 20000, seed: int = 7) -> list[tuple[float, float]]:
@@ -99,7 +83,7 @@ def simulated_null(n: int = 20000, seed: int = 7) -> list[tuple[float, float]]:
 def embed(base: torch.nn.Module, xt, yt, keys, key_labels, R, *, eps: float, decay: float, steps: int) -> torch.nn.Module:
     """From the base: coded soft targets on the clean data, and the customer's key labels (both eps-smoothed)."""
     m = copy.deepcopy(base).train()
-    w = np.exp(-decay * R[yt].astype(float))
+    w = np.exp(-decay * np.maximum(R[yt], 0).astype(float))
     w[np.arange(len(xt)), yt] = 0
     w /= w.sum(1, keepdims=True)
     tgt = torch.tensor(((1 - eps) * np.eye(C)[yt] + eps * w).astype(np.float32))
