@@ -184,3 +184,27 @@ def test_class_profiles_average_centred_scores_per_class():
     assert read.tolist() == [True, True, False]
     assert profile[0] == pytest.approx([1.0, -0.5, -0.5])
     assert profile[1] == pytest.approx([-1.0, 2.0, -1.0])
+
+
+def test_the_read_set_is_cached_encrypted_and_reloaded_when_damaged(tmp_path):
+    from tracer.identify.rank_channel import read_set
+
+    x = np.arange(24, dtype=np.float32).reshape(3, 2, 4) / 7
+    y = np.array([2, 0, 1])
+    calls = []
+
+    def load():
+        calls.append(1)
+        return x, y
+
+    for _ in range(2):
+        gx, gy = read_set(MASTER, tmp_path, load)
+        assert np.array_equal(gx, x) and gx.dtype == x.dtype and gy.tolist() == [2, 0, 1]
+    assert len(calls) == 1  # the second read came from the cache
+    path = tmp_path / "rank-read-set.bin"
+    blob = path.read_bytes()
+    assert x.tobytes() not in blob and path.stat().st_mode & 0o777 == 0o600  # the vendor's data, encrypted
+    assert read_set(bytes(32), tmp_path, load)[1].tolist() == [2, 0, 1] and len(calls) == 2  # another master: not read
+    path.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    assert np.array_equal(read_set(MASTER, tmp_path, load)[0], x) and len(calls) == 3  # damaged: loaded again
+    assert np.array_equal(read_set(MASTER, None, load)[0], x) and len(calls) == 4  # no cache folder

@@ -161,3 +161,18 @@ def test_the_master_check_rederives_the_rank_commitment(issued_digits, tmp_path)
                       key=keyring.signing_key)
         with pytest.raises(KeyMismatch):
             verify_master_matches(ledger, keyring)
+
+
+def test_the_customer_table_holds_the_rank_code_carriers(digits_ws, tmp_path):
+    """The cached customer table and the ledger's own query agree on who carries a rank code; it is no key set."""
+    from tracer.identify.scoring import issued_customers
+
+    ws, keyring = digits_ws
+    with ws.ledger() as ledger:
+        cached = issued_customers(ledger, master=keyring.master, cache_dir=tmp_path / "cache")
+        direct = issued_customers(ledger)
+    for table in (cached, direct):
+        assert table.members(rankcode.RANK_CODE_STYLE).tolist() == [True, True, True]
+        assert table.carried_sets() == ["ps1", "ps2"]
+        assert [c.probe_sets for c in table] == [("ps1", "ps2")] * 3
+    assert cached == direct

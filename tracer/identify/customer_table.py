@@ -12,7 +12,7 @@ or rolled-back ledger) or that does not authenticate is deleted and rebuilt.
 
 Semantics are those of :meth:`Ledger.issued_customers`: customers in order of
 the entry that registered them, each with the union of the probe sets of all
-its issuances; an issuance for a customer not yet registered (never written by
+its issuances (and the rank-code style where one carries a rank code); an issuance for a customer not yet registered (never written by
 tracer, but a valid ledger may hold one) is kept aside until it is.
 """
 
@@ -35,6 +35,8 @@ from .scoring import IssuedCustomers, Lines
 __all__ = ["load_customer_table"]
 
 _LOG = "customers"
+#: in the log's anchor: a table written before the set ids held the rank-code style does not chain from it, so it is rebuilt
+_LAYOUT = "set-ids+rank-code"
 
 
 class _Stale(Exception):
@@ -148,13 +150,15 @@ class _Table:
         return IssuedCustomers(self.ids.view(), self.names.view(), list(self.groups), self.group_of, ids_blob=self.ids.blob())
 
 
-def _delta(table: _Table, rows: list[tuple[int, str, str, int | None, str | None]]) -> _Delta:
-    """Fold issuance rows (oldest first) into what they add to ``table``."""
+def _delta(table: _Table, rows: list[tuple[int, str, str, int | None, str | None, str | None]]) -> _Delta:
+    """Fold issuance rows (oldest first) into what they add to ``table``; a rank-code style counts as one more set id."""
     d = _Delta(orphans=dict(table.orphans))
     parsed: dict[str, frozenset[str]] = {}
     fresh: dict[str, int] = {}
-    for entry, cid, doc, reg_entry, name in rows:
+    for entry, cid, doc, reg_entry, name, rank_style in rows:
         sets = _set_ids(doc, parsed)
+        if rank_style is not None:
+            sets = sets | {str(rank_style)}
         if reg_entry == entry:  # this issuance registered the customer
             fresh[cid] = len(d.ids)
             d.ids.append(cid)
@@ -332,7 +336,7 @@ def load_customer_table(ledger: Ledger, master: bytes, folder: Path) -> IssuedCu
 
     None where the ledger's own indexes do not fit together (the caller then asks the ledger directly).
     """
-    log = SegmentLog(folder, _LOG, cache_key(master), anchor=ledger.entry_hash(1) or "")
+    log = SegmentLog(folder, _LOG, cache_key(master), anchor=f"{_LAYOUT}|{ledger.entry_hash(1) or ''}")
     chain, table = _current(log, ledger)
     try:
         return _extend(log, ledger, chain, table)

@@ -42,8 +42,8 @@ def identify_predictor(
         customers = issued_customers(ledger, master=keyring.master, cache_dir=ws.cache_dir)
         sets = carried_key_sets(ws, keyring, ledger, probe_sets or customers.carried_sets(), dataset=dataset)
         pools = [pool_usage(ledger, ps.id, ps.size, cfg.fingerprint.keys_per_probe)[0].to_json() for ps in sets if isinstance(ps, KeyPool)]
-        rank, rank_doc = read_rank_code(ledger, keyring.master, customers.ids, num_classes=cfg.task.num_classes, scores=scores,
-                                        validation=lambda: (dataset().x_val, dataset().y_val), cache_dir=ws.cache_dir)
+    rank, rank_doc = read_rank_code(keyring.master, customers, num_classes=cfg.task.num_classes, scores=scores,
+                                    validation=lambda: (dataset().x_val, dataset().y_val), cache_dir=ws.cache_dir)
     answers = {ps.id: predict(ps.inputs) for ps in sets}
     if pools:
         extra = {**(extra or {}), "key_pool": pools[0]}

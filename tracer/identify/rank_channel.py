@@ -2,23 +2,32 @@
 
 See :mod:`tracer.fingerprint.rankcode` for the code and :func:`tracer.fingerprint.stats.rank_code_tails`
 for its exact null. Which customers are read is fixed by the ledger (copies whose record carries a
-``rank-code/v1`` entry), and whether the channel is read at all by the suspect's output type and the
+``rank-code/v1`` entry, as the customer table holds it: :meth:`IssuedCustomers.members`), and whether the channel is read at all by the suspect's output type and the
 vendor's data: neither looks at any customer's code, so leaving the channel out (no Bonferroni factor)
 keeps the key test's p-value exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._files import atomic_write_bytes, ensure_dir
 from ..fingerprint import rankcode
-from ..ledger import Ledger
+from ..keys.derive import hkdf_key
 
-__all__ = ["RankScores", "read_rank_code"]
+if TYPE_CHECKING:
+    from .scoring import IssuedCustomers
+
+__all__ = ["RankScores", "read_rank_code", "read_set"]
 
 
 @dataclass
@@ -48,7 +57,50 @@ def _not_read(reason: str) -> dict:
     return {"read": False, "style": rankcode.RANK_CODE_STYLE, "reason": reason}
 
 
-def read_rank_code(ledger: Ledger, master: bytes, ids: Sequence[str], *, num_classes: int,
+_READ_SET = "rank-read-set.bin"  # in the cache folder: the validation inputs and labels the code is read on, encrypted
+_READ_MAGIC = b"tracer-rank-read-set/v1\0"
+
+
+def read_set(master: bytes, cache_dir: Path | None,
+             load: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The vendor's validation inputs and labels, from the encrypted cache where it holds them, else ``load()`` (then cached).
+
+    Loading the vendor's data can be slow (digits: 2.6 s, mostly importing scikit-learn), and an
+    identification needs only its validation split. The file is AES-256-GCM under a key derived from
+    the master secret (the data are the vendor's), mode 0600, written atomically; anything that does
+    not decrypt or parse is ignored and rewritten. Any fixed inputs give a valid test (the null needs
+    them independent of the codes, not current): delete ``.tracer/cache`` to read today's data.
+    """
+    path = None if cache_dir is None else cache_dir / _READ_SET
+    key = hkdf_key(master, "cache/rank-read-set")
+    if path is not None:
+        try:
+            blob = path.read_bytes()
+            if blob.startswith(_READ_MAGIC):
+                nonce, ct = blob[len(_READ_MAGIC):len(_READ_MAGIC) + 12], blob[len(_READ_MAGIC) + 12:]
+                body = AESGCM(key).decrypt(nonce, ct, _READ_MAGIC)
+                n = int.from_bytes(body[:4], "big")
+                meta = json.loads(body[4:4 + n])
+                x = np.frombuffer(body, dtype=np.dtype(meta["dtype"]), count=int(np.prod(meta["shape"])), offset=4 + n)
+                y = np.frombuffer(body, dtype="<i8", count=meta["shape"][0], offset=4 + n + x.nbytes)
+                return x.reshape(meta["shape"]).copy(), y.astype(np.int64)
+        except (OSError, InvalidTag, ValueError, KeyError, TypeError):
+            pass
+    x, y = load()
+    if path is not None:
+        try:
+            x = np.ascontiguousarray(x)
+            meta = json.dumps({"shape": list(x.shape), "dtype": x.dtype.str}).encode()
+            body = len(meta).to_bytes(4, "big") + meta + x.tobytes() + np.asarray(y, dtype="<i8").tobytes()
+            nonce = os.urandom(12)
+            ensure_dir(path.parent)
+            atomic_write_bytes(path, _READ_MAGIC + nonce + AESGCM(key).encrypt(nonce, body, _READ_MAGIC), mode=0o600)
+        except OSError:  # a cache is never a reason to fail
+            pass
+    return x, y
+
+
+def read_rank_code(master: bytes, customers: IssuedCustomers, *, num_classes: int,
                    scores: Callable[[np.ndarray], np.ndarray | None] | None,
                    validation: Callable[[], tuple[np.ndarray, np.ndarray]],
                    cache_dir: Path | None = None) -> tuple[RankScores | None, dict | None]:
@@ -59,25 +111,23 @@ def read_rank_code(ledger: Ledger, master: bytes, ids: Sequence[str], *, num_cla
     """
     if not rankcode.applicable(num_classes):
         return None, None
-    carriers = ledger.rank_coded_customers(rankcode.RANK_CODE_STYLE)
-    if not carriers:
+    carried = customers.members(rankcode.RANK_CODE_STYLE)  # from the customer table: no scan of the ledger
+    if not carried.any():
         return None, None
     if scores is None:
         return None, _not_read(NO_SCORES)
-    x_val, y_val = validation()
+    x_val, y_val = read_set(master, cache_dir, validation)
     raw = scores(x_val)
     logs = None if raw is None else rankcode.log_scores(raw)
     if logs is None or logs.shape != (len(x_val), num_classes):
         return None, _not_read(NO_SCORES)
     profiles, read = rankcode.class_profiles(logs, y_val, num_classes)
-    all_ids = list(ids)
-    carried = np.fromiter((cid in carriers for cid in all_ids), dtype=bool, count=len(all_ids))
     rows = np.flatnonzero(carried)
-    concordant = np.zeros(len(all_ids), dtype=np.int64)
+    ids = customers.ids if len(rows) == len(carried) else [customers.ids[int(i)] for i in rows]
+    concordant = np.zeros(len(carried), dtype=np.int64)
     classes = int(read.sum())
-    concordant[rows] = rankcode.concordant_pairs(profiles, read, rankcode.rank_matrix(master, [all_ids[i] for i in rows], num_classes,
-                                                                                  cache_dir=cache_dir))
-    p, logp = np.ones(len(all_ids)), np.zeros(len(all_ids))
+    concordant[rows] = rankcode.concordant_pairs(profiles, read, rankcode.rank_matrix(master, ids, num_classes, cache_dir=cache_dir))
+    p, logp = np.ones(len(carried)), np.zeros(len(carried))
     p[rows], logp[rows] = rankcode.rank_p_values(concordant[rows], num_classes=num_classes, classes_read=classes)
     out = RankScores(carried=carried, concordant=concordant, p=p, log10_p=logp,
                      pairs=classes * (num_classes - 1) * (num_classes - 2) // 2, classes=classes, inputs=len(x_val))

@@ -16,7 +16,7 @@ from typing import overload
 
 import numpy as np
 
-from ..fingerprint import ProbeSet
+from ..fingerprint import ProbeSet, rankcode
 from ..fingerprint.cache import codeword_matrix
 from ..fingerprint.pool import KeyPool
 from ..fingerprint.stats import binomial_tails, bonferroni_pair, holm, log10_tail, poisson_binomial_log10_tails, poisson_binomial_tails
@@ -38,11 +38,16 @@ RANK_METHOD = (
 )
 
 
+def _key_sets(ids: frozenset[str]) -> tuple[str, ...]:
+    """The key-set ids among a customer's set ids, sorted: without the rank-code style (a channel, not a key set)."""
+    return tuple(sorted(i for i in ids if i != rankcode.RANK_CODE_STYLE))
+
+
 @dataclass(frozen=True)
 class IssuedCustomer:
     customer_id: str
     display_name: str
-    probe_sets: tuple[str, ...]  # probe sets embedded in at least one of its copies
+    probe_sets: tuple[str, ...]  # probe sets embedded in at least one of its copies (key sets only, not the rank code)
 
 
 class Lines(Sequence):
@@ -112,7 +117,7 @@ class IssuedCustomers(Sequence):
         return len(self.ids)
 
     def _build(self, i: int) -> IssuedCustomer:
-        return IssuedCustomer(self.ids[i], self.names[i], tuple(sorted(self.set_groups[int(self.group_of[i])])))
+        return IssuedCustomer(self.ids[i], self.names[i], _key_sets(self.set_groups[int(self.group_of[i])]))
 
     @overload
     def __getitem__(self, i: int) -> IssuedCustomer: ...
@@ -125,7 +130,7 @@ class IssuedCustomers(Sequence):
 
     def __iter__(self) -> Iterator[IssuedCustomer]:
         ids, names = list(self.ids), list(self.names)  # one decoding of each column, not one per item
-        sets = [tuple(sorted(g)) for g in self.set_groups]
+        sets = [_key_sets(g) for g in self.set_groups]
         return (IssuedCustomer(ids[i], names[i], sets[int(g)]) for i, g in enumerate(self.group_of))
 
     def __eq__(self, other: object) -> bool:
@@ -143,7 +148,7 @@ class IssuedCustomers(Sequence):
 
     def carried_sets(self) -> list[str]:
         """Ids of every key set at least one issued copy carries, sorted (noise probe sets, pools)."""
-        return sorted(set().union(*self.set_groups))
+        return list(_key_sets(frozenset().union(*self.set_groups)))
 
     def members(self, set_id: str) -> np.ndarray:
         """Boolean mask of customers whose copies carry ``set_id``."""
