@@ -23,6 +23,7 @@ from tracer.evaluate.attacks import distill, onnx_predictor, torch_predictor
 from tracer.examples import digits
 from tracer.fingerprint import rankcode
 from tracer.identify import identify_model, identify_predictor
+from tracer.identify.scoring import issued_customers
 from tracer.training import train_classifier
 from tracer.workspace import Workspace
 
@@ -39,7 +40,8 @@ def test_every_issuance_records_its_rank_code(digits_ws):
     ws, keyring = digits_ws
     with ws.ledger() as ledger:
         records = {e.payload["customer_id"]: e.payload for e in ledger.issuances()}
-        assert ledger.rank_coded_customers(rankcode.RANK_CODE_STYLE) == set(IDS)
+        carriers = issued_customers(ledger)
+        assert {cid for cid, coded in zip(carriers.ids, carriers.members(rankcode.RANK_CODE_STYLE)) if coded} == set(IDS)
     for cid in IDS:
         assert records[cid]["rank_code"] == {"style": "rank-code/v1", "eps": ws.config.embedding.rank_code, "decay": rankcode.DECAY,
                                              "commitment": rankcode.rank_commitment(keyring.master, cid, 10)}
@@ -165,8 +167,6 @@ def test_the_master_check_rederives_the_rank_commitment(issued_digits, tmp_path)
 
 def test_the_customer_table_holds_the_rank_code_carriers(digits_ws, tmp_path):
     """The cached customer table and the ledger's own query agree on who carries a rank code; it is no key set."""
-    from tracer.identify.scoring import issued_customers
-
     ws, keyring = digits_ws
     with ws.ledger() as ledger:
         cached = issued_customers(ledger, master=keyring.master, cache_dir=tmp_path / "cache")

@@ -292,17 +292,6 @@ class Ledger:
     def issued_customer_ids(self) -> list[str]:
         return [r["customer_id"] for r in self.db.query("SELECT customer_id FROM customers ORDER BY entry")]
 
-    def rank_coded_customers(self, style: str) -> set[str]:
-        """Customers with at least one issued copy whose record carries a rank code of ``style`` (e.g. ``rank-code/v1``).
-
-        A scan of every issuance's payload (0.2 s at 100,000); identification reads it from the
-        cached customer table instead (:meth:`issuances_after`'s rank-code column).
-        """
-        rows = self.db.execute(
-            f"SELECT DISTINCT i.customer_id FROM issuances i JOIN entries e ON e.seq = i.entry WHERE {_RANK_STYLE} = ?",
-            [style]).fetchall()
-        return {r[0] for r in rows}
-
     def issuance_seqs(self) -> list[int]:
         """Entry numbers of every issuance, oldest first."""
         return [r[0] for r in self.db.execute("SELECT entry FROM issuances ORDER BY entry").fetchall()]
