@@ -60,10 +60,12 @@ def example_text(example: str, keys: str = "noise", embedding: dict[str, str] | 
 
     from tracer.examples import example_config
 
-    text = example_config(example)
-    if keys != "noise":
-        lines = "".join(f"{k} = {v}\n" for k, v in NATURAL_KEYS.items())
-        text = _set_embedding(re.sub(r"(?m)^\[fingerprint\]\n", "[fingerprint]\n" + lines, text), NATURAL_EMBEDDING)
+    text = example_config(example, key_style="uniform-grid/v1" if keys == "noise" else "natural-mix/v1")
+    if keys != "noise":  # the style's own [embedding] defaults apply; the pool settings are set explicitly
+        for k, v in NATURAL_KEYS.items():
+            text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
+            if not found:
+                text = re.sub(r"(?m)^\[fingerprint\]\n", f"[fingerprint]\n{k} = {v}\n", text)
     return _set_embedding(text, embedding or {})
 
 

@@ -49,7 +49,7 @@ def build_issued_workspace(root: Path, example: str, customers=CUSTOMERS) -> Pat
     from tracer.workspace import init_workspace
 
     for tries_left in reversed(range(3)):
-        ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example), scrypt=LOW_SCRYPT)
+        ws = init_workspace(root, passphrase=PASSPHRASE, config_text=example_config(example, key_style="uniform-grid/v1"), scrypt=LOW_SCRYPT)
         prepare_example(ws, example, progress=False)
         keyring = ws.unlock(passphrase=PASSPHRASE)
         try:

@@ -248,3 +248,16 @@ def test_verbose_shows_traceback_plain_does_not(fresh_workspace, run_cli, passph
     assert "WrongPassphrase" in verbose.stderr and "error: wrong passphrase" in verbose.stderr
     for out in (plain, verbose):
         assert "wrong-one" not in out.stdout + out.stderr and passphrase not in out.stdout + out.stderr
+
+
+def test_init_key_style_chooses_the_keys_and_the_embedding_follows(tmp_path, cli, passphrase):
+    from tracer.workspace import Workspace
+
+    r = cli(["init", tmp_path / "nat", "--key-style", "natural-mix/v1"], env={"TRACER_PASSPHRASE": passphrase})
+    assert r.exit_code == 0, r.output
+    cfg = Workspace(tmp_path / "nat").config
+    assert cfg.fingerprint.style == "natural-mix/v1" and cfg.embedding.steps == 2000 and cfg.embedding.rank_code == 0.0
+    assert (tmp_path / "nat" / "mymodel.py").is_file()  # the generic template's starter, as without the option
+    bad = cli(["init", tmp_path / "bad", "--key-style", "sparkly/v1"], env={"TRACER_PASSPHRASE": passphrase})
+    assert bad.exit_code == 3 and "unknown key style 'sparkly/v1'" in bad.stderr
+    assert not (tmp_path / "bad").exists()

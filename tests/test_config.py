@@ -348,3 +348,58 @@ def test_bounds_broadcast_one_number_or_take_one_per_feature():
     low[0] = 99.0  # fresh arrays: the configuration is untouched
     assert per.bounds(flat=True)[0][0] == 0.0 and not math.isnan(float(high[5]))
 
+
+
+# -- [embedding] settings that follow the key style ------------------------------------------------------
+
+
+def test_embedding_settings_left_out_follow_the_key_style():
+    from tracer.config import STYLE_DEFAULTS, with_key_style
+
+    older = "\n".join(ln for ln in GENERIC_CONFIG.splitlines() if not ln.startswith("style ="))  # a tracer.toml from before styles
+    for text, style in ((GENERIC_CONFIG, "uniform-grid/v1"), (older, "uniform-grid/v1"),
+                        (with_key_style(GENERIC_CONFIG, "natural-mix/v1"), "natural-mix/v1")):
+        cfg = parse_config(tomllib.loads(text), ROOT)
+        assert cfg.fingerprint.style == style
+        for key, value in STYLE_DEFAULTS[style].items():
+            assert getattr(cfg.embedding, key) == value, (style, key)
+        assert cfg.as_record()["embedding"]["steps"] == STYLE_DEFAULTS[style]["steps"]  # the ledger records concrete values
+    assert STYLE_DEFAULTS["uniform-grid/v1"] == {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2}
+    natural = with_key_style(_with("embedding", "steps = 300", _with("embedding", "rank_code = 0.2")), "natural-mix/v1")
+    cfg = parse_config(tomllib.loads(natural), ROOT)
+    assert (cfg.embedding.steps, cfg.embedding.rank_code, cfg.embedding.trigger_batch) == (300, 0.2, 128)  # set: kept
+
+
+def test_the_template_leaves_the_style_settings_commented_so_they_follow_a_changed_style():
+    lines = GENERIC_CONFIG.splitlines()
+    for key, value in (("steps", "250"), ("trigger_batch", "64"), ("trigger_noise", "0.03"), ("trigger_margin", "6.0"), ("rank_code", "0.2")):
+        i = next(i for i, ln in enumerate(lines) if ln.startswith(f"# {key} = "))
+        assert lines[i].startswith(f"# {key} = {value} ")
+        assert f"[by style: uniform-grid {value}, natural-mix " in lines[i] + lines[i + 1]  # the comment may wrap once
+    assert 'style = "uniform-grid/v1"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
+
+
+def test_with_key_style_replaces_or_adds_the_style_line():
+    from tracer.config import with_key_style
+
+    text = with_key_style(GENERIC_CONFIG, "natural-mix/v1")
+    assert text.count('style = "natural-mix/v1"') == 1 and 'style = "uniform-grid/v1"' not in text
+    assert tomllib.loads(text)["fingerprint"]["style"] == "natural-mix/v1"
+    assert tomllib.loads(with_key_style("[task]\nnum_classes = 3\n", "natural-mix/v1"))["fingerprint"] == {"style": "natural-mix/v1"}
+    bare = with_key_style("[fingerprint]\nprobe_sets = 2\n", "uniform-grid/v1")
+    assert tomllib.loads(bare)["fingerprint"] == {"style": "uniform-grid/v1", "probe_sets": 2}
+    for name in ("digits", "tabular", "shapes"):
+        assert tomllib.loads(example_config(name, key_style="natural-mix/v1"))["fingerprint"]["style"] == "natural-mix/v1"
+    with pytest.raises(ConfigError, match="unknown key style 'natural-mix/v9'"):
+        with_key_style(GENERIC_CONFIG, "natural-mix/v9")
+
+
+def test_natural_mix_keys_are_refused_for_a_two_class_task_before_anything_is_built(tmp_path):
+    from tracer.config import with_key_style
+    from tracer.fingerprint.keysets import issuing_key_sets
+
+    cfg = parse_config(tomllib.loads(with_key_style(example_config("tabular"), "natural-mix/v1")), ROOT)
+    built = []
+    with pytest.raises(ConfigError, match="needs 3 or more classes; this task has 2") as info:
+        issuing_key_sets(cfg, b"\0" * 32, tmp_path, data=lambda: built.append(1))  # type: ignore[arg-type, return-value]
+    assert "uniform-grid/v1" in (info.value.hint or "") and not built and not list(tmp_path.iterdir())

@@ -149,7 +149,7 @@ def test_an_image_copy_comes_back_in_the_standard_layout_and_exports_whatever_la
     from tracer.embedding.export import check_onnx, export_onnx
     from tracer.examples import digits
 
-    cfg = parse_config(tomllib.loads(example_config("digits")), Path("."))
+    cfg = parse_config(tomllib.loads(example_config("digits", key_style="uniform-grid/v1")), Path("."))
     data = digits.load_data()
     torch.manual_seed(0)
     base = digits.make_model().eval()
@@ -206,7 +206,7 @@ def test_batchnorm_keeps_the_base_running_statistics_while_fine_tuning():
     """Eval-mode batch norm: triggers and anchors never move the statistics clean inputs are normalised with."""
     from tracer.examples import digits
 
-    cfg = parse_config(tomllib.loads(example_config("digits")), Path("."))
+    cfg = parse_config(tomllib.loads(example_config("digits", key_style="uniform-grid/v1")), Path("."))
     data = digits.load_data()
     torch.manual_seed(0)
     base = _TinyBN()
@@ -254,7 +254,7 @@ def test_a_fine_tune_does_not_import_torch_dynamo():
     code = ("import sys, dataclasses, tomllib, numpy as np; from pathlib import Path\n"
             "from tracer.config import parse_config; from tracer.examples import example_config, digits\n"
             "from tracer.embedding.finetune import embed_codeword\n"
-            "cfg = parse_config(tomllib.loads(example_config('digits')), Path('.')); rng = np.random.default_rng(0)\n"
+            "cfg = parse_config(tomllib.loads(example_config('digits', key_style='uniform-grid/v1')), Path('.')); rng = np.random.default_rng(0)\n"
             "x = rng.random((64, 1, 8, 8)).astype(np.float32)\n"
             "embed_codeword(digits.make_model(), x_train=x, y_train=rng.integers(0, 10, 64), triggers=x[:8], labels=rng.integers(0, 10, 8),"
             " task=cfg.task, params=dataclasses.replace(cfg.embedding, steps=2), seed=0)\n"

@@ -29,7 +29,7 @@ def template(tmp_path_factory) -> Path:
     from tracer.workspace import init_workspace
 
     root = tmp_path_factory.mktemp("ident-scale") / "ws"
-    init_workspace(root, passphrase=PASSPHRASE, config_text=example_config("digits"), scrypt=LOW_SCRYPT)
+    init_workspace(root, passphrase=PASSPHRASE, config_text=example_config("digits", key_style="uniform-grid/v1"), scrypt=LOW_SCRYPT)
     return root
 
 
@@ -168,7 +168,7 @@ def test_a_cache_from_another_master_secret_is_not_trusted(ws, tmp_path):
     from tracer.examples import example_config
     from tracer.workspace import init_workspace
 
-    other = init_workspace(tmp_path / "other", passphrase=PASSPHRASE, config_text=example_config("digits"), scrypt=LOW_SCRYPT)
+    other = init_workspace(tmp_path / "other", passphrase=PASSPHRASE, config_text=example_config("digits", key_style="uniform-grid/v1"), scrypt=LOW_SCRYPT)
     okeys = other.unlock(passphrase=PASSPHRASE)
     _issue(other, okeys, MIXED)
     _score(other, okeys, cached=True, answers=_answers(other, okeys, "a"))

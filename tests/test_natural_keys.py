@@ -7,6 +7,7 @@ built once per run with two customers; tests work on private copies of it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -29,10 +30,11 @@ CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"))
 def natural_config() -> str:
     from tracer.examples import example_config
 
-    text = example_config("digits")
-    text = re.sub(r"(?m)^\[fingerprint\]\n", f'[fingerprint]\nstyle = "{KEY_STYLE}"\npool_size = {POOL}\nkeys_per_probe = {PER_PROBE}\n', text)
-    text = re.sub(r"(?m)^steps = \d+", "steps = 400", text)
-    text = re.sub(r"(?m)^trigger_batch = \d+", "trigger_batch = 64", text)
+    text = example_config("digits", key_style=KEY_STYLE)  # [embedding] follows the style: natural-mix's recipe
+    text = re.sub(r"(?m)^pool_size = \d+", f"pool_size = {POOL}", text)
+    text = re.sub(r"(?m)^keys_per_probe = \d+", f"keys_per_probe = {PER_PROBE}", text)
+    # natural-mix's default has no rank code; it is switched on here so that the two channels are tested together
+    text = re.sub(r"(?m)^\[embedding\]\n", "[embedding]\nsteps = 400\ntrigger_batch = 64\nrank_code = 0.2\n", text)
     # The plumbing is under test here, not the gates (bench/ measures those): a clean drop of up to 2 points lands,
     # so a fresh master key whose pool needs a retry more does not fail the build.
     return re.sub(r"(?m)^max_accuracy_drop = \S+", "max_accuracy_drop = 0.02", text)
@@ -84,7 +86,7 @@ def test_issuance_records_the_style_and_the_pool(ws, keyring):
         assert r["key_style"] == KEY_STYLE
         assert r["probe_sets"] == [pool.record()] and r["probe_sets"][0]["bound"] == 2
         assert r["metrics"]["triggers"] == POOL and r["metrics"]["trigger_accuracy"] >= 0.95
-        assert "rank_code" not in r  # natural-mix copies carry no rank code (it costs them the clean gate)
+        assert r["rank_code"]["style"] == "rank-code/v1" and r["rank_code"]["eps"] == 0.2  # switched on in natural_config
     assert pool_path(ws.keys_dir).stat().st_mode & 0o777 == 0o600
     assert pool.dataset_fingerprint == records[0]["dataset_fingerprint"]
 
@@ -100,6 +102,19 @@ def test_identify_uses_every_key_and_names_the_right_customer(ws, keyring):
         assert best.matches >= 0.9 * POOL and other.p_value > 1e-3
         doc = result.to_json()
         assert doc["label_choices"] == 2 and doc["probe_sets"] == [POOL_ID] and doc["key_pool"]["revealed"] == 0
+
+
+def test_a_natural_copy_with_the_rank_code_is_read_on_both_channels(ws, keyring):
+    """Opt-in rank code on natural-mix keys: identify reads the pool and the code, Bonferroni over the two."""
+    ids = [c for c, _ in CUSTOMERS]
+    for customer in ids:
+        result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx", record=False)
+        doc = result.to_json()
+        assert doc["rank_code"]["read"] and doc["rank_code"]["carriers"] == len(ids) and doc["rank_code"]["pairs"] == 360
+        by = {c.customer: c for c in result.candidates}
+        assert by[customer].rank_log10_p < -8 and by[customer].key_log10_p < -40  # both channels carry the copy's own code
+        assert all(by[o].rank_log10_p > -4 for o in ids if o != customer)
+        assert by[customer].log10_p == pytest.approx(min(0.0, min(by[customer].key_log10_p, by[customer].rank_log10_p) + math.log10(2)), abs=2e-4)
 
 
 def test_a_lost_pool_file_is_rebuilt_from_the_data_and_checked_against_the_ledger(ws, keyring):

@@ -24,7 +24,7 @@ from tracer.config import EmbeddingConfig
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PASSPHRASE = "new user passphrase"
-STEPS = EmbeddingConfig().steps  # the quickstart's tracer.toml leaves [embedding] at its defaults
+STEPS = EmbeddingConfig().steps  # the quickstart's tracer.toml leaves [embedding] at its defaults (uniform-grid's)
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ", re.MULTILINE)
 
 

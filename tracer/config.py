@@ -10,6 +10,10 @@ them as the annotated ``tracer.toml`` that ``tracer init`` writes and that the
 README shows (``tracer.config.write_readme(Path("README.md"))`` refreshes the README block;
 ``tests/test_docs.py`` checks that the three agree).
 
+A few ``[embedding]`` settings follow ``[fingerprint] style`` where tracer.toml leaves them out
+(:data:`STYLE_DEFAULTS`): noise probe sets and natural-mix keys need different recipes, so switching
+the style is one line, and a tracer.toml written before natural-mix existed keeps its old defaults.
+
 Sane caps (absurd sizes are refused at load, not discovered in an allocation):
 at most ``MAX_FEATURES`` = 2**24 input features, ``MAX_CLASSES`` = 65536
 classes, ``MAX_PROBES_PER_SET`` = 65536 probes per set, ``MAX_PROBE_VALUES`` =
@@ -38,7 +42,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Config", "TaskConfig", "ModelConfig", "DataConfig", "FingerprintConfig", "EmbeddingConfig", "GateConfig",
-    "IdentifyConfig", "load_config", "parse_config", "default_probe_count", "annotated_toml", "write_readme",
+    "IdentifyConfig", "load_config", "parse_config", "with_key_style", "KEY_STYLES", "STYLE_DEFAULTS", "default_probe_count", "annotated_toml", "write_readme",
     "MAX_FEATURES", "MAX_CLASSES", "MAX_PROBES_PER_SET", "MAX_PROBE_VALUES",
 ]
 
@@ -183,12 +187,17 @@ class DataConfig:
         return self
 
 
+KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1"]
+DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprint] style (every one before natural-mix existed)
+
+
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
-    style: Literal["uniform-grid/v1", "natural-mix/v1"] = Field(
-        default="uniform-grid/v1",
-        description="keys: uniform-grid/v1, noise probe sets; natural-mix/v1 (opt-in, see README): keyed mixtures\n"
-                    "of your own inputs that look like real queries (needs more embedding steps: README)")
+    style: KeyStyle = Field(
+        default=DEFAULT_STYLE,
+        description="keys: uniform-grid/v1, noise probe sets; natural-mix/v1 (opt-in: `tracer init --key-style`,\n"
+                    "3 or more classes): keyed mixtures of your own inputs that look like real queries (README).\n"
+                    "[embedding] settings left out follow the style")
     pool_size: Int = Field(default=2048, ge=64, le=MAX_PROBES_PER_SET,
                            description="natural-mix: keys every copy carries (read when the pool is first built); identify uses all")
     keys_per_probe: Int = Field(default=40, ge=8, le=MAX_PROBES_PER_SET,
@@ -204,26 +213,50 @@ class FingerprintConfig:
         return self
 
 
+#: The [embedding] settings that follow ``[fingerprint] style`` where tracer.toml leaves them out.
+#: uniform-grid/v1: the noise probe sets' recipe, with the rank code (bench/results/issue_digits_rankcode.txt).
+#: natural-mix/v1: 2048 keys among real inputs need a longer run with more keys per step, no jitter (the
+#: keys already lie on the data's grid; jitter widened the region each key flips) and a 3-logit margin
+#: (bench/results/keys_pool2048.txt); no rank code by default, because on the digits CNN the two do not
+#: fit within the gates together (bench/results/natural_rankcode_digits.txt).
+STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
+    "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},
+}
+_TEMPLATE_STYLE = DEFAULT_STYLE  # the style `tracer init` writes (`--key-style` chooses another)
+
+
+def _by_style(key: str) -> dict[str, Any]:
+    """Template rendering of a setting that follows the key style: commented out, with the template style's value."""
+    return {"example": STYLE_DEFAULTS[_TEMPLATE_STYLE][key], "commented": True,
+            "follows": {style: values[key] for style, values in STYLE_DEFAULTS.items()}}
+
+
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class EmbeddingConfig:
-    steps: Int = Field(default=250, ge=1, le=MAX_STEPS, description="fixed number of optimizer steps: does not grow with your dataset")
+    steps: Int = Field(default=250, ge=1, le=MAX_STEPS, json_schema_extra=_by_style("steps"),
+                              description="fixed number of optimizer steps: does not grow with your dataset")
     batch_size: Int = Field(default=32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
-    trigger_batch: Int = Field(default=64, ge=1, le=MAX_BATCH, description="triggers per step (64 with 250 steps: room for the rank code too)")
+    trigger_batch: Int = Field(default=64, ge=1, le=MAX_BATCH, json_schema_extra=_by_style("trigger_batch"),
+                                      description="triggers per step")
     learning_rate: Float = Field(default=2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
     distill_weight: Float = Field(default=12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
-    trigger_noise: Float = Field(default=0.03, ge=0, le=1, description="triggers jittered by this fraction of the input range")
+    trigger_noise: Float = Field(default=0.03, ge=0, le=1, json_schema_extra=_by_style("trigger_noise"),
+                                        description="triggers jittered by this fraction of the input range")
     anchor_noise: Float = Field(default=0.1, ge=0, le=1, description="...on training points and on copies jittered by this fraction (0: off)")
     anchor_targets: Literal["base", "original"] = Field(default=
         "base", description='anchors held to the base model\'s answers on them, or "original": on the originals\n'
                             "(images: faster, no frozen pass per step)")
-    trigger_margin: Float = Field(default=6.0, ge=0, le=1e6, description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
+    trigger_margin: Float = Field(default=6.0, ge=0, le=1e6, json_schema_extra=_by_style("trigger_margin"),
+                                         description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
     margin_weight: Float = Field(default=1.0, ge=0, le=1e6, description="weight of that margin's hinge loss")
     weight_average: Float = Field(default=0.97, ge=0, lt=1, description="the weights' moving average is a second candidate for the gates (0: off)")
     polish_steps: Int = Field(default=40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
     polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
     feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
-    rank_code: Float = Field(default=0.2, ge=0, le=0.5, description="wrong-class mass carrying the customer's rank code: survives\n"
-                             "soft-label distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes, uniform-grid keys)")
+    rank_code: Float = Field(default=0.2, ge=0, le=0.5, json_schema_extra=_by_style("rank_code"),
+                                    description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
+                                                "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
@@ -408,14 +441,45 @@ def _config_error(exc: ValidationError) -> ConfigError:
     return ConfigError(f"tracer.toml: {_describe(errors[0])}{more}", hint=HINT)
 
 
+def _style_defaults(doc: dict) -> dict:
+    """``doc`` with the [embedding] settings it leaves out that follow the key style set to that style's values.
+
+    The field defaults are the uniform-grid recipe, so a document without a style (or without these
+    keys) reads as it always did; anything malformed is left for validation to name.
+    """
+    fingerprint, embedding = doc.get("fingerprint", {}), doc.get("embedding", {})
+    style = fingerprint.get("style", DEFAULT_STYLE) if isinstance(fingerprint, dict) else None
+    if not isinstance(embedding, dict) or not isinstance(style, str) or style not in STYLE_DEFAULTS:
+        return doc
+    return {**doc, "embedding": {**STYLE_DEFAULTS[style], **embedding}}
+
+
 def parse_config(doc: dict, root: Path) -> Config:
     """The validated configuration of a parsed tracer.toml document, or one ConfigError line."""
     try:
-        d = _DOCUMENT.validate_python(doc)
+        d = _DOCUMENT.validate_python(_style_defaults(doc))
     except ValidationError as exc:
         raise _config_error(exc) from exc
     return Config(root=root, task=d.task, model=d.model, data=d.data, fingerprint=d.fingerprint,
                   embedding=d.embedding, gates=d.gates, alpha=d.identify.alpha)
+
+
+KEY_STYLES = tuple(STYLE_DEFAULTS)
+
+
+def with_key_style(text: str, key_style: str) -> str:
+    """A tracer.toml text with its ``[fingerprint] style`` line set to ``key_style`` (added when it has none).
+
+    The [embedding] settings the text leaves out follow the style (:data:`STYLE_DEFAULTS`).
+    """
+    if key_style not in STYLE_DEFAULTS:
+        raise ConfigError(f"unknown key style {key_style!r}", hint=f"choose one of {', '.join(KEY_STYLES)}")
+    line = f'style = "{key_style}"'
+    text, found = re.subn(r'(?m)^style = "[^"\n]*"(?: *(#))?',  # the value replaced; a comment after it kept, aligned
+                          lambda m: line.ljust(_COMMENT_COLUMN - 1) + " #" if m.group(1) else line, text, count=1)
+    if not found:
+        text, found = re.subn(r"(?m)^\[fingerprint\]\n", lambda m: m.group(0) + line + "\n", text, count=1)
+    return text if found else text.rstrip("\n") + "\n\n[fingerprint]\n" + line + "\n"
 
 
 def load_config(path: Path) -> Config:
@@ -469,6 +533,8 @@ def _annotated_lines(name: str, cls: Any) -> list[str]:
         value = extra.get("example", info.default)
         entry = ("# " if extra.get("commented") else "") + f"{key} = {_toml_value(value)}"
         comment = (info.description or "").splitlines() or [""]
+        if "follows" in extra:  # a setting that follows [fingerprint] style: its default for each style
+            comment[-1] += " [by style: " + ", ".join(f"{k.split('/')[0]} {_toml_value(v)}" for k, v in extra["follows"].items()) + "]"
         lines.append(f"{entry:<{_COMMENT_COLUMN - 1}} # {comment[0]}".rstrip())
         lines.extend(f"{'':<{_COMMENT_COLUMN - 1}} # {more}" for more in comment[1:])
     return lines

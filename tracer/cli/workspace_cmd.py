@@ -19,13 +19,20 @@ def register(app: typer.Typer) -> None:
     def init(
         directory: Path = typer.Argument(Path("."), metavar="DIR", help="Folder for the new workspace (created if missing)."),
         example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits, tabular or shapes."),
+        key_style: str = typer.Option(None, "--key-style", metavar="STYLE",
+                                      help="Fingerprint keys: natural-mix/v1 (the default: real-looking keys, 3+ classes) or "
+                                           "uniform-grid/v1 (noise probe sets: cheaper, and the style for two-class tasks)."),
         json_out: bool = JsonOpt,
     ) -> None:
+        from ..config import with_key_style
         from ..examples import example_config, prepare_example
+        from ..workspace import GENERIC_CONFIG
 
-        config_text = example_config(example) if example else None
+        config_text = example_config(example, key_style=key_style) if example else None
+        if key_style and not example:
+            config_text = with_key_style(GENERIC_CONFIG, key_style)
         passphrase = get_passphrase(confirm=True)
-        kwargs: dict[str, Any] = {"config_text": config_text} if config_text else {}
+        kwargs: dict[str, Any] = {"config_text": config_text, "starter": not example} if config_text else {}
         ws = init_workspace(directory, passphrase=passphrase, **kwargs)
         if example:
             prepare_example(ws, example, progress=not json_out)

@@ -25,7 +25,6 @@ from ..errors import CustomerError, GateError, TracerError, WorkerError, Workspa
 from ..fingerprint import ProbeSet, customer_labels, rankcode, trigger_commitment
 from ..fingerprint.keysets import issuing_key_sets
 from ..fingerprint.pool import POOL_ID
-from ..fingerprint.probes import PROBE_STYLE
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -259,16 +258,15 @@ class Issuer(CopyMaker):
 
     @property
     def rank_coded(self) -> bool:
-        """Whether copies issued here carry a rank code: ``[embedding] rank_code`` > 0, distillation on, 3 to 13 classes, noise keys.
+        """Whether copies issued here carry a rank code: ``[embedding] rank_code`` > 0, distillation on, 3 to 13 classes.
 
-        Not with natural-mix keys: keys that lie among real inputs need the copy's answers there to
-        stay sharp, and the code's spread mass fights them (digits test workspace, 256 keys: every
-        try missed the clean gate, by 3.1 points after 5; bench/results/darkcode_digits.txt, 2048 keys:
-        1439 of 2043 keys learnt).
+        With natural-mix keys the code is lighter by default (0.1, :data:`tracer.config.STYLE_DEFAULTS`):
+        keys that lie among real inputs need the copy's answers near those inputs to bend sharply, and
+        the code's spread mass pins them (digits, 2048 keys, first tries: rank_code 0.2 learnt 0.87-0.88
+        of the keys, 0.1 learnt 0.93-0.97; bench/results/natural_rankcode_digits.txt).
         """
         emb = self.config.embedding
-        return (emb.rank_code > 0 and emb.distill_weight > 0 and rankcode.applicable(self.config.task.num_classes)
-                and self.config.fingerprint.style == PROBE_STYLE)
+        return emb.rank_code > 0 and emb.distill_weight > 0 and rankcode.applicable(self.config.task.num_classes)
 
     def rank_mass_for(self, customer_id: str) -> np.ndarray | None:
         """The customer's coded wrong-class mass (:func:`.rankcode.coded_mass`), or None where copies carry no rank code."""

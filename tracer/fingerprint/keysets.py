@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..errors import KeyFileError
+from ..errors import ConfigError, KeyFileError
 from .pool import KEY_STYLE, POOL_ID, KeyPool, build_pool, load_pool, pool_path, save_pool
 from .probes import PROBE_STYLE, ProbeSet, make_probe_set, probe_set_ids
 
@@ -65,7 +65,16 @@ def key_set(config: Config, master: bytes, keys_dir: Path, set_id: str, **pool_o
 def issuing_key_sets(config: Config, master: bytes, keys_dir: Path, *,
                      data: Callable[[], tuple[np.ndarray, np.ndarray, str]],
                      recorded_digests: Iterable[str] = ()) -> list[ProbeSet]:
-    """The key sets a new copy embeds under ``[fingerprint] style``."""
+    """The key sets a new copy embeds under ``[fingerprint] style``.
+
+    natural-mix keys are refused for two-class tasks before anything is built: every key's label set
+    is then both classes, so each key whose label goes against the base model bends the class boundary
+    where real inputs lie (tabular example: 3.5-10 clean points lost at every pool size tried,
+    bench/results/keys_tabular_natural.txt), and the issuance would only fail its clean gate, slowly.
+    """
     if config.fingerprint.style == KEY_STYLE:
+        if config.task.num_classes < 3:
+            raise ConfigError(f"[fingerprint] style {KEY_STYLE} needs 3 or more classes; this task has {config.task.num_classes}",
+                              hint='set style = "uniform-grid/v1" in tracer.toml (noise probe sets: the style for two-class tasks)')
         return [open_pool(config, master, keys_dir, data=data, recorded_digests=recorded_digests)]
     return [make_probe_set(master, sid, config.task, config.probes_per_set) for sid in probe_set_ids(config.fingerprint.probe_sets)]
