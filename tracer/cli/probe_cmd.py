@@ -97,6 +97,18 @@ def _status(json_out: bool):
     return status, on_start, on_progress
 
 
+def _rank_progress(status):
+    """The live status line of a --rank-code read."""
+    if status is None:
+        return None
+    status.start()
+
+    def on_progress(p: dict) -> None:
+        status.update(f"{p['queries']} requests, {p['answered']} of {p['inputs']} natural inputs answered")
+
+    return on_progress
+
+
 def register(app: typer.Typer) -> None:
     @app.command("probe", help=HELP)
     @handle_errors
@@ -127,6 +139,9 @@ def register(app: typer.Typer) -> None:
         input_encoding: str = typer.Option(None, "--input-encoding", callback=_encoding,
             help="kserve-v1: tensor (nested lists, the default) or png ({\"b64\": PNG})."),
         input_name: str = typer.Option(None, "--input-name", help="open-inference: the model's input tensor name (default: input)."),
+        rank_code: bool = typer.Option(False, "--rank-code",
+            help="Send no keys: read the rank code from the endpoint's scores on the vendor's validation inputs only "
+                 "(ordinary queries a filter cannot single out; needs scores, and copies that carry the code). Not resumable."),
         resume: str = typer.Option(None, "--resume",
             help="Continue an interrupted probe session (its id is printed at the start); the URL and unset options are the session's."),
         report: Path = ReportOpt,
@@ -142,12 +157,19 @@ def register(app: typer.Typer) -> None:
         options = ProbeOptions(alpha=alpha, budget=budget, decoys_per_trigger=decoys, probe_set=probe_set, client=client)
         if url is None and resume is None:
             raise UsageError("give the endpoint URL", hint="tracer probe URL --format FORMAT, or tracer probe --resume SESSION")
+        if rank_code and (resume is not None or probe_set is not None or decoys is not None):
+            raise UsageError("--rank-code sends no keys and is not resumed: it takes no --resume, --probe-set or --decoys-per-trigger")
         if resume is None:
             resolve_format(choice, ws.config.task)  # usage errors before the passphrase is asked for
         keyring = ws.unlock()
         status, on_start, on_progress = _status(json_out)
         try:
-            result = ProbeSession(ws, keyring, url, choice, options, resume=resume, on_progress=on_progress, on_start=on_start).run()
+            if rank_code:
+                from ..probing import probe_rank_code
+
+                result = probe_rank_code(ws, keyring, url, choice, options, on_progress=_rank_progress(status))
+            else:
+                result = ProbeSession(ws, keyring, url, choice, options, resume=resume, on_progress=on_progress, on_start=on_start).run()
         finally:
             if status is not None:
                 status.stop()
@@ -158,6 +180,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"report: {html_path}\nevidence: {evidence_path}", markup=False)
         if not json_out:
             x = result.extra
-            err.print(f"{x['trigger_queries']} trigger and {x['decoy_queries']} decoy queries, {result.queries} HTTP requests; "
-                      f"stopped: {x['stopped']}; session {x['session']}", markup=False)
+            sent = (f"{x['decoy_queries']} natural queries and no key" if rank_code else
+                    f"{x['trigger_queries']} trigger and {x['decoy_queries']} decoy queries")
+            err.print(f"{sent}, {result.queries} HTTP requests; stopped: {x['stopped']}; session {x['session']}", markup=False)
         show_result(result, json_out=json_out)

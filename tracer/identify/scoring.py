@@ -37,6 +37,13 @@ RANK_METHOD = (
     "concordant pairs of wrong classes under H0 (a sum of independent Mahonian counts)"
 )
 
+#: the method when the rank code is the only channel read (``tracer probe --rank-code``)
+RANK_ONLY_METHOD = (
+    "rank code only (no key sent): the exact tail of the concordant pairs of wrong classes under H0 'not derived from "
+    "this customer' (a sum of independent Mahonian counts); Holm step-down over all issued customers (those whose "
+    "copies carry no code enter with p = 1) controls the family-wise error rate at alpha"
+)
+
 
 def _key_sets(ids: frozenset[str]) -> tuple[str, ...]:
     """The key-set ids among a customer's set ids, sorted: without the rank-code style (a channel, not a key set)."""
@@ -297,9 +304,11 @@ def score_answers(
         p, logp = null_tails(matches, by_bound)
     bounds = sorted(by_bound)
     key_logp, scored = logp, trials > 0
-    if rank is not None:
+    if rank is not None and by_bound:  # both channels read: Bonferroni per customer
         p, logp = bonferroni_pair(p, logp, rank.p, rank.log10_p, rank.carried)
         scored = scored | rank.carried
+    elif rank is not None:  # the rank code alone (`tracer probe --rank-code`, no key sent): its own p-value
+        p, logp, scored = np.where(rank.carried, rank.p, 1.0), np.where(rank.carried, rank.log10_p, 0.0), rank.carried
     # Holm over all n_cust customers. A p-value above alpha is never rejected, so setting it to 1 changes
     # nothing but the sort, which then meets one long run of ties (linear instead of n log n).
     named = holm(np.where(scored & (p <= alpha), p, 1.0), alpha) if n_cust else np.zeros(0, bool)
@@ -307,7 +316,7 @@ def score_answers(
         ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
         alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,
         probe_sets=[ps.id for ps in probe_sets if ps.id in answers],
-        method=METHOD + (RANK_METHOD if rank is not None else "") + f" ({n_cust} customers)",
+        method=(METHOD + (RANK_METHOD if rank is not None else "") if by_bound or rank is None else RANK_ONLY_METHOD) + f" ({n_cust} customers)",
         decision_rule=HOLM_RULE, family_size=n_cust, threshold=None, extra=extra,
         label_choices=bounds[0] if len(bounds) == 1 else 0,
         rank=None if rank is None else (rank, key_logp),

@@ -9,6 +9,7 @@ budget, rate limit, retries), ``sequential`` (the anytime-valid test),
 from .client import ClientOptions, ProbeClient, parse_header
 from .formats import FORMATS, WireFormat, decode_png, encode_png, interpret, make_format
 from .plan import FormatChoice, JournalState, SessionPlan, resolve_format
+from .rank_probe import probe_rank_code
 from .sequential import DEFAULT_GRID, METHOD, EProcess, mixture_log_e
 from .session import ProbeOptions, ProbeSession, find_session, make_schedule, probe_endpoint, revealed_probe_sets
 from .urls import Endpoint, redact_url, url_hmac
@@ -17,6 +18,6 @@ __all__ = [
     "ClientOptions", "ProbeClient", "parse_header",
     "FORMATS", "WireFormat", "decode_png", "encode_png", "interpret", "make_format",
     "DEFAULT_GRID", "METHOD", "EProcess", "mixture_log_e",
-    "ProbeOptions", "ProbeSession", "find_session", "make_schedule", "probe_endpoint", "revealed_probe_sets",
+    "ProbeOptions", "ProbeSession", "find_session", "make_schedule", "probe_endpoint", "probe_rank_code", "revealed_probe_sets",
     "FormatChoice", "JournalState", "SessionPlan", "resolve_format", "Endpoint", "redact_url", "url_hmac",
 ]

@@ -44,6 +44,9 @@ __all__ = ["ProbeOptions", "FormatChoice", "SessionPlan", "JournalState", "resol
            "make_schedule", "input_sha256", "revealed_probe_sets", "find_session"]
 
 
+RANK_MODE = "rank-code"  # probe-start's ``mode`` of a `tracer probe --rank-code` read (key sessions have none)
+
+
 @dataclass
 class ProbeOptions:
     """Options of one run; ``None`` means "the default" for a new session and "the session's" on resume."""
@@ -319,6 +322,9 @@ def resumed_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, session: str, 
                  fmt: WireFormat | FormatChoice | None, opt: ProbeOptions) -> SessionPlan:
     """The plan of an existing session, the command line merged in (see the module docstring)."""
     start = find_session(ledger, session)
+    if start.get("mode") == RANK_MODE:
+        raise UsageError(f"probe session {session} was a --rank-code read, which is not resumed",
+                         hint="it sent no key: run `tracer probe URL --rank-code` again")
     endpoint, recorded_hmac = _resume_endpoint(keyring, start, url, session)
     if isinstance(fmt, WireFormat):
         if fmt.name != start["format"]["format"]:
