@@ -168,3 +168,23 @@ def test_retries_absorb_a_flaky_endpoint_and_a_failing_one_is_a_one_line_error(w
     dead = ModelServer(_copy(ws, "acme"), ws.config.task, "kserve-v1", faults=Faults(p_500=1.0))
     with pytest.raises(EndpointError, match="inputs in a row got no answer"):
         _read(ws, keyring, dead, client_retries=1)
+
+
+def test_evaluate_reads_the_rank_code_through_the_filter_on_a_scratch_ledger(ws, keyring):
+    from tracer.evaluate import run_suite
+    from tracer.evaluate.evaluation import Evaluation
+    from tracer.evaluate.html import render_html
+    from tracer.evaluate.tables import suite_table
+
+    with ws.ledger() as ledger:
+        before = ledger.count()
+    suite = run_suite(ws, keyring, attacks="evade-knn")
+    with ws.ledger() as ledger:
+        assert ledger.count() == before  # both probes journaled on scratch copies of the ledger
+    e = suite.attacks[0].evasion
+    assert e["probe"]["verdict"] == "no_match"  # noise keys: the filter flags them, the label-only probe is evaded
+    rank = e["rank_probe"]
+    assert rank["verdict"] == "match" and rank["named"] == [suite.customer] and rank["trigger_queries"] == 0
+    assert rank["flagged"] <= 0.05 * rank["requests"] and rank["log10_p"] < -10
+    assert f"match ({suite.customer})" in suite_table(suite) and "rank read (scores)" in suite_table(suite)
+    assert "rank-code read (scores)" in render_html(Evaluation(suite=suite))

@@ -432,6 +432,7 @@ class AttackContext:
     keys: np.ndarray | None = None  # the fingerprint key inputs (evasion: what the filter should not catch)
     natural: np.ndarray | None = None  # natural queries: the vendor's validation inputs, the probe's decoys
     probe: Callable[[Callable[[np.ndarray], np.ndarray], str], dict] | None = None  # (flags, answer) -> a probe through that filter
+    rank_probe: Callable[[Callable[[np.ndarray], np.ndarray], str], dict] | None = None  # the same, `tracer probe --rank-code` with scores
     detectors: dict[str, Detector] = field(default_factory=dict)  # fitted once, shared by a detector's rows
 
     @property
@@ -593,9 +594,11 @@ def _detector(ctx: AttackContext, name: str) -> Detector:
 def _evade(name: str, answer: str):
     def run(ctx: AttackContext) -> Attacked:
         det = _detector(ctx, name)
-        figures = {**detector_figures(det, ctx.keys, ctx.natural), "answer": answer, "probe": None}
+        figures = {**detector_figures(det, ctx.keys, ctx.natural), "answer": answer, "probe": None, "rank_probe": None}
         if ctx.probe is not None:
             figures["probe"] = ctx.probe(det.flags, answer)
+        if ctx.rank_probe is not None:
+            figures["rank_probe"] = ctx.rank_probe(det.flags, answer)
         return Attacked(filtered_predictor(ctx.copy_predict, det, answer=answer, seed=ctx.seed),
                         {"detector": name, "answer": answer, **det.describe()}, evasion=figures)
     return run

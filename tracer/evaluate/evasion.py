@@ -5,7 +5,9 @@ fingerprint keys from natural inputs (the vendor's validation inputs, which
 are also the probe's decoys), the share of keys and of natural inputs the
 filter flags, and what `tracer probe` with default options concludes against
 a real loopback HTTP server (:class:`tracer.examples.servers.FilterServer`)
-answering through that filter.
+answering through that filter (label-only), and, where the copies carry a rank code,
+what `tracer probe --rank-code` concludes when the same filtered copy returns scores
+(no key sent: natural inputs only).
 
 The keys are taken as an array and never looked into: :func:`key_inputs` is
 the one place that knows how this workspace's keys are made.
@@ -36,7 +38,7 @@ from ..keys.keyring import Keyring
 from ..workspace import LEDGER_FILE, Workspace
 from .detectors import detector_figures
 
-__all__ = ["key_inputs", "detector_figures", "probe_through_filter", "ScratchLedgerWorkspace"]
+__all__ = ["key_inputs", "detector_figures", "probe_through_filter", "rank_read_through_filter", "ScratchLedgerWorkspace"]
 
 
 def key_inputs(ws: Workspace, keyring: Keyring) -> np.ndarray:
@@ -85,4 +87,27 @@ def probe_through_filter(ws: Workspace, keyring: Keyring, model: Any, flags: Cal
         return {"verdict": result.verdict, "named": list(result.customers), "requests": result.queries,
                 "trigger_queries": x.get("trigger_queries"), "decoy_queries": x.get("decoy_queries"),
                 "trigger_answers": x.get("trigger_answers"), "stopped": x.get("stopped"), "flagged": server.flagged,
+                "log10_p": None if mine is None else round(float(mine.log10_p), 4)}
+
+
+def rank_read_through_filter(ws: Workspace, keyring: Keyring, model: Any, flags: Callable[[np.ndarray], np.ndarray], *, answer: str,
+                             seed: int = 0, customer: str | None = None) -> dict[str, Any]:
+    """`tracer probe --rank-code` (default options, kserve-v1 with scores) against ``model`` behind the filter, on a scratch ledger.
+
+    The same fields as :func:`probe_through_filter` (``trigger_queries`` is 0: no key is sent); an error
+    (a workspace whose copies carry no rank code, say) comes back as ``{"verdict": "error", "error": ...}``.
+    """
+    from ..examples.servers import FilterServer
+    from ..probing import make_format, probe_rank_code
+
+    task = ws.config.task
+    server = FilterServer(model, task, "kserve-v1", flags=flags, on_flag=answer, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="tracer-evasion-rank-") as tmp, server:
+        try:
+            result = probe_rank_code(ws=ScratchLedgerWorkspace(ws, Path(tmp)), keyring=keyring, url=server.url, fmt=make_format("kserve-v1", task))
+        except TracerError as exc:
+            return {"verdict": "error", "error": exc.message, "requests": server.requests, "flagged": server.flagged}
+        mine = next((c for c in result.candidates if c.customer == customer), None)
+        return {"verdict": result.verdict, "named": list(result.customers), "requests": result.queries, "trigger_queries": 0,
+                "decoy_queries": result.extra.get("decoy_queries"), "stopped": result.extra.get("stopped"), "flagged": server.flagged,
                 "log10_p": None if mine is None else round(float(mine.log10_p), 4)}

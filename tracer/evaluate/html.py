@@ -120,7 +120,7 @@ def _evasion_row(a: AttackResult) -> str:
             f"<td class=n>{sep}</td>"
             f"<td class=n>{_share(e.get('keys_flagged'))} of {_e(e.get('keys', 0))}</td>"
             f"<td class=n>{_share(e.get('decoys_flagged'))} of {_e(e.get('decoys', 0))}</td>"
-            f"<td class=n>{agreement}</td>{_probe_cell(e.get('probe'))}</tr>")
+            f"<td class=n>{agreement}</td>{_probe_cell(e.get('probe'))}{_probe_cell(e.get('rank_probe'))}</tr>")
 
 
 def _evasion(s: SuiteResult) -> str:
@@ -135,9 +135,12 @@ def _evasion(s: SuiteResult) -> str:
             "every time; below 0.5, keys look <em>more</em> ordinary than natural inputs, which a leaker can also exploit by flagging the "
             "other tail, so the two-sided column, max(AUC, 1 &minus; AUC), is the separation that counts. The probe is "
             "<code>tracer probe</code> with default options against a real loopback server running the filter, "
-            "journaled on a scratch copy of the ledger so that the evaluation reveals none of the workspace's keys.</p>"
+            "journaled on a scratch copy of the ledger so that the evaluation reveals none of the workspace's keys, against the filter answering "
+            "class labels only. Where the copies carry a rank code, the last two columns are <code>tracer probe --rank-code</code> against the "
+            "same filter answering with scores: it sends no key, only natural inputs, which the filter passes.</p>"
             '<div class="scroll"><table class="grid"><tr><th>attack</th><th>detector</th><th>flagged queries get</th><th>AUC keys / natural</th>'
-            "<th>two-sided</th><th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th></tr>"
+            "<th>two-sided</th><th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th>"
+            "<th>rank-code read (scores)</th><th>keys / requests</th></tr>"
             + body + "</table></div>")
 
 

@@ -33,7 +33,7 @@ from ..keys.keyring import Keyring
 from ..training import accuracy
 from ..workspace import Workspace
 from .attacks import ACCURACY_BUDGET, ATTACKS, AttackContext, Predictor, resolve_attacks, torch_predictor
-from .evasion import key_inputs, probe_through_filter
+from .evasion import key_inputs, probe_through_filter, rank_read_through_filter
 from .models import IssuedCopy, attacker_data, factories, issued_copies, load_copy, training_recipe
 
 __all__ = ["AttackResult", "SuiteResult", "run_suite", "VERDICTS"]
@@ -199,6 +199,12 @@ def _attack(name: str, ctx: AttackContext, score: Callable[[AttackResult, Predic
     return row
 
 
+def _carries_rank_code(ws: Workspace, customer: str) -> bool:
+    """Whether the copy's latest issuance record carries a rank code (then the evasion rows also read it through the filter)."""
+    with ws.ledger() as ledger:
+        return "rank_code" in ledger.issuances(customer)[-1].payload
+
+
 def run_suite(
     ws: Workspace,
     keyring: Keyring,
@@ -229,6 +235,9 @@ def run_suite(
         ctx.keys, ctx.natural = key_inputs(ws, keyring), data.x_val
         if probe_evasion:
             ctx.probe = lambda flags, answer: probe_through_filter(ws, keyring, copy.onnx, flags, answer=answer, seed=seed, customer=copy.customer)
+            if _carries_rank_code(ws, copy.customer):
+                ctx.rank_probe = lambda flags, answer: rank_read_through_filter(ws, keyring, copy.onnx, flags, answer=answer, seed=seed,
+                                                                                customer=copy.customer)
     copy_pred = torch_predictor(copy.model)
     copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
     with ws.ledger() as ledger:

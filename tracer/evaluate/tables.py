@@ -66,17 +66,19 @@ def evasion_table(s: SuiteResult) -> str:
         if not e:
             continue
         verdict, queries = _probe_text(e.get("probe"))
+        rank_verdict, rank_queries = _probe_text(e.get("rank_probe"))
         auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
         sep = "-" if e.get("separation") is None else f"{e['separation']:.3f}"
         rows.append([a.name, e.get("detector", "-"), e.get("answer", "-"), auc, sep,
                      f"{_share(e.get('keys_flagged'))} of {e.get('keys', 0)}", f"{_share(e.get('decoys_flagged'))} of {e.get('decoys', 0)}",
-                     f"{a.matches}/{a.trials}" if a.matches is not None else "-", verdict, queries])
+                     f"{a.matches}/{a.trials}" if a.matches is not None else "-", verdict, queries, rank_verdict, rank_queries])
     if not rows:
         return ""
     header = ["attack", "detector", "answer", "AUC keys/natural", "two-sided", "keys flagged", "decoys flagged", "agreement", "probe verdict",
-              "probe queries"]
+              "probe queries", "rank read (scores)", "rank read queries"]
     return ("evasion filters (natural inputs: the vendor's validation inputs, also the probe's decoys; two-sided: max(AUC, 1 - AUC), what a "
-            "leaker flagging either tail gets; probe: `tracer probe` default options, label-only kserve-v1 on loopback, scratch ledger):\n"
+            "leaker flagging either tail gets; probe: `tracer probe` default options, label-only kserve-v1 on loopback, scratch ledger; "
+            "rank read: `tracer probe --rank-code` through the same filter answering with scores, no key sent, where copies carry the code):\n"
             + _render(header, rows, {3, 4, 5, 6, 7}))
 
 
