@@ -17,8 +17,8 @@ import pytest
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy, issued_tabular
 from tracer.errors import EndpointError, UsageError
 from tracer.examples.servers import FilterServer, ModelServer
+from tracer.identify.result import RANK_MODE
 from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_rank_code
-from tracer.probing.plan import RANK_MODE
 from tracer.workspace import Workspace
 
 
@@ -188,3 +188,16 @@ def test_evaluate_reads_the_rank_code_through_the_filter_on_a_scratch_ledger(ws,
     assert rank["flagged"] <= 0.05 * rank["requests"] and rank["log10_p"] < -10
     assert f"match ({suite.customer})" in suite_table(suite) and "rank read (scores)" in suite_table(suite)
     assert "rank-code read (scores)" in render_html(Evaluation(suite=suite))
+
+
+def test_the_report_of_a_rank_code_read_says_no_key_was_sent(ws, keyring, tmp_path):
+    from tracer.report import write_report
+
+    result, _ = _read(ws, keyring, ModelServer(_copy(ws, "acme"), ws.config.task, "kserve-v1"))
+    html_path, evidence_path = write_report(ws, keyring, result, tmp_path / "read.html")
+    page = html_path.read_text(encoding="utf-8")
+    assert "acme" in page and "No secret probe was sent: this is the whole evidence" in page
+    assert "no secret\ninput at all" in page or "no secret input at all" in page
+    assert "twice the smaller" not in page and "0 of 0" not in page and "Pairs agreeing" in page
+    evidence = json.loads(evidence_path.read_text(encoding="utf-8"))
+    assert "rank_code" in json.dumps(evidence)

@@ -8,10 +8,12 @@ from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["Candidate", "CandidateTable", "IdentificationResult", "build_result", "HOLM_RULE", "EPROCESS_RULE"]
+__all__ = ["Candidate", "CandidateTable", "IdentificationResult", "build_result", "HOLM_RULE", "EPROCESS_RULE", "RANK_MODE"]
 
 #: ``IdentificationResult.decision_rule`` of a fixed-size test (identify, evaluate): exact binomial tails, Holm.
 HOLM_RULE = "holm-binomial"
+#: ``extra["mode"]`` of a `tracer probe --rank-code` read (the rank code alone, no key sent); key sessions have none
+RANK_MODE = "rank-code"
 #: ``decision_rule`` of a probe: anytime-valid e-process, Bonferroni (threshold family_size / alpha).
 EPROCESS_RULE = "e-process-bonferroni"
 

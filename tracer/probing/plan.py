@@ -31,6 +31,7 @@ from ..fingerprint.keysets import is_pool
 from ..fingerprint.pool import KEY_STYLE, KeyPool
 from ..fingerprint.revelation import PoolUsage, draw_keys, pool_usage
 from ..identify.identify import carried_key_sets
+from ..identify.result import RANK_MODE
 from ..identify.scoring import IssuedCustomer, issued_customers
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -42,9 +43,6 @@ from .urls import Endpoint, url_hmac
 
 __all__ = ["ProbeOptions", "FormatChoice", "SessionPlan", "JournalState", "resolve_format", "new_plan", "resumed_plan",
            "make_schedule", "input_sha256", "revealed_probe_sets", "find_session"]
-
-
-RANK_MODE = "rank-code"  # probe-start's ``mode`` of a `tracer probe --rank-code` read (key sessions have none)
 
 
 @dataclass

@@ -41,13 +41,13 @@ from ..errors import BudgetExhausted, EndpointError, TracerError, UsageError
 from ..fingerprint import rankcode
 from ..identify.identify import record_identification
 from ..identify.rank_channel import read_rank_code, read_set
-from ..identify.result import IdentificationResult
+from ..identify.result import RANK_MODE, IdentificationResult
 from ..identify.scoring import issued_customers, score_answers
 from ..keys.keyring import Keyring
 from ..workspace import Workspace
 from .client import ClientOptions, Outcome, ProbeClient
 from .formats import WireFormat
-from .plan import RANK_MODE, FormatChoice, ProbeOptions, input_sha256, resolve_format
+from .plan import FormatChoice, ProbeOptions, input_sha256, resolve_format
 from .session import _stored
 from .urls import Endpoint, url_hmac
 

@@ -29,7 +29,7 @@ from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
 from ..fingerprint.stats import binomial_tails
-from ..identify.result import EPROCESS_RULE, HOLM_RULE, Candidate, IdentificationResult
+from ..identify.result import EPROCESS_RULE, HOLM_RULE, RANK_MODE, Candidate, IdentificationResult
 from ..keys.keyring import Keyring, load_public_key
 from ..ledger.entries import Entry, utc_now
 from ..workspace import Workspace
@@ -167,13 +167,21 @@ def decision_of(r: IdentificationResult) -> Decision:
     return Decision(HOLM, r.family_size or len(r.candidates), r.alpha, None)
 
 
+def rank_only(r: IdentificationResult) -> bool:
+    """A `tracer probe --rank-code` read: the rank code was the only channel, and no secret probe was sent."""
+    return r.extra.get("mode") == RANK_MODE
+
+
 def _tested(r: IdentificationResult) -> list[Candidate]:
-    """Customers the suspect was actually scored against (a probe skips copies without its probe set)."""
+    """Customers the suspect was actually scored against (a probe skips copies without its probe set; a rank-code read, copies without the code)."""
+    if rank_only(r):
+        return [c for c in r.candidates if c.rank_pairs is not None]
     return [c for c in r.candidates if c.trials > 0]
 
 
 def _untested(r: IdentificationResult) -> list[Candidate]:
-    return [c for c in r.candidates if c.trials == 0]
+    tested = {c.customer for c in _tested(r)}
+    return [c for c in r.candidates if c.customer not in tested]
 
 
 def _e_threshold_count(t: int, num_classes: int, threshold: float) -> int | None:
@@ -245,6 +253,9 @@ def _copy_phrase(c: Candidate, entries: list[Entry], suspect_sha: str | None) ->
 
 def _named_line(c: Candidate, r: IdentificationResult, dec: Decision) -> str:
     """One named customer's evidence in a sentence, worded for the test that decided."""
+    if rank_only(r):
+        return (f'<p class="small">{_e(c.display_name)}: {_rank_sentence(c, r)} No secret probe was sent: this is the whole '
+                f"evidence (p = {_p(c)}).</p>")
     head = (f'<p class="small">{_e(c.display_name)}: the suspect gave that customer\'s secret answer on '
             f"<strong>{c.matches} of {c.trials}</strong> secret probes; a model not derived from its copy would "
             f"get {plain_count(c.trials / r.choices)} by chance. ")
@@ -302,11 +313,15 @@ def _verdict(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
         return _verdict_match(d, dec, subject, verb, kind)
     tested = _tested(r)
     who = (f"{dec.family_size} customers whose copies carry the probe set used" if dec.sequential
-           else f"{len(r.candidates)} issued customers")
+           else f"{len(tested)} customers whose copies carry a rank code" if rank_only(r) else f"{len(r.candidates)} issued customers")
     lines = [f"<p><strong>No issued customer can be named: {subject[0].lower() + subject[1:]} does not match any of the "
              f"{who}' secret fingerprints more than chance explains at the chosen error bound "
              f"(alpha = {num(format_alpha(r.alpha))}).</strong></p>"]
-    if tested:
+    if tested and rank_only(r):
+        best = tested[0]
+        lines.append(f'<p class="small">The closest customer, {_e(best.display_name)} (<code>{_e(best.customer)}</code>): '
+                     f"{_rank_sentence(best, r)} (p = {_p(best)}).</p>")
+    elif tested:
         best = tested[0]
         lines.append(f'<p class="small">The closest customer, {_e(best.display_name)} (<code>{_e(best.customer)}</code>), '
                      f"matched {best.matches} of {best.trials} secret probes; chance alone gives {plain_count(best.trials / r.choices)} "
@@ -377,17 +392,23 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
     rows.append(("Verdict", "match: " + _e(", ".join(r.customers)) if r.matched else "no match"))
     rows.append(("Questions sent to the suspect", num(f"{r.queries:,}")))
     counts = ("trigger_queries", "decoy_queries")
-    rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
-    rows.append(("Probe sets used", _e(", ".join(f"{p} (natural-mix key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
+    if rank_only(r):
+        rows.append(("Ordinary inputs sent", f"{num(extra.get('decoy_queries', 0))}<span class=explain>the vendor's own validation "
+                     "inputs, nothing else: no secret probe was sent, so a service that filters unusual questions had nothing to "
+                     "single out</span>"))
+        rows.append(("Probe sets used", "none: the fingerprint was read from the service's scores (rank code)"))
+    else:
+        rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
+        rows.append(("Probe sets used", _e(", ".join(f"{p} (natural-mix key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
     untested = _untested(r)
     checked = num(f"{len(r.candidates) - len(untested):,}")
     if untested:
-        checked += (f"<span class=explain>{len(untested):,} more issued customer(s) were not tested: their copies do not carry "
-                    "the probe set used</span>")
+        why = "carry no rank code" if rank_only(r) else "do not carry the probe set used"
+        checked += f"<span class=explain>{len(untested):,} more issued customer(s) were not tested: their copies {why}</span>"
     rows.append(("Issued customers checked", checked))
     rows.append(("Possible answers per question (C)", num(r.choices)))
     rows.append(("Error bound alpha", f"{num(format_alpha(r.alpha))}: the chance that tracer names any innocent customer is at most alpha"))
-    rows += _extra_rows({k: v for k, v in extra.items() if k not in counts}, dec)
+    rows += _extra_rows({k: v for k, v in extra.items() if k not in counts and not (rank_only(r) and k in ("mode", "natural_answers"))}, dec)
     rows.append(("Report made", _e(_when(d.created))))
     return "<h2>The suspect</h2>" + kv_table(rows)
 
@@ -428,7 +449,7 @@ def _charts(d: ReportData, dec: Decision) -> str:
     if not tested:
         return head + "<p>No customer was scored against the suspect: nothing to compare.</p>"
     by_trials: dict[int, list[Candidate]] = {}
-    for c in tested:
+    for c in tested if not rank_only(r) else []:  # a rank-code read has no probe matches to draw against the binomial
         by_trials.setdefault(c.trials, []).append(c)
     parts = [_null_figure(r, dec, n, group) for n, group in sorted(by_trials.items(), key=lambda kv: -len(kv[1]))]
     top = tested[:MAX_STRENGTH_ROWS]
@@ -466,11 +487,14 @@ def _scores(d: ReportData) -> str:
     n_named = sum(1 for c in tested if c.named)
     shown = tested[: max(MAX_TABLE_ROWS, n_named)]
     rows = []
+    ranks = rank_only(r)  # a rank-code read: pairs of wrong answers agreeing, not probe matches
     for i, c in enumerate(shown, start=1):
         cls = ' class="named"' if c.named else ""
+        agree, chance = ((f"{c.rank_concordant} of {c.rank_pairs}", (c.rank_pairs or 0) / 2) if ranks
+                         else (f"{c.matches} of {c.trials}", c.trials / r.choices))
         rows.append(
             f"<tr{cls}><td class=num>{i}</td><td><code>{_e(c.customer)}</code></td><td>{_e(c.display_name)}</td>"
-            f"<td class=num>{c.matches} of {c.trials}</td><td class=num>{c.trials / r.choices:.1f}</td>"
+            f"<td class=num>{agree}</td><td class=num>{chance:.1f}</td>"
             f"<td class=num>{_e(format_p(c.p_value, c.log10_p))}</td><td>{'named' if c.named else 'not named'}</td></tr>"
         )
     more = len(tested) - len(shown)
@@ -478,10 +502,12 @@ def _scores(d: ReportData) -> str:
     untested = _untested(r)
     if untested:
         names = ", ".join(_e(c.display_name) for c in untested[:10]) + (" and others" if len(untested) > 10 else "")
-        note += (f'<p class="note">Not tested ({len(untested):,}): {names}. Their copies do not carry the probe set used, '
+        why = "carry no rank code" if ranks else "do not carry the probe set used"
+        note += (f'<p class="note">Not tested ({len(untested):,}): {names}. Their copies {why}, '
                  "so the suspect's answers say nothing about them either way.</p>")
     return ('<h2>Scores of the customers</h2><div class="scroll"><table class="grid"><tr><th>Rank</th><th>Customer</th><th>Name</th>'
-            "<th>Matches</th><th>Expected by chance</th><th>p-value</th><th>Decision</th></tr>" + "".join(rows) + "</table></div>" + note)
+            f"<th>{'Pairs agreeing' if ranks else 'Matches'}</th><th>Expected by chance</th><th>p-value</th><th>Decision</th></tr>"
+            + "".join(rows) + "</table></div>" + note)
 def _sig(ci: CheckedEntry) -> str:
     cls = "ok" if ci.valid else "bad"
     mark = "✔" if ci.valid else "✘ INVALID:"
@@ -548,9 +574,9 @@ the suspect then agrees with each of them with probability exactly 1 in {c}, ind
 its match count follows the binomial distribution shown by the grey bars.</p>"""
 
 
-def _method_holm(r: IdentificationResult, dec: Decision) -> str:
+def _method_holm(r: IdentificationResult, dec: Decision, *, what: str = "matching at least as many probes") -> str:
     n = dec.family_size
-    return f"""<p>The <em>p-value</em> is the exact chance of matching at least as many probes as observed under that assumption.
+    return f"""<p>The <em>p-value</em> is the exact chance of {what} as observed under that assumption.
 A tiny p-value means the assumption is not credible: the suspect must descend from that customer's copy.</p>
 <h3 class="keep">What alpha means</h3>
 <p>A customer is named only when the evidence clears a bar chosen so that <strong>the chance that tracer names any innocent
@@ -613,8 +639,27 @@ trained to imitate a copy's scores inherits it. The two chances of one customer 
 (Bonferroni's rule for two tests), and that combined p-value is what the correction below uses.</p>"""
 
 
+def _method_rank_only(r: IdentificationResult) -> str:
+    """How a rank-code read decides: the code alone, from ordinary inputs, no probe sent."""
+    rc = r.extra.get("rank_code") or {}
+    return f"""<h2>How the decision was made, in plain words</h2>
+<p>Every copy of the model that the vendor issues is slightly different: besides its answers to secret test inputs, it was
+trained to spread a small part of its confidence over the wrong answers in a secret, customer-specific order (for inputs of
+each class, a ranking of the other classes, drawn at random for that customer). This check sent the service <strong>no secret
+input at all</strong>: only {num(rc.get("queries", 0))} of the vendor's ordinary inputs, the kind of questions any user asks. From
+the scores the service returned, for each class we counted the pairs of wrong answers it ranks the way a customer's secret
+ranking does ({num(rc.get("pairs", 0))} pairs in all).</p>
+<h3 class="keep">The question asked for each customer</h3>
+<p>The starting assumption (the <em>null hypothesis</em>) is: “the service does <strong>not</strong> run a model derived from this
+customer's copy”. If that is true, it knows nothing of the customer's secret ranking, so it agrees with it on each class as a
+random ranking would, and the exact chance of agreeing on at least as many pairs as observed (the <em>p-value</em>) is computed
+from that. This fingerprint survives what the secret inputs do not: a model trained to imitate a copy's scores inherits it.</p>"""
+
+
 def _method(d: ReportData, dec: Decision) -> str:
     r = d.result
+    if rank_only(r):
+        return _method_rank_only(r) + _method_holm(r, dec, what="agreeing on at least as many pairs") + _method_limits()
     rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
     return (_method_common(r.choices, natural=any(p.startswith("pool") for p in r.probe_sets)) + _method_rank(r) + rule
             + _method_limits())
@@ -644,6 +689,7 @@ def _appendix(r: IdentificationResult, dec: Decision) -> str:
     terms = _GLOSSARY_COMMON + (_GLOSSARY_EPROCESS if dec.sequential else _GLOSSARY_HOLM)
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in terms)
     rule = ("anytime-valid e-process, Bonferroni over the customers whose copies carry the probe set" if dec.sequential
+            else "exact tail of the rank code's concordant pairs, Holm's step-down over all issued customers" if rank_only(r)
             else "exact binomial tail, Holm's step-down over all issued customers")
     return (f'<h2>Technical appendix</h2><p>Decision rule: <code>{_e(dec.rule)}</code> '
             f"({_e(rule)}); family size {num(dec.family_size)}"
@@ -681,5 +727,6 @@ def render_html(d: ReportData) -> str:
              + (f", ledger entry {r.ledger_entry}" if r.ledger_entry is not None else "") + ".</p>")
     body = [intro, _verdict(d, extra, dec), _facts(d, extra, dec), _charts(d, dec), _records(d), _scores(d), _method(d, dec),
             _verify(d), _appendix(r, dec)]
-    rule = "sequential e-process with Bonferroni" if dec.sequential else "exact binomial test with Holm's correction"
+    rule = ("sequential e-process with Bonferroni" if dec.sequential else "rank-code test with Holm's correction" if rank_only(r)
+            else "exact binomial test with Holm's correction")
     return page("tracer identification report", "".join(body), footer=f"Decided by the {_e(rule)}; details in the technical appendix.")
