@@ -146,6 +146,7 @@ def test_the_cli_reads_the_code_and_exits_0_on_a_match(ws, run_cli):
         assert doc["customers"] == ["acme"] and doc["rank_code"]["read"] and doc["queries"] == srv.requests
         r = run_cli(["probe", srv.url, "--format", "kserve-v1", "--rank-code"], env=env)
         assert r.returncode == 0 and "natural queries and no key" in r.stderr
+        assert "p is the rank code's alone (no key sent)" in r.stdout and "/360 pairs" in r.stdout and "0/0" not in r.stdout
 
 
 def test_a_workspace_whose_copies_carry_no_code_is_told_so(issued_tabular, tmp_path):

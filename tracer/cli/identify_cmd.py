@@ -8,7 +8,7 @@ import typer
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
 from ..fingerprint.revelation import pool_warning
-from ..identify.result import IdentificationResult
+from ..identify.result import RANK_MODE, IdentificationResult
 from ._common import EXIT_CODES_SEE, AlphaOpt, JsonOpt, WorkspaceOpt, handle_errors, out, print_json, say, workspace
 
 __all__ = ["AlphaOpt", "ReportOpt", "show_result"]  # AlphaOpt lives in _common; re-exported for `tracer probe`
@@ -32,13 +32,19 @@ def show_result(result: IdentificationResult, *, json_out: bool) -> None:
             out.print("NO MATCH: no issued customer can be named at this significance level", markup=False)
         out.print(f"alpha {result.alpha:g} (family-wise over {len(result.candidates)} customers), {result.queries} queries", markup=False)
         rank = result.extra.get("rank_code") or {}
+        rank_only = result.extra.get("mode") == RANK_MODE  # `tracer probe --rank-code`: the code alone, no key sent
         if rank.get("read"):
-            out.print(f"rank code read on {rank['queries']} validation inputs ({rank['pairs']} pairs, chance {rank['chance']:g}); "
-                      "p combines keys and rank code (Bonferroni)", markup=False)
+            how = "p is the rank code's alone (no key sent)" if rank_only else "p combines keys and rank code (Bonferroni)"
+            out.print(f"rank code read on {rank['queries']} validation inputs ({rank['pairs']} pairs, chance {rank['chance']:g}); {how}",
+                      markup=False)
         elif rank:
             out.print(f"rank code not read: {rank.get('reason', '')}", markup=False)
         for c in result.candidates[:5]:
             mark = "*" if c.named else " "
+            if rank_only:
+                pairs = f"{c.rank_concordant}/{c.rank_pairs} pairs" if c.rank_pairs is not None else "no rank code"
+                out.print(f" {mark} {c.customer:<24} {pairs:>14} p = {c.p_value:.3g} (log10 {c.log10_p:.1f})", markup=False)
+                continue
             line = f" {mark} {c.customer:<24} {c.matches:>4}/{c.trials:<4} p = {c.p_value:.3g} (log10 {c.log10_p:.1f})"
             if c.rank_pairs is not None:
                 line += f"  keys log10 {c.key_log10_p:.1f}, rank {c.rank_concordant}/{c.rank_pairs} log10 {c.rank_log10_p:.1f}"
