@@ -22,9 +22,19 @@ CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech
 
 #: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12)
 NATURAL_KEYS = {"style": '"natural-mix/v1"', "pool_size": "2048", "keys_per_probe": "40"}
-#: 2048 keys on the 38k-parameter digits CNN: no trigger jitter (keys already lie on the data's grid; jitter widened
-#: the region each key flips and cost clean accuracy) and a 3-logit margin (bench/results/keys_pool2048.txt)
-NATURAL_EMBEDDING = {"steps": "2000", "trigger_batch": "128", "trigger_noise": "0.0", "trigger_margin": "3.0"}
+#: The natural-mix [embedding] recipe that recorded results call NATURAL_EMBEDDING (steps 2000, trigger_batch 128,
+#: trigger_noise 0, trigger_margin 3: keys_pool2048.txt) is now the style's own default, tracer.config.STYLE_DEFAULTS.
+
+
+class Said(list):
+    """Lines printed as they come (flushed: long benches show progress) and kept for :func:`save_result`."""
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.append(text)
+
+    def text(self) -> str:
+        return "\n".join(self) + "\n"
 
 
 def save_result(name: str, text: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import FAST_SCRYPT, PASSPHRASE, example_text, save_result
+from _common import FAST_SCRYPT, PASSPHRASE, Said, example_text, save_result
 
 from tracer.embedding import Issuer
 from tracer.evaluate.attacks import distill, onnx_predictor, torch_predictor
@@ -53,11 +53,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     seeds = [int(s) for s in a.seeds.split(",")]
-    lines: list[str] = []
-
-    def say(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
+    say = Said()
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = init_workspace(Path(tmp) / "w", passphrase=PASSPHRASE, config_text=example_text("digits", "natural"), scrypt=FAST_SCRYPT)
@@ -111,7 +107,7 @@ def main() -> None:
                         f"trigger {rep.trigger_accuracy:.3f}, soft T=1 -> MLP rank log10 p {np.log10(p[0]):.1f}, {time.process_time() - t0:.0f} CPU-s")
                 except Exception as exc:  # a gate failure is the measurement here
                     say(f"  {cid:8s} {str(exc).splitlines()[0][:150]} ({time.process_time() - t0:.0f} CPU-s)")
-    save_result(a.out, "\n".join(lines) + "\n")
+    save_result(a.out, say.text())
 
 
 if __name__ == "__main__":

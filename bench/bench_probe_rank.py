@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _common import CUSTOMERS, PASSPHRASE, build_issued_workspace, save_result
+from _common import CUSTOMERS, PASSPHRASE, Said, build_issued_workspace, save_result
 
 from tracer.data import load_dataset
 from tracer.embedding.basemodel import load_base_model
@@ -39,11 +39,7 @@ def main() -> None:
     ap.add_argument("--out", default="probe_rank_digits.txt")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    lines: list[str] = []
-
-    def say(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
+    say = Said()
 
     with tempfile.TemporaryDirectory() as tmp:
         customers = list(CUSTOMERS)[: max(2, a.customers)]
@@ -85,7 +81,7 @@ def main() -> None:
             m = train_classifier(make(), d.x_attack, d.y_attack, epochs=60, lr=1e-3, batch_size=32, seed=1)
             row(name, ModelServer(torch_predictor(m), cfg.task, "kserve-v1"))
         row("NULL base model", ModelServer(torch_predictor(load_base_model(cfg)), cfg.task, "kserve-v1"))
-    save_result(a.out, "\n".join(lines) + "\n")
+    save_result(a.out, say.text())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import BEFORE_RANK_CODE, FAST_SCRYPT, PASSPHRASE, example_text, save_result
+from _common import BEFORE_RANK_CODE, FAST_SCRYPT, PASSPHRASE, Said, example_text, save_result
 
 from tracer.data import load_dataset
 from tracer.embedding import Issuer
@@ -57,11 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default="rankcode_digits.txt")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    lines: list[str] = []
-
-    def say(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
+    say = Said()
 
     customers = list(IDS[: max(2, a.customers)])
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +125,7 @@ def main() -> None:
             prof, read = rankcode.class_profiles(logs, d.y_val, 10)
             p, _ = rankcode.rank_p_values(rankcode.concordant_pairs(prof, read, ranks), num_classes=10, classes_read=int(read.sum()))
             say(f"  {name:26s} " + "  ".join(f"u={u:g}: {float(np.mean(p <= u)):.4f}" for u in (0.5, 0.1, 0.01, 0.001)))
-    save_result(a.out, "\n".join(lines) + "\n")
+    save_result(a.out, say.text())
 
 
 if __name__ == "__main__":

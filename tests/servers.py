@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+
 from tracer.examples.servers import (
     PATHS,
     TEMPLATE_PNG,
@@ -18,6 +20,14 @@ from tracer.examples.servers import (
     ModelServer,
     _QuietServer,
 )
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch) -> None:
+    """The loopback servers must be reached directly, whatever proxy the environment names (autouse where imported)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
 
 # -- hostile servers --------------------------------------------------------------------------------
 

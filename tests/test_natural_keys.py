@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures_issued import LOW_SCRYPT, PASSPHRASE, copy_workspace, shared_build, shared_dir
+from tests.servers import no_proxy  # autouse: the loopback servers bypass any proxy
 from tracer.examples.servers import ModelServer
 from tracer.fingerprint.keysets import open_pool
 from tracer.fingerprint.pool import KEY_STYLE, POOL_ID, pool_path
@@ -65,12 +66,6 @@ def ws(issued_natural, tmp_path) -> Workspace:
 @pytest.fixture
 def keyring(ws):
     return ws.unlock(passphrase=PASSPHRASE)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _issuances(ws: Workspace) -> list[dict]:

@@ -14,19 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy
+from tests.servers import no_proxy  # autouse: the loopback servers bypass any proxy
 from tracer.errors import BudgetExhausted, EndpointError, TracerError
 from tracer.examples.servers import TEMPLATE_PNG, TEMPLATE_TENSOR, Faults, ModelServer
 from tracer.probing import ClientOptions, ProbeOptions, ProbeSession, make_format, probe_endpoint
 from tracer.workspace import Workspace
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch) -> None:
-    """The loopback servers must be reached directly, whatever proxy the environment names."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

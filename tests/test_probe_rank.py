@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_issued import PASSPHRASE, issued_digits, issued_digits_copy, issued_tabular
+from tests.servers import no_proxy  # autouse: the loopback servers bypass any proxy
 from tracer.errors import EndpointError, UsageError
 from tracer.examples.servers import FilterServer, ModelServer
 from tracer.identify.result import RANK_MODE
 from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_rank_code
 from tracer.workspace import Workspace
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

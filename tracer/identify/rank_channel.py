@@ -27,7 +27,7 @@ from ..keys.derive import hkdf_key
 if TYPE_CHECKING:
     from .scoring import IssuedCustomers
 
-__all__ = ["RankScores", "read_rank_code", "read_set"]
+__all__ = ["RankScores", "read_rank_code", "read_outputs", "read_set"]
 
 
 @dataclass
@@ -107,21 +107,29 @@ def read_rank_code(master: bytes, customers: IssuedCustomers, *, num_classes: in
     """(scores of the channel or None, its ``rank_code`` block or None when no copy carries one).
 
     ``scores(x)`` returns the suspect's raw outputs (None: class indices only); ``validation()`` the
-    vendor's validation inputs and labels; ``cache_dir``: the encrypted codeword cache the codes are kept in.
+    vendor's validation inputs and labels; ``cache_dir``: the encrypted cache of codes and of the read set.
     """
+    if not rankcode.applicable(num_classes) or not customers.members(rankcode.RANK_CODE_STYLE).any():
+        return None, None
+    if scores is None:
+        return None, _not_read(NO_SCORES)
+    x_val, y_val = read_set(master, cache_dir, validation)
+    return read_outputs(master, customers, num_classes=num_classes, outputs=scores(x_val), labels=y_val, cache_dir=cache_dir)
+
+
+def read_outputs(master: bytes, customers: IssuedCustomers, *, num_classes: int, outputs: np.ndarray | None,
+                 labels: np.ndarray, cache_dir: Path | None = None) -> tuple[RankScores | None, dict | None]:
+    """The read itself, on a suspect's raw ``outputs`` for inputs of known ``labels`` (any fixed inputs: the null needs
+    them chosen independently of the codes). ``tracer probe --rank-code`` calls it on the answers it got."""
     if not rankcode.applicable(num_classes):
         return None, None
     carried = customers.members(rankcode.RANK_CODE_STYLE)  # from the customer table: no scan of the ledger
     if not carried.any():
         return None, None
-    if scores is None:
+    logs = None if outputs is None else rankcode.log_scores(outputs)
+    if logs is None or logs.shape != (len(labels), num_classes):
         return None, _not_read(NO_SCORES)
-    x_val, y_val = read_set(master, cache_dir, validation)
-    raw = scores(x_val)
-    logs = None if raw is None else rankcode.log_scores(raw)
-    if logs is None or logs.shape != (len(x_val), num_classes):
-        return None, _not_read(NO_SCORES)
-    profiles, read = rankcode.class_profiles(logs, y_val, num_classes)
+    profiles, read = rankcode.class_profiles(logs, labels, num_classes)
     rows = np.flatnonzero(carried)
     ids = customers.ids if len(rows) == len(carried) else [customers.ids[int(i)] for i in rows]
     concordant = np.zeros(len(carried), dtype=np.int64)
@@ -130,5 +138,5 @@ def read_rank_code(master: bytes, customers: IssuedCustomers, *, num_classes: in
     p, logp = np.ones(len(carried)), np.zeros(len(carried))
     p[rows], logp[rows] = rankcode.rank_p_values(concordant[rows], num_classes=num_classes, classes_read=classes)
     out = RankScores(carried=carried, concordant=concordant, p=p, log10_p=logp,
-                     pairs=classes * (num_classes - 1) * (num_classes - 2) // 2, classes=classes, inputs=len(x_val))
+                     pairs=classes * (num_classes - 1) * (num_classes - 2) // 2, classes=classes, inputs=len(labels))
     return out, out.summary()

@@ -29,6 +29,7 @@ Journal
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from ..data import load_dataset
 from ..errors import BudgetExhausted, EndpointError, TracerError, UsageError
 from ..fingerprint import rankcode
 from ..identify.identify import record_identification
-from ..identify.rank_channel import read_rank_code, read_set
+from ..identify.rank_channel import read_outputs, read_set
 from ..identify.result import RANK_MODE, IdentificationResult
 from ..identify.scoring import issued_customers, score_answers
 from ..keys.keyring import Keyring
@@ -52,6 +53,11 @@ from .session import _stored
 from .urls import Endpoint, url_hmac
 
 __all__ = ["probe_rank_code", "RANK_MODE"]
+
+def _validation(cfg) -> tuple[np.ndarray, np.ndarray]:
+    d = load_dataset(cfg)
+    return d.x_val, d.y_val
+
 
 def _order(seed: bytes, count: int) -> list[int]:
     """The read set's indices in the order they are sent: by SHA-256(seed || "read" || i)."""
@@ -81,7 +87,7 @@ class _Read:
         self.alpha = cfg.alpha if opt.alpha is None else opt.alpha
         self.endpoint = Endpoint.parse(url)
         self.endpoint_hmac = url_hmac(keyring.master, url)
-        self.x_val, self.y_val = read_set(keyring.master, ws.cache_dir, lambda: (lambda d: (d.x_val, d.y_val))(load_dataset(cfg)))
+        self.x_val, self.y_val = read_set(keyring.master, ws.cache_dir, functools.partial(_validation, cfg))
         self.session = f"probe-{secrets.token_hex(8)}"
         self.seed = secrets.token_bytes(32)
         self.order = _order(self.seed, len(self.x_val))
@@ -185,9 +191,8 @@ class _Read:
         if not self.scores:
             raise BudgetExhausted(f"no input was answered within the budget of {self.budget} requests", hint="raise --budget")
         idx = np.array(sorted(self.scores))
-        got = np.stack([self.scores[int(i)] for i in idx])
-        rank, rank_doc = read_rank_code(self.keyring.master, customers, num_classes=self.num_classes,
-                                        scores=lambda x: got, validation=lambda: (self.x_val[idx], self.y_val[idx]), cache_dir=None)
+        rank, rank_doc = read_outputs(self.keyring.master, customers, num_classes=self.num_classes, labels=self.y_val[idx],
+                                      outputs=np.stack([self.scores[int(i)] for i in idx]), cache_dir=self.ws.cache_dir)
         extra = {"endpoint": self.endpoint.public, "endpoint_hmac": self.endpoint_hmac, "session": self.session, "format": self.fmt.name,
                  "mode": RANK_MODE, "trigger_queries": 0, "decoy_queries": self.sent, "natural_answers": len(self.scores), "failed_queries": self.failed, "budget": self.budget, "stopped": stopped,
                  **({"rank_code": rank_doc} if rank_doc is not None else {})}
