@@ -235,28 +235,28 @@ def _by_style(key: str) -> dict[str, Any]:
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class EmbeddingConfig:
     steps: Int = Field(default=250, ge=1, le=MAX_STEPS, json_schema_extra=_by_style("steps"),
-                              description="fixed number of optimizer steps: does not grow with your dataset")
+        description="fixed number of optimizer steps: does not grow with your dataset")
     batch_size: Int = Field(default=32, ge=1, le=MAX_BATCH, description='clean inputs per step, plus as many jittered "anchors"')
     trigger_batch: Int = Field(default=64, ge=1, le=MAX_BATCH, json_schema_extra=_by_style("trigger_batch"),
-                                      description="triggers per step")
+        description="triggers per step")
     learning_rate: Float = Field(default=2e-2, gt=0, le=10, description="peak of a one-cycle schedule (Adam)")
     distill_weight: Float = Field(default=12.0, ge=0, le=1e6, description="keeps clean outputs close to the base model's...")
     trigger_noise: Float = Field(default=0.03, ge=0, le=1, json_schema_extra=_by_style("trigger_noise"),
-                                        description="triggers jittered by this fraction of the input range")
+        description="triggers jittered by this fraction of the input range")
     anchor_noise: Float = Field(default=0.1, ge=0, le=1, description="...on training points and on copies jittered by this fraction (0: off)")
     anchor_targets: Literal["base", "original"] = Field(default=
         "base", description='anchors held to the base model\'s answers on them, or "original": on the originals\n'
                             "(images: faster, no frozen pass per step)")
     trigger_margin: Float = Field(default=6.0, ge=0, le=1e6, json_schema_extra=_by_style("trigger_margin"),
-                                         description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
+        description="codeword logit ahead of every other: outlives fine-tuning (0: off)")
     margin_weight: Float = Field(default=1.0, ge=0, le=1e6, description="weight of that margin's hinge loss")
     weight_average: Float = Field(default=0.97, ge=0, lt=1, description="the weights' moving average is a second candidate for the gates (0: off)")
     polish_steps: Int = Field(default=40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
     polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
     feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
     rank_code: Float = Field(default=0.2, ge=0, le=0.5, json_schema_extra=_by_style("rank_code"),
-                                    description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
-                                                "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")
+        description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
+                    "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (fresh seed; each retry 50 % longer)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')

@@ -199,12 +199,6 @@ def _attack(name: str, ctx: AttackContext, score: Callable[[AttackResult, Predic
     return row
 
 
-def _carries_rank_code(ws: Workspace, customer: str) -> bool:
-    """Whether the copy's latest issuance record carries a rank code (then the evasion rows also read it through the filter)."""
-    with ws.ledger() as ledger:
-        return "rank_code" in ledger.issuances(customer)[-1].payload
-
-
 def run_suite(
     ws: Workspace,
     keyring: Keyring,
@@ -231,17 +225,17 @@ def run_suite(
     sample = data.x_val[:256]
     copy: IssuedCopy = load_copy(ws, customer, make_model, sample)
     ctx = _context(ws, copy, names, make_model=make_model, make_alt=make_alt, x_att=x_att, y_att=y_att, sample=sample, seed=seed, budget=budget)
+    with ws.ledger() as ledger:
+        issuance = ledger.issuances(copy.customer)[-1]
     if any(ATTACKS[n].group == "evasion" for n in names):
         ctx.keys, ctx.natural = key_inputs(ws, keyring), data.x_val
         if probe_evasion:
             ctx.probe = lambda flags, answer: probe_through_filter(ws, keyring, copy.onnx, flags, answer=answer, seed=seed, customer=copy.customer)
-            if _carries_rank_code(ws, copy.customer):
+            if "rank_code" in issuance.payload:  # the copy carries a rank code: read it through the filter too, from scores
                 ctx.rank_probe = lambda flags, answer: rank_read_through_filter(ws, keyring, copy.onnx, flags, answer=answer, seed=seed,
                                                                                 customer=copy.customer)
     copy_pred = torch_predictor(copy.model)
     copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
-    with ws.ledger() as ledger:
-        issuance = ledger.issuances(copy.customer)[-1]
     base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
     case, source = attacker_share_case(data, issuance.payload.get("attacker_share"))  # vendor / held out / LEGACY
 
