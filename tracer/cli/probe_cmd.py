@@ -24,6 +24,8 @@ HELP = (
     "written: the journal, evidence and output keep the URL redacted, plus its HMAC under a key derived from the master "
     "secret. Each try has a deadline (--timeout) and a size cap (--max-response-bytes); each request is journaled before "
     "it is sent, so --budget holds across --resume.\n\n"
+    "With --rank-code it sends no key at all: only the vendor's validation inputs, once each, and it reads the rank code from "
+    "the answers' scores (a copy behind a query filter, or a student distilled from its scores, is named that way).\n\n"
     "Exit 0 on match, 1 on no match, 3 when the endpoint fails or answers nonsense. " + EXIT_CODES_SEE
 )
 
