@@ -209,7 +209,12 @@ def test_evasion_group_resolves_and_erases_todays_noise_keys(issued_tabular):
         if e["detector"] in ("knn", "stats"):  # today's noise keys: all but a few flagged, and the watermark gone
             assert a.verdict == "erased" and e["keys_flagged"] > 0.95, a
         assert e["auc"] > 0.95 and e["keys"] == 2 * ws.config.probes_per_set and e["decoys"] == suite.validation_size
-        assert e["decoys_flagged"] <= 0.05 and e["probe"] is None
+        # The threshold is the 99.5th percentile of the leaker's ~28 held-out inputs, about their maximum, so the share of
+        # natural inputs above it is random, Beta(1, n)-like with mean 1 / (n + 1); the Mahalanobis filter (the copy's features)
+        # draws it anew with each fixture's master key (seen: 12 of 228 = 0.053). 6 / (n + 1) is exceeded with chance
+        # (1 - 6 / (n + 1)) ** n, 0.15 % at n = 28.
+        n = a.params.get("held_out")  # the statistics filter has none: it flags what lies outside the range of all the leaker's inputs
+        assert e["decoys_flagged"] <= (0.05 if n is None else max(0.05, 6 / (n + 1))) and e["probe"] is None
     runner_up = {a.name: a for a in suite.attacks}["evade-knn"]
     assert runner_up.agreement < 0.05  # two classes: the runner-up answer is the other label, so keys anti-match
     doc = json.loads(json.dumps(suite.to_json()))
