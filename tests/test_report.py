@@ -483,7 +483,10 @@ def test_probe_report_describes_the_sequential_test_that_decided(probed):
     scores = page[page.index("Scores of the customers"):page.index("How the decision was made")]
     assert "Not tested (1): Hooli XYZ" in _text(scores) and "<code>hooli</code>" not in scores
     assert "1 more issued customer(s) were not tested: their copies do not carry the probe set used" in text
-    # the probe's own rows are explained
+    # the probe's own rows are explained; decoy accuracy only when a decoy was answered: at 10 classes a perfect copy is named
+    # after about 8 triggers, and the random order puts all of them before the first decoy about once in 320 probes (seen once)
+    decoy_rows = ("Decoy accuracy", "the share of decoys the service answered correctly") if result.extra["decoy_answers"] else ()
     for row in ("Customers tested (family size) 3", "Naming threshold (e-value) 3.0 × 10⁶", "Query budget",
-                "Decoy accuracy", "the share of decoys the service answered correctly", "Why the probe stopped named"):
+                *decoy_rows, "Why the probe stopped named"):
         assert row in text, row
+    assert ("Decoy accuracy" in text) == bool(result.extra["decoy_answers"])
