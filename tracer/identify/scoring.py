@@ -303,12 +303,13 @@ def score_answers(
     else:
         p, logp = null_tails(matches, by_bound)
     bounds = sorted(by_bound)
-    key_logp, scored = logp, trials > 0
+    key_logp, scored, method = logp, trials > 0, METHOD
     if rank is not None and by_bound:  # both channels read: Bonferroni per customer
         p, logp = bonferroni_pair(p, logp, rank.p, rank.log10_p, rank.carried)
-        scored = scored | rank.carried
+        scored, method = scored | rank.carried, METHOD + RANK_METHOD
     elif rank is not None:  # the rank code alone (`tracer probe --rank-code`, no key sent): its own p-value
         p, logp, scored = np.where(rank.carried, rank.p, 1.0), np.where(rank.carried, rank.log10_p, 0.0), rank.carried
+        method = RANK_ONLY_METHOD
     # Holm over all n_cust customers. A p-value above alpha is never rejected, so setting it to 1 changes
     # nothing but the sort, which then meets one long run of ties (linear instead of n log n).
     named = holm(np.where(scored & (p <= alpha), p, 1.0), alpha) if n_cust else np.zeros(0, bool)
@@ -316,7 +317,7 @@ def score_answers(
         ids=table.ids, names=table.names, matches=matches, trials=trials, p_values=p, log10_p=logp, named=named,
         alpha=alpha, queries=queries, model_sha256=model_sha256, num_classes=num_classes,
         probe_sets=[ps.id for ps in probe_sets if ps.id in answers],
-        method=(METHOD + (RANK_METHOD if rank is not None else "") if by_bound or rank is None else RANK_ONLY_METHOD) + f" ({n_cust} customers)",
+        method=method + f" ({n_cust} customers)",
         decision_rule=HOLM_RULE, family_size=n_cust, threshold=None, extra=extra,
         label_choices=bounds[0] if len(bounds) == 1 else 0,
         rank=None if rank is None else (rank, key_logp),
