@@ -10,6 +10,12 @@ the copy, and after soft-label distillation (T=1, 60 epochs on the attacker shar
 Then the issuer itself (gates, retries, polishes) on three customers at the lightest useful code.
 
     python bench/bench_natural_rankcode.py [--seeds 2,3] [--out natural_rankcode_digits.txt]
+    python bench/bench_natural_rankcode.py --model wide --variants 0,1,2 --issuer-eps 0.2 --out natural_rankcode_digits_wide.txt
+
+``--model wide``: the example's CNN with twice the channels and units (``tracer.examples.digits:make_model_wide``,
+151k parameters against 38k), to tell capacity from recipe. Through the issuer, each landed copy is also
+distilled into the MLP on soft labels at T=3 and on hard labels, and an independent MLP (true labels) is read
+against each code: the null.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from tracer.embedding import Issuer
 from tracer.evaluate.attacks import distill, onnx_predictor, torch_predictor
 from tracer.examples import digits, prepare_example
 from tracer.fingerprint import rankcode
-from tracer.training import accuracy, predict
+from tracer.training import accuracy, predict, train_classifier
 from tracer.workspace import init_workspace
 
 #: (label, rank_code eps, [embedding] overrides) on top of natural-mix/v1's own defaults
@@ -50,13 +56,22 @@ def main() -> None:
     ap.add_argument("--seeds", default="2,3")
     ap.add_argument("--out", default="natural_rankcode_digits.txt")
     ap.add_argument("--issuer-eps", type=float, default=0.1, help="rank code of the through-the-issuer run (0: skip it)")
+    ap.add_argument("--model", choices=("cnn", "wide"), default="cnn", help="the example's CNN, or the 4x-wide one")
+    ap.add_argument("--variants", default="", help="comma-separated indices into VARIANTS (default: all)")
     a = ap.parse_args()
+    variants = [VARIANTS[int(i)] for i in a.variants.split(",")] if a.variants else VARIANTS
+    factory = {"cnn": "make_model", "wide": "make_model_wide"}[a.model]
+
+    def text_for(embedding: dict | None = None) -> str:
+        return example_text("digits", "natural", embedding).replace(
+            'factory = "tracer.examples.digits:make_model"', f'factory = "tracer.examples.digits:{factory}"')
+
     torch.set_num_threads(2)
     seeds = [int(s) for s in a.seeds.split(",")]
     say = Said()
 
     with tempfile.TemporaryDirectory() as tmp:
-        ws = init_workspace(Path(tmp) / "w", passphrase=PASSPHRASE, config_text=example_text("digits", "natural"), scrypt=FAST_SCRYPT)
+        ws = init_workspace(Path(tmp) / "w", passphrase=PASSPHRASE, config_text=text_for(), scrypt=FAST_SCRYPT)
         prepare_example(ws, "digits", progress=False)
         iss = Issuer(ws, ws.unlock(passphrase=PASSPHRASE))
         labels = iss.labels_for("acme")
@@ -70,11 +85,11 @@ def main() -> None:
             p, _ = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, ranks), num_classes=10, classes_read=int(seen.sum()))
             return float(np.log10(p[0]))
 
-        say(f"digits, natural-mix/v1, pool {len(iss.triggers)} keys; [embedding] natural-mix defaults: steps {emb.steps}, "
+        say(f"digits ({a.model}: {sum(p.numel() for p in iss.base.parameters())} parameters), natural-mix/v1, pool {len(iss.triggers)} keys; [embedding] natural-mix defaults: steps {emb.steps}, "
             f"trigger_batch {emb.trigger_batch}, trigger_noise {emb.trigger_noise}, trigger_margin {emb.trigger_margin}; "
             f"base accuracy {iss.base_accuracy:.4f}; seeds {seeds}; one master key")
         say("per try (final weights): clean drop (points) / trigger accuracy / rank code log10 p on the copy / after soft T=1 -> MLP")
-        for name, eps, over in VARIANTS:
+        for name, eps, over in variants:
             iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, **over))
             cells = []
             for seed in seeds:
@@ -89,22 +104,32 @@ def main() -> None:
         if a.issuer_eps > 0:
             say(f"\nthrough the issuer (gates, up to {emb.attempts} tries each 50 % longer, polishes), rank code {a.issuer_eps}, "
                 "a fresh workspace and master key:")
-            text = example_text("digits", "natural", {"rank_code": str(a.issuer_eps)})
+            text = text_for({"rank_code": str(a.issuer_eps)})
             ws2 = init_workspace(Path(tmp) / "w2", passphrase=PASSPHRASE, config_text=text, scrypt=FAST_SCRYPT)
             prepare_example(ws2, "digits", progress=False)
             kr2 = ws2.unlock(passphrase=PASSPHRASE)
             issuer = Issuer(ws2, kr2)
+            null = train_classifier(digits.make_model_alt(), d.x_attack, d.y_attack, epochs=20, lr=3e-3, batch_size=32, seed=5)
             for cid in ("acme", "globex", "initech"):
                 t0 = time.process_time()
                 try:
                     rep = issuer.issue(cid)
                     copy = onnx_predictor((ws2.root / "models" / "issued" / f"{cid}.onnx").read_bytes())
-                    student = torch_predictor(distill(copy, digits.make_model_alt(), d.x_attack, epochs=60, temperature=1.0, seed=0))
                     code = rankcode.rank_matrix(kr2.master, [cid], 10)
-                    prof, seen = rankcode.class_profiles(rankcode.log_scores(student(d.x_val)), d.y_val, 10)
-                    p, _ = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, code), num_classes=10, classes_read=int(seen.sum()))
+                    cpu = time.process_time() - t0
+
+                    def read2(pred, code=code) -> float:
+                        prof, seen = rankcode.class_profiles(rankcode.log_scores(pred(d.x_val)), d.y_val, 10)
+                        _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, code), num_classes=10, classes_read=int(seen.sum()))
+                        return float(lg[0])
+
+                    reads = [f"soft T={t:g} {read2(torch_predictor(distill(copy, digits.make_model_alt(), d.x_attack, epochs=60, temperature=t, seed=0))):.1f}"
+                             for t in (1.0, 3.0)]
+                    hard = train_classifier(digits.make_model_alt(), d.x_attack, copy(d.x_attack).argmax(1), epochs=60, lr=1e-3, batch_size=32, seed=0)
+                    reads.append(f"hard labels {read2(torch_predictor(hard)):.1f}")
                     say(f"  {cid:8s} landed after {rep.attempts} tries, drop {100 * (rep.base_accuracy - rep.clean_accuracy):+.2f}, "
-                        f"trigger {rep.trigger_accuracy:.3f}, soft T=1 -> MLP rank log10 p {np.log10(p[0]):.1f}, {time.process_time() - t0:.0f} CPU-s")
+                        f"trigger {rep.trigger_accuracy:.3f}, {cpu:.0f} CPU-s; rank log10 p: copy {read2(copy):.1f}, MLP students "
+                        + ", ".join(reads) + f"; independent MLP {read2(torch_predictor(null)):.1f}")
                 except Exception as exc:  # a gate failure is the measurement here
                     say(f"  {cid:8s} {str(exc).splitlines()[0][:150]} ({time.process_time() - t0:.0f} CPU-s)")
     save_result(a.out, say.text())

@@ -198,3 +198,28 @@ def test_the_report_of_a_rank_code_read_says_no_key_was_sent(ws, keyring, tmp_pa
     assert "twice the smaller" not in page and "0 of 0" not in page and "Pairs agreeing" in page
     evidence = json.loads(evidence_path.read_text(encoding="utf-8"))
     assert "rank_code" in json.dumps(evidence)
+
+
+def test_a_key_probe_that_names_no_one_points_to_the_rank_code_read_when_it_is_open(ws, keyring, run_cli):
+    """Noise keys behind a query filter: no match; with scores the result says how the copy can still be named."""
+    from tracer.data import load_dataset
+    from tracer.evaluate.detectors import KNNDetector
+    from tracer.probing import ProbeSession
+
+    detector = KNNDetector().fit(load_dataset(ws.config).x_attack)
+    env = {"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(ws.root)}
+    with FilterServer(_copy(ws, "globex"), ws.config.task, "kserve-v1", flags=detector.flags) as srv:
+        r = run_cli(["probe", srv.url, "--format", "kserve-v1", "--probe-set", "ps2", "--json"], env=env)
+        assert r.returncode == 1, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["verdict"] == "no_match" and srv.flagged >= doc["trigger_queries"] > 0  # every key flagged
+        assert doc["rank_code_probe"]["command"] == "tracer probe URL --rank-code" and "scores" in doc["rank_code_probe"]["why"]
+        r = run_cli(["probe", srv.url, "--format", "kserve-v1", "--probe-set", "ps2"], env=env)
+        assert r.returncode == 1 and "hint: the endpoint answers with scores" in r.stderr and "--rank-code" in r.stderr
+    client = ClientOptions(concurrency=4, backoff_base=0.01, backoff_cap=0.05)
+    labels_only = FilterServer(_copy(ws, "globex"), ws.config.task, "kserve-v1", flags=detector.flags, label_only=True)
+    for server, verdict in ((labels_only, "no_match"), (ModelServer(_copy(ws, "acme"), ws.config.task, "kserve-v1"), "match")):
+        with server as srv:  # labels only: the read is not open; a match: nothing to point to
+            result = ProbeSession(ws, keyring, srv.url, make_format("kserve-v1", ws.config.task),
+                                  ProbeOptions(client=client, probe_set="ps2")).run()
+        assert result.verdict == verdict and "rank_code_probe" not in result.to_json()

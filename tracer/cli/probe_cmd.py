@@ -185,4 +185,6 @@ def register(app: typer.Typer) -> None:
             sent = (f"{x['decoy_queries']} natural queries and no key" if rank_code else
                     f"{x['trigger_queries']} trigger and {x['decoy_queries']} decoy queries")
             err.print(f"{sent}, {result.queries} HTTP requests; stopped: {x['stopped']}; session {x['session']}", markup=False)
+            if x.get("rank_code_probe"):
+                err.print(f"hint: {x['rank_code_probe']['why']}: {x['rank_code_probe']['command']}", markup=False)
         show_result(result, json_out=json_out)

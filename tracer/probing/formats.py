@@ -372,6 +372,22 @@ class WireFormat:
     def classify(self, raw: Any) -> int:
         return interpret(self.extract(raw), self.task.num_classes, self.label_map)
 
+    def scores(self, raw: Any) -> np.ndarray | None:
+        """The answer's C finite scores (logits or probabilities), or None when it holds a class only.
+
+        What the rank code is read from (`tracer probe --rank-code`); a key probe notes whether
+        an endpoint answers this way, to say when that read is open to it.
+        """
+        try:
+            value = self.extract(raw)
+        except ResponseError:  # the client already classified this answer; only scores matter here
+            return None
+        c = self.task.num_classes
+        if isinstance(value, list) and len(value) == c and all(_is_number(v) for v in value):
+            out = np.asarray(value, dtype=np.float64)
+            return out if np.all(np.isfinite(out)) else None
+        return None
+
 
 def make_format(
     name: str,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..data import load_dataset
-from ..errors import BudgetExhausted, EndpointError, TracerError, UsageError
+from ..errors import BudgetExhausted, EndpointError, UsageError
 from ..fingerprint import rankcode
 from ..identify.identify import record_identification
 from ..identify.rank_channel import read_outputs, read_set
@@ -62,18 +62,6 @@ def _validation(cfg) -> tuple[np.ndarray, np.ndarray]:
 def _order(seed: bytes, count: int) -> list[int]:
     """The read set's indices in the order they are sent: by SHA-256(seed || "read" || i)."""
     return sorted(range(count), key=lambda i: hashlib.sha256(seed + b"\0read/" + str(i).encode()).digest())
-
-
-def _score_vector(fmt: WireFormat, raw: Any, num_classes: int) -> np.ndarray | None:
-    """The answer's C scores, or None when it holds a class only (a label, an index, a top-1 dict)."""
-    try:
-        value = fmt.extract(raw)
-    except TracerError:  # the client already classified this answer; only scores matter here
-        return None
-    if isinstance(value, list) and len(value) == num_classes and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        out = np.asarray(value, dtype=np.float64)
-        return out if np.all(np.isfinite(out)) else None
-    return None
 
 
 class _Read:
@@ -152,7 +140,7 @@ class _Read:
                     ledger.append(*self._entry(idx, out), key=self.keyring.signing_key)
                 if out.ok:
                     failed_in_a_row = 0
-                    vec = _score_vector(self.fmt, out.raw, self.num_classes)
+                    vec = self.fmt.scores(out.raw)
                     if vec is None:
                         self.labels_only += 1
                         stop = stop or "labels only"  # decided on the endpoint's answer type, never on a code

@@ -54,8 +54,10 @@ import numpy as np
 
 from .._jsonable import jsonable
 from ..errors import BudgetExhausted, ConfigError, EndpointError, TracerError, UsageError
+from ..fingerprint import rankcode
 from ..identify.identify import record_identification
 from ..identify.result import EPROCESS_RULE, IdentificationResult, build_result
+from ..identify.scoring import issued_customers
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
 from ..workspace import Workspace
@@ -79,6 +81,14 @@ __all__ = ["ProbeOptions", "FormatChoice", "ProbeSession", "probe_endpoint", "ma
            "find_session", "input_sha256"]
 
 _MAX_STORED_RESPONSE = 64 * 1024
+#: ``rank_code_probe`` of a result that named no one, from an endpoint that answers with scores while some
+#: issued copy carries the rank code: the read that still can (a copy behind a query filter that answers
+#: keys wrongly, or a soft-label student of one, is named that way: bench/results/probe_rank_digits.txt).
+RANK_CODE_HINT = {
+    "command": "tracer probe URL --rank-code",
+    "why": "the endpoint answers with scores and issued copies carry the rank code: that read sends only the vendor's "
+           "validation inputs, which a query filter cannot single out, and names a copy whose keys are filtered or distilled away",
+}
 
 
 def _stored(raw: Any) -> Any:
@@ -146,6 +156,12 @@ class ProbeSession:
             ledger.append("probe-start", plan.start_payload(), key=self.keyring.signing_key)
             self.state = JournalState()
         self.plan = plan
+        # Whether a --rank-code read could still name a copy this probe does not: the endpoint answers
+        # with scores, and some issued copy carries the code (said on no match; never part of the test).
+        self.rank_carried = rankcode.applicable(self.ws.config.task.num_classes) and bool(
+            issued_customers(ledger, master=self.keyring.master, cache_dir=self.ws.cache_dir).members(rankcode.RANK_CODE_STYLE).any())
+        journaled = ledger.session_journal(self.resume).get("probe-query", []) if self.resume else []
+        self.scores_seen = any(plan.fmt.scores(q.get("response")) is not None for q in journaled)
         self.test = EProcess(plan.label_choices or self.ws.config.task.num_classes, len(plan.members), plan.alpha)
         self.decoys_right = self.decoys_answered = 0
         for idx in sorted(self.state.answered):
@@ -202,6 +218,7 @@ class ProbeSession:
             batch.items.append(self._entry(idx, out))
             if out.ok:
                 self.failed_in_a_row = 0
+                self.scores_seen = self.scores_seen or self.plan.fmt.scores(out.raw) is not None
                 if idx not in self.state.answered:
                     self.state.answered[idx] = int(out.answer)  # type: ignore[arg-type]
                     self._score(idx, int(out.answer))  # type: ignore[arg-type]
@@ -314,6 +331,7 @@ class ProbeSession:
             **({"key_pool": p.pool_left.to_json(),  # answers outside a key's label set are not trials (KeyPool.scored)
                 "trigger_answers_outside_label_sets": sum(1 for i in st.answered if p.is_trigger(i)) - int(test.t)}
                if p.pool_left is not None else {}),
+            **({"rank_code_probe": RANK_CODE_HINT} if reason != "named" and self.rank_carried and self.scores_seen else {}),
         }
         return build_result(
             ids=[c.customer_id for c in p.members + p.others], names=[c.display_name for c in p.members + p.others],
