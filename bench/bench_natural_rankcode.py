@@ -21,6 +21,7 @@ against each code: the null.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -63,8 +64,8 @@ def main() -> None:
     factory = {"cnn": "make_model", "wide": "make_model_wide"}[a.model]
 
     def text_for(embedding: dict | None = None) -> str:
-        return example_text("digits", "natural", embedding).replace(
-            'factory = "tracer.examples.digits:make_model"', f'factory = "tracer.examples.digits:{factory}"')
+        return re.sub(r'(?m)^factory = "tracer\.examples\.digits:\w+"', f'factory = "tracer.examples.digits:{factory}"',
+                      example_text("digits", "natural", embedding))
 
     torch.set_num_threads(2)
     seeds = [int(s) for s in a.seeds.split(",")]

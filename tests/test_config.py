@@ -379,6 +379,19 @@ def test_the_template_leaves_the_style_settings_commented_so_they_follow_a_chang
     assert 'style = "uniform-grid/v1"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
 
 
+def test_the_digits_example_with_natural_mix_keys_takes_the_wide_cnn_and_the_rank_code():
+    from tracer.examples import STYLE_VARIANTS
+
+    own = tomllib.loads(example_config("digits"))
+    assert own["fingerprint"]["style"] == "uniform-grid/v1" and own["model"]["factory"] == "tracer.examples.digits:make_model"
+    natural = tomllib.loads(example_config("digits", key_style="natural-mix/v1"))
+    assert natural["model"]["factory"] == "tracer.examples.digits:make_model_wide" and natural["embedding"]["rank_code"] == 0.2
+    assert natural["fingerprint"]["style"] == "natural-mix/v1"
+    assert tomllib.loads(example_config("digits", key_style="uniform-grid/v1")) == own
+    for (name, _), changes in STYLE_VARIANTS.items():  # each variant's lines are in its bundled file
+        assert all(old in example_config(name) for old in changes)
+
+
 def test_with_key_style_replaces_or_adds_the_style_line():
     from tracer.config import with_key_style
 

@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         key_style: str = typer.Option(None, "--key-style", metavar="STYLE",
                                       help="Fingerprint keys: uniform-grid/v1 (noise probe sets, with the rank code: the default, and "
                                            "the style for two-class tasks) or natural-mix/v1 (keys that look like real queries; 3+ classes). "
-                                           "The [embedding] settings follow it."),
+                                           "The [embedding] settings follow it; --example digits with natural-mix/v1 takes the 4x CNN "
+                                           "and the rank code."),
         json_out: bool = JsonOpt,
     ) -> None:
         from ..config import with_key_style

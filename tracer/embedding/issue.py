@@ -260,10 +260,11 @@ class Issuer(CopyMaker):
     def rank_coded(self) -> bool:
         """Whether copies issued here carry a rank code: ``[embedding] rank_code`` > 0, distillation on, 3 to 13 classes.
 
-        With natural-mix keys the code is lighter by default (0.1, :data:`tracer.config.STYLE_DEFAULTS`):
-        keys that lie among real inputs need the copy's answers near those inputs to bend sharply, and
-        the code's spread mass pins them (digits, 2048 keys, first tries: rank_code 0.2 learnt 0.87-0.88
-        of the keys, 0.1 learnt 0.93-0.97; bench/results/natural_rankcode_digits.txt).
+        With natural-mix keys a tracer.toml that leaves ``rank_code`` out has none (:data:`tracer.config.STYLE_DEFAULTS`;
+        the digits example's natural-mix variant sets 0.2): keys among real inputs need the copy's answers near them to bend sharply,
+        and the code's spread mass pins them, which takes capacity (digits, 2048 keys: the 38k-parameter CNN
+        learnt 0.87-0.88 of the keys at 0.2, the 4x CNN 0.99 within the clean gate;
+        bench/results/natural_rankcode_digits.txt, natural_rankcode_digits_wide.txt).
         """
         emb = self.config.embedding
         return emb.rank_code > 0 and emb.distill_weight > 0 and rankcode.applicable(self.config.task.num_classes)
