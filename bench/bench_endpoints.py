@@ -39,8 +39,8 @@ from tracer.embedding.basemodel import load_base_model
 from tracer.embedding.export import export_onnx
 from tracer.errors import TracerError
 from tracer.evaluate.detectors import make_detector
-from tracer.evaluate.models import load_copy
-from tracer.examples.digits import load_data, make_model, make_model_alt
+from tracer.evaluate.models import factories, load_copy
+from tracer.examples.digits import load_data, make_model_alt
 from tracer.examples.servers import FilterServer, ModelServer
 from tracer.fingerprint.pool import POOL_ID
 from tracer.probing import make_format, probe_endpoint
@@ -65,6 +65,7 @@ def run(ws: Workspace, endpoints: int) -> str:
     task = ws.config.task
     data = load_data()
     sample = data["x_val"][:8]
+    make_model = factories(ws.config)[0]  # the workspace's own architecture (the natural-mix variant: the 4x CNN)
     copies = {c: load_copy(ws, c, make_model, sample) for c in GUILTY}
     detectors: dict[tuple[str, str], object] = {}
     base_onnx = export_onnx(load_base_model(ws.config), task)

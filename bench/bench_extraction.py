@@ -6,6 +6,10 @@ student's answers inside each key's label set that match the customer's label (t
 tracer.fingerprint.stats: Binomial(n_in, 1/2) under H0), p is its exact one-sided tail.
 
     python bench/bench_extraction.py /tmp/ws/digits      # an issued natural-mix digits workspace (acme, globex)
+
+The same CNN is the workspace's own architecture (model.factory: the 4x CNN in the example's natural-mix
+variant). Where copies carry the rank code, each row also gives its exact log10 p read from the student's
+scores on the validation inputs (the channel `tracer identify` adds with Bonferroni).
 """
 
 import sys
@@ -17,8 +21,9 @@ from scipy import stats as sps
 
 from tracer.embedding import Issuer
 from tracer.evaluate.attacks import distill, torch_predictor
-from tracer.evaluate.models import load_copy
+from tracer.evaluate.models import factories, load_copy
 from tracer.examples import digits
+from tracer.fingerprint import rankcode
 from tracer.training import accuracy, predict, train_classifier
 from tracer.workspace import Workspace
 
@@ -26,20 +31,33 @@ ws = Workspace(Path(sys.argv[1]))
 iss = Issuer(ws, ws.unlock(passphrase=PASSPHRASE))
 S, keys = iss.probe_sets[0].label_sets, iss.triggers
 xa, ya, xv, yv = iss.data.x_attack, iss.data.y_attack, iss.data.x_val, iss.data.y_val
+make_model = factories(ws.config)[0]
+RANKS: dict = {}  # the customer's rank code where copies carry one
+
+
+def rank_read(model) -> str:
+    if not RANKS:
+        return ""
+    out = torch_predictor(model)(xv)
+    prof, seen = rankcode.class_profiles(rankcode.log_scores(out), yv, 10)
+    _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, RANKS["code"]), num_classes=10, classes_read=int(seen.sum()))
+    return f"  rank log10 p {lg[0]:.1f}"
 
 
 def row(name, model, labels):
     pk = predict(model, keys)
     ins = (pk[:, None] == S).any(1)
     m, n = int((pk[ins] == labels[ins]).sum()), int(ins.sum())
-    print(f"  {name:34s} clean {accuracy(predict(model, xv), yv):.4f}  agreement {m}/{n} ({m/n:.3f})  p {sps.binom.sf(m - 1, n, 0.5):.2g}", flush=True)
+    print(f"  {name:34s} clean {accuracy(predict(model, xv), yv):.4f}  agreement {m}/{n} ({m/n:.3f})  p {sps.binom.sf(m - 1, n, 0.5):.2g}{rank_read(model)}", flush=True)
 for cust in ("acme", "globex"):
     labels = iss.labels_for(cust)
-    cp = load_copy(ws, cust, digits.make_model, xv[:8]).model
+    if iss.rank_coded:
+        RANKS["code"] = rankcode.rank_matrix(iss.keyring.master, [cust], 10)
+    cp = load_copy(ws, cust, make_model, xv[:8]).model
     print(f"{cust}:", flush=True)
     row("copy", cp, labels)
     teacher = torch_predictor(cp)
-    for arch, mk in (("same CNN", digits.make_model), ("MLP", digits.make_model_alt)):
+    for arch, mk in (("same CNN", make_model), ("MLP", digits.make_model_alt)):
         for T in (1.0, 3.0):
             torch.manual_seed(0)
             row(f"soft T={T:g}, {arch}", distill(teacher, mk(), xa, epochs=60, temperature=T, seed=0), labels)

@@ -298,6 +298,11 @@ def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.T
     return d
 
 
+def _trigger_loss(lt: torch.Tensor, tl: torch.Tensor, d: _Draws, params: EmbeddingConfig) -> torch.Tensor:
+    """The triggers' cross-entropy towards their labels (one function: bench/bench_rankcode_features.py measures other targets)."""
+    return nn.functional.cross_entropy(lt, tl)
+
+
 def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, params: EmbeddingConfig,
                gen: torch.Generator, channels_last: bool, head: _HeadInput | None) -> torch.Tensor:
     """The loss of one step: clean and trigger cross-entropy, then the margin, feature-pull and distillation terms."""
@@ -311,7 +316,7 @@ def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, 
     batch = torch.cat([xc, xa, xtr])
     logits = student(batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
     lc, la, lt = logits[: len(xc)], logits[len(xc) : len(xc) + n_anchor], logits[len(xc) + n_anchor :]
-    loss = nn.functional.cross_entropy(lc, yc) + nn.functional.cross_entropy(lt, tl)
+    loss = nn.functional.cross_entropy(lc, yc) + _trigger_loss(lt, tl, d, params)
     if params.trigger_margin > 0 and params.margin_weight > 0:
         loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
     if head is not None:
