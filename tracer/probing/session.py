@@ -156,10 +156,6 @@ class ProbeSession:
             ledger.append("probe-start", plan.start_payload(), key=self.keyring.signing_key)
             self.state = JournalState()
         self.plan = plan
-        # Whether a --rank-code read could still name a copy this probe does not: the endpoint answers
-        # with scores, and some issued copy carries the code (said on no match; never part of the test).
-        self.rank_carried = rankcode.applicable(self.ws.config.task.num_classes) and bool(
-            issued_customers(ledger, master=self.keyring.master, cache_dir=self.ws.cache_dir).members(rankcode.RANK_CODE_STYLE).any())
         journaled = ledger.session_journal(self.resume).get("probe-query", []) if self.resume else []
         self.scores_seen = any(plan.fmt.scores(q.get("response")) is not None for q in journaled)
         self.test = EProcess(plan.label_choices or self.ws.config.task.num_classes, len(plan.members), plan.alpha)
@@ -318,7 +314,13 @@ class ProbeSession:
 
     # -- result ------------------------------------------------------------------------------------
 
-    def _result(self, reason: str) -> IdentificationResult:
+    def _rank_read_open(self, ledger: Ledger, reason: str) -> bool:
+        """Whether a --rank-code read could still name a copy this probe did not: no one named, the endpoint
+        answered with scores, and some issued copy carries the code (said in the result; never part of the test)."""
+        return (reason != "named" and self.scores_seen and rankcode.applicable(self.ws.config.task.num_classes)
+                and bool(issued_customers(ledger, master=self.keyring.master, cache_dir=self.ws.cache_dir).members(rankcode.RANK_CODE_STYLE).any()))
+
+    def _result(self, reason: str, ledger: Ledger) -> IdentificationResult:
         p, test, st = self.plan, self.test, self.state
         n, m = len(p.members), len(p.others)
         extra = {
@@ -331,7 +333,7 @@ class ProbeSession:
             **({"key_pool": p.pool_left.to_json(),  # answers outside a key's label set are not trials (KeyPool.scored)
                 "trigger_answers_outside_label_sets": sum(1 for i in st.answered if p.is_trigger(i)) - int(test.t)}
                if p.pool_left is not None else {}),
-            **({"rank_code_probe": RANK_CODE_HINT} if reason != "named" and self.rank_carried and self.scores_seen else {}),
+            **({"rank_code_probe": RANK_CODE_HINT} if self._rank_read_open(ledger, reason) else {}),
         }
         return build_result(
             ids=[c.customer_id for c in p.members + p.others], names=[c.display_name for c in p.members + p.others],
@@ -377,7 +379,7 @@ class ProbeSession:
                 self.on_start(self.plan.session)
             self._progress("start")
             reason = self._decide(ledger)
-            result = self._result(reason)
+            result = self._result(reason, ledger)
         x = result.extra
         record_identification(self.ws, self.keyring, result, kind="probe-result", subject=self.plan.endpoint.public,
                               details={"session": x["session"], "endpoint": x["endpoint"], "endpoint_hmac": x["endpoint_hmac"],
