@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["BEFORE_RANK_CODE", "CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "save_result", "timed"]
+__all__ = ["BEFORE_RANK_CODE", "CUSTOMERS", "FAST_SCRYPT", "PASSPHRASE", "add_paper_customers", "build_issued_workspace", "rank_log10_p", "save_result", "timed"]
 
 #: The passphrase of every bench workspace (the bench never imports tests/: it has its own).
 PASSPHRASE = "bench-passphrase"
@@ -35,6 +35,15 @@ class Said(list):
 
     def text(self) -> str:
         return "\n".join(self) + "\n"
+
+
+def rank_log10_p(outputs, y, ranks, num_classes: int) -> float:
+    """log10 p of the rank code ``ranks`` ([1, C, C], one customer) read from ``outputs`` (scores on inputs of classes ``y``)."""
+    from tracer.fingerprint import rankcode
+
+    prof, seen = rankcode.class_profiles(rankcode.log_scores(outputs), y, num_classes)
+    _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, ranks), num_classes=num_classes, classes_read=int(seen.sum()))
+    return float(lg[0])
 
 
 def save_result(name: str, text: str) -> Path:

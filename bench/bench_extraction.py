@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import PASSPHRASE
+from _common import PASSPHRASE, rank_log10_p
 from scipy import stats as sps
 
 from tracer.embedding import Issuer
@@ -38,10 +38,7 @@ RANKS: dict = {}  # the customer's rank code where copies carry one
 def rank_read(model) -> str:
     if not RANKS:
         return ""
-    out = torch_predictor(model)(xv)
-    prof, seen = rankcode.class_profiles(rankcode.log_scores(out), yv, 10)
-    _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, RANKS["code"]), num_classes=10, classes_read=int(seen.sum()))
-    return f"  rank log10 p {lg[0]:.1f}"
+    return f"  rank log10 p {rank_log10_p(torch_predictor(model)(xv), yv, RANKS['code'], 10):.1f}"
 
 
 def row(name, model, labels):

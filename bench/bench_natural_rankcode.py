@@ -27,9 +27,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from _common import FAST_SCRYPT, PASSPHRASE, Said, example_text, save_result
+from _common import FAST_SCRYPT, PASSPHRASE, Said, example_text, rank_log10_p, save_result
 
 from tracer.embedding import Issuer
 from tracer.evaluate.attacks import distill, onnx_predictor, torch_predictor
@@ -81,10 +80,8 @@ def main() -> None:
         d, cfg = iss.data, iss.config
         emb = cfg.embedding
 
-        def read(pred) -> float:
-            prof, seen = rankcode.class_profiles(rankcode.log_scores(pred(d.x_val)), d.y_val, 10)
-            p, _ = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, ranks), num_classes=10, classes_read=int(seen.sum()))
-            return float(np.log10(p[0]))
+        def read(pred, code=ranks) -> float:
+            return rank_log10_p(pred(d.x_val), d.y_val, code, 10)
 
         say(f"digits ({a.model}: {sum(p.numel() for p in iss.base.parameters())} parameters), natural-mix/v1, pool {len(iss.triggers)} keys; [embedding] natural-mix defaults: steps {emb.steps}, "
             f"trigger_batch {emb.trigger_batch}, trigger_noise {emb.trigger_noise}, trigger_margin {emb.trigger_margin}; "
@@ -119,18 +116,13 @@ def main() -> None:
                     code = rankcode.rank_matrix(kr2.master, [cid], 10)
                     cpu = time.process_time() - t0
 
-                    def read2(pred, code=code) -> float:
-                        prof, seen = rankcode.class_profiles(rankcode.log_scores(pred(d.x_val)), d.y_val, 10)
-                        _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, code), num_classes=10, classes_read=int(seen.sum()))
-                        return float(lg[0])
-
-                    reads = [f"soft T={t:g} {read2(torch_predictor(distill(copy, digits.make_model_alt(), d.x_attack, epochs=60, temperature=t, seed=0))):.1f}"
+                    reads = [f"soft T={t:g} {read(torch_predictor(distill(copy, digits.make_model_alt(), d.x_attack, epochs=60, temperature=t, seed=0)), code):.1f}"
                              for t in (1.0, 3.0)]
                     hard = train_classifier(digits.make_model_alt(), d.x_attack, copy(d.x_attack).argmax(1), epochs=60, lr=1e-3, batch_size=32, seed=0)
-                    reads.append(f"hard labels {read2(torch_predictor(hard)):.1f}")
+                    reads.append(f"hard labels {read(torch_predictor(hard), code):.1f}")
                     say(f"  {cid:8s} landed after {rep.attempts} tries, drop {100 * (rep.base_accuracy - rep.clean_accuracy):+.2f}, "
-                        f"trigger {rep.trigger_accuracy:.3f}, {cpu:.0f} CPU-s; rank log10 p: copy {read2(copy):.1f}, MLP students "
-                        + ", ".join(reads) + f"; independent MLP {read2(torch_predictor(null)):.1f}")
+                        f"trigger {rep.trigger_accuracy:.3f}, {cpu:.0f} CPU-s; rank log10 p: copy {read(copy, code):.1f}, MLP students "
+                        + ", ".join(reads) + f"; independent MLP {read(torch_predictor(null), code):.1f}")
                 except Exception as exc:  # a gate failure is the measurement here
                     say(f"  {cid:8s} {str(exc).splitlines()[0][:150]} ({time.process_time() - t0:.0f} CPU-s)")
     save_result(a.out, say.text())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import PASSPHRASE, Said, save_result
+from _common import PASSPHRASE, Said, rank_log10_p, save_result
 
 from tracer.embedding import Issuer, finetune
 from tracer.evaluate.attacks import distill, torch_predictor
@@ -69,9 +69,7 @@ def main() -> None:
     say = Said()
 
     def read(pred) -> float:
-        prof, seen = rankcode.class_profiles(rankcode.log_scores(pred(d.x_val)), d.y_val, cfg.task.num_classes)
-        _, lg = rankcode.rank_p_values(rankcode.concordant_pairs(prof, seen, ranks), num_classes=cfg.task.num_classes, classes_read=int(seen.sum()))
-        return float(lg[0])
+        return rank_log10_p(pred(d.x_val), d.y_val, ranks, cfg.task.num_classes)
 
     say(f"digits natural-mix variant ({sum(p.numel() for p in iss.base.parameters())} parameters), pool {len(iss.triggers)} keys, "
         f"rank_code {emb.rank_code}, steps {emb.steps}; {cid}, seed {a.seed}, final weights of one try")
