@@ -253,11 +253,16 @@ def test_verbose_shows_traceback_plain_does_not(fresh_workspace, run_cli, passph
 def test_init_key_style_chooses_the_keys_and_the_embedding_follows(tmp_path, cli, passphrase):
     from tracer.workspace import Workspace
 
-    r = cli(["init", tmp_path / "nat", "--key-style", "natural-mix/v1"], env={"TRACER_PASSPHRASE": passphrase})
+    r = cli(["init", tmp_path / "default"], env={"TRACER_PASSPHRASE": passphrase})
     assert r.exit_code == 0, r.output
-    cfg = Workspace(tmp_path / "nat").config
-    assert cfg.fingerprint.style == "natural-mix/v1" and cfg.embedding.steps == 2000 and cfg.embedding.rank_code == 0.0
-    assert (tmp_path / "nat" / "mymodel.py").is_file()  # the generic template's starter, as without the option
+    cfg = Workspace(tmp_path / "default").config  # a new workspace: natural-mix keys, an automatic pool
+    assert cfg.fingerprint.style == "natural-mix/v1" and cfg.fingerprint.pool_size == 0
+    assert cfg.embedding.steps == 2000 and cfg.embedding.rank_code == 0.0
+    r = cli(["init", tmp_path / "grid", "--key-style", "uniform-grid/v1"], env={"TRACER_PASSPHRASE": passphrase})
+    assert r.exit_code == 0, r.output
+    cfg = Workspace(tmp_path / "grid").config
+    assert cfg.fingerprint.style == "uniform-grid/v1" and cfg.embedding.steps == 250 and cfg.embedding.rank_code == 0.2
+    assert (tmp_path / "grid" / "mymodel.py").is_file()  # the generic template's starter, as without the option
     bad = cli(["init", tmp_path / "bad", "--key-style", "sparkly/v1"], env={"TRACER_PASSPHRASE": passphrase})
     assert bad.exit_code == 3 and "unknown key style 'sparkly/v1'" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -357,8 +357,8 @@ def test_embedding_settings_left_out_follow_the_key_style():
     from tracer.config import STYLE_DEFAULTS, with_key_style
 
     older = "\n".join(ln for ln in GENERIC_CONFIG.splitlines() if not ln.startswith("style ="))  # a tracer.toml from before styles
-    for text, style in ((GENERIC_CONFIG, "uniform-grid/v1"), (older, "uniform-grid/v1"),
-                        (with_key_style(GENERIC_CONFIG, "natural-mix/v1"), "natural-mix/v1")):
+    for text, style in ((GENERIC_CONFIG, "natural-mix/v1"), (older, "uniform-grid/v1"),
+                        (with_key_style(GENERIC_CONFIG, "uniform-grid/v1"), "uniform-grid/v1")):
         cfg = parse_config(tomllib.loads(text), ROOT)
         assert cfg.fingerprint.style == style
         for key, value in STYLE_DEFAULTS[style].items():
@@ -372,11 +372,13 @@ def test_embedding_settings_left_out_follow_the_key_style():
 
 def test_the_template_leaves_the_style_settings_commented_so_they_follow_a_changed_style():
     lines = GENERIC_CONFIG.splitlines()
-    for key, value in (("steps", "250"), ("trigger_batch", "64"), ("trigger_noise", "0.03"), ("trigger_margin", "6.0"), ("rank_code", "0.2")):
+    for key, value, grid in (("steps", "2000", "250"), ("trigger_batch", "128", "64"), ("trigger_noise", "0.0", "0.03"),
+                             ("trigger_margin", "3.0", "6.0"), ("rank_code", "0.0", "0.2")):
         i = next(i for i, ln in enumerate(lines) if ln.startswith(f"# {key} = "))
-        assert lines[i].startswith(f"# {key} = {value} ")
-        assert f"[by style: uniform-grid {value}, natural-mix " in lines[i] + lines[i + 1]  # the comment may wrap once
-    assert 'style = "uniform-grid/v1"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
+        assert lines[i].startswith(f"# {key} = {value} ")  # the template's style: natural-mix
+        assert f"[by style: uniform-grid {grid}, natural-mix {value}]" in lines[i] + lines[i + 1]  # the comment may wrap once
+    assert 'style = "natural-mix/v1"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
+    assert tomllib.loads(GENERIC_CONFIG)["fingerprint"]["pool_size"] == 0  # automatic: follows the training rows
 
 
 def test_the_digits_example_with_natural_mix_keys_takes_the_wide_cnn_and_the_rank_code():

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tracer.config import EmbeddingConfig
+from tracer.config import STYLE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PASSPHRASE = "new user passphrase"
-STEPS = EmbeddingConfig().steps  # the quickstart's tracer.toml leaves [embedding] at its defaults (uniform-grid's)
+STEPS = STYLE_DEFAULTS["natural-mix/v1"]["steps"]  # the quickstart's tracer.toml leaves [embedding] at the template style's defaults
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ", re.MULTILINE)
 
 
@@ -132,7 +132,11 @@ def test_quickstart_end_to_end(quickstart):
     assert "issued acme (ACME Corp.)" in issue.stdout and "wall for the whole issuance" in issue.stdout
     # the gate's resolution, before training: 36 validation rows (every 5th of 178), one worth 2.78 points
     assert "validation: 36 inputs, one is worth 2.78 accuracy points" in issue.stderr
-    assert "warning:" not in issue.stderr  # the README's [gates] allows one error
+    assert "is worth more than gates.max_accuracy_drop" not in issue.stderr  # the README's [gates] allows one error
+    # natural-mix keys (the template's style), an automatic pool: 2 per training row (95 rows), and said early that it is small
+    assert "keys: pool pool1 of 128 keys, 128 unrevealed: enough for 3 probed endpoint(s) at 40 keys each" in issue.stderr
+    assert "warning: key pool pool1: 128 of 128 keys are unrevealed, enough for 3 more probed endpoint(s)" in issue.stderr
+    assert issue.stderr.count("warning:") == 1
     # --progress log: timestamped lines on stderr (not a terminal), one per stage and every 10 % of the steps
     stamped = STAMP.findall(issue.stderr)
     assert len(stamped) >= 5 and "loading base model and data: done" in issue.stderr and f"embedding acme: {STEPS}/{STEPS}" in issue.stderr
@@ -147,6 +151,7 @@ def test_issuance_record_notes_the_held_out_share_and_both_timings(quickstart):
     payload = shown.get("payload", shown)
     assert payload["attacker_share"]["source"] == "held_out" and payload["attacker_share"]["size"] == 47  # a third of 142
     assert payload["issuance_wall_seconds"] >= payload["embedding"]["seconds"] > 0 and payload["issuance_cpu_seconds"] > 0
+    assert [(ks["id"], ks["style"], ks["size"]) for ks in payload["probe_sets"]] == [("pool1", "natural-mix/v1", 128)]
 
 
 def test_evaluate_says_the_attacker_share_was_held_out_and_progress_none_is_silent(quickstart):

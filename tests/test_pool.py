@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import os
 import stat
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from tests._constants import LOW_SCRYPT, PASSPHRASE
-from tracer.config import TaskConfig
-from tracer.errors import KeyFileError, TracerError
+from tracer.config import FingerprintConfig, TaskConfig, parse_config
+from tracer.errors import ConfigError, KeyFileError, TracerError
+from tracer.fingerprint.keysets import open_pool
 from tracer.fingerprint.pool import MIX_HIGH, MIX_LOW, build_pool, load_pool, save_pool
 from tracer.fingerprint.probes import codeword, customer_labels, trigger_commitment
 from tracer.fingerprint.revelation import LOW_POOL_PROBES, draw_keys, pool_usage
 from tracer.ledger import Ledger
-from tracer.workspace import init_workspace
+from tracer.workspace import GENERIC_CONFIG, init_workspace
 
 MASTER = bytes(range(32))
 TASK = TaskConfig(num_classes=3, input_shape=(1, 2, 2))
@@ -253,7 +257,6 @@ def test_simulated_null_of_the_pool_statistic_is_calibrated(answers):
 
 def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
     from tracer.config import load_config
-    from tracer.errors import ConfigError
     from tracer.examples import example_config
 
     path = tmp_path / "tracer.toml"
@@ -263,3 +266,28 @@ def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
     path.write_text(example_config("digits").replace('style = "uniform-grid/v1"', 'style = "natural-mix/v2"'))
     with pytest.raises(ConfigError, match="style"):
         load_config(path)
+
+
+
+def test_the_automatic_pool_size_follows_the_training_rows():
+    auto = FingerprintConfig()
+    assert auto.pool_size == 0
+    # two keys per row, in steps of 64, within 64..2048: the README quickstart's wine (95 rows), the digits data (959 rows)
+    assert [auto.pool_size_for(n) for n in (1, 40, 95, 96, 959, 1024, 5000)] == [64, 64, 128, 192, 1856, 2048, 2048]
+    assert FingerprintConfig(pool_size=300).pool_size_for(95) == 300  # a size written out is kept
+    text = GENERIC_CONFIG.replace("\npool_size = 0 ", "\npool_size = 10")
+    with pytest.raises(ConfigError, match=r"fingerprint.pool_size must be 0 \(automatic\) or >= 64, not 10"):
+        parse_config(tomllib.loads(text), Path("."))
+
+
+def test_an_automatic_pool_is_built_to_its_size_stored_and_then_fixed(tmp_path):
+    x, y = _digits_like(200)  # 200 rows: 384 keys
+    config = SimpleNamespace(task=TaskConfig(num_classes=3, input_shape=(1, 4, 4)), fingerprint=FingerprintConfig())
+    pool = open_pool(config, MASTER, tmp_path, data=lambda: (x, y, "f"))
+    assert pool.size == 384 and load_pool(tmp_path / "pool1.keypool", MASTER).digest() == pool.digest()
+    more = open_pool(config, MASTER, tmp_path, data=lambda: (np.concatenate([x, x]), np.concatenate([y, y]), "f2"))
+    assert more.digest() == pool.digest()  # stored: more rows later do not change the keys issued copies carry
+    greedy = SimpleNamespace(task=config.task, fingerprint=FingerprintConfig(keys_per_probe=400))
+    with pytest.raises(ConfigError, match="keys_per_probe is 400, more than the 384 keys of the pool built from 200 training rows"):
+        open_pool(greedy, MASTER, tmp_path / "other", data=lambda: (x, y, "f"))
+    assert not (tmp_path / "other").exists()

@@ -189,17 +189,22 @@ class DataConfig:
 
 KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1"]
 DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprint] style (every one before natural-mix existed)
+_TEMPLATE_STYLE: KeyStyle = "natural-mix/v1"  # the style `tracer init` writes (`--key-style` chooses another)
+#: The automatic natural-mix pool size (``pool_size = 0``): keys per vendor training row, rounded down to a step, within bounds.
+POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
 
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
 class FingerprintConfig:
     style: KeyStyle = Field(
-        default=DEFAULT_STYLE,
-        description="keys: uniform-grid/v1, noise probe sets; natural-mix/v1 (opt-in: `tracer init --key-style`,\n"
-                    "3 or more classes): keyed mixtures of your own inputs that look like real queries (README).\n"
-                    "[embedding] settings left out follow the style")
-    pool_size: Int = Field(default=2048, ge=64, le=MAX_PROBES_PER_SET,
-                           description="natural-mix: keys every copy carries (read when the pool is first built); identify uses all")
+        default=DEFAULT_STYLE, json_schema_extra={"example": _TEMPLATE_STYLE},
+        description="keys: natural-mix/v1 (what `tracer init` writes; 3 or more classes): keyed mixtures of your own\n"
+                    "inputs that look like real queries; uniform-grid/v1: noise probe sets (two-class tasks; and what a\n"
+                    "tracer.toml without this line means). [embedding] settings left out follow the style (README)")
+    pool_size: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
+                           description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"
+                                       f"0: automatic, {POOL_KEYS_PER_ROW} per training row in steps of {POOL_STEP}, "
+                                       f"{POOL_MIN} to {POOL_MAX} (denser pools failed the gates)")
     keys_per_probe: Int = Field(default=40, ge=8, le=MAX_PROBES_PER_SET,
                                 description="natural-mix: fresh keys each probed endpoint is shown, never reused")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
@@ -208,9 +213,22 @@ class FingerprintConfig:
 
     @model_validator(mode="after")
     def _probe_fits_pool(self) -> FingerprintConfig:
-        if self.keys_per_probe > self.pool_size:
+        if 0 < self.pool_size < POOL_MIN:
+            raise _Bad("pool_size", f"must be 0 (automatic) or >= {POOL_MIN}, not {self.pool_size}")
+        if self.pool_size and self.keys_per_probe > self.pool_size:
             raise _Bad("keys_per_probe", f"is {self.keys_per_probe}, more than pool_size ({self.pool_size})")
         return self
+
+    def pool_size_for(self, training_rows: int) -> int:
+        """The pool size: ``pool_size``, or where it is 0 the automatic size for this many vendor training rows.
+
+        Why rows: a pool denser than about two keys per training row puts keys with different labels side
+        by side, and copies fail their gates (wine, 95 rows: 128 and 192 keys land, 384 do not; digits,
+        959 rows: 2048 land; bench/results/keys_pool_size.txt).
+        """
+        if self.pool_size:
+            return self.pool_size
+        return max(POOL_MIN, min(POOL_MAX, POOL_KEYS_PER_ROW * training_rows // POOL_STEP * POOL_STEP))
 
 
 #: The [embedding] settings that follow ``[fingerprint] style`` where tracer.toml leaves them out.
@@ -223,7 +241,6 @@ STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
     "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},
 }
-_TEMPLATE_STYLE = DEFAULT_STYLE  # the style `tracer init` writes (`--key-style` chooses another)
 
 
 def _by_style(key: str) -> dict[str, Any]:

@@ -31,6 +31,17 @@ def show_gate_resolution(data: Dataset, config: Config) -> None:
         say(warning)
 
 
+def show_key_pool(issuer: Issuer) -> None:
+    """Before training, natural-mix copies: the pool's size and how many probed endpoints its unrevealed keys serve (a warning when few)."""
+    for usage in issuer.pool_usage():
+        say(f"keys: pool {usage.pool} of {usage.size} keys, {usage.left} unrevealed: enough for {usage.probes_left} probed "
+            f"endpoint(s) at {usage.keys_per_probe} keys each")
+        warning = usage.warning()
+        if warning:
+            err.print("[bold yellow]warning:[/] ", end="")
+            say(warning)
+
+
 def _refuse_issued(ws: Workspace, cid: str) -> None:
     """The library's refusal of an issued customer (Issuer.issue asks it again), before the model and data load."""
     from ..embedding.landing import previous_issuances
@@ -76,6 +87,7 @@ def register(app: typer.Typer) -> None:
             issuer = Issuer(ws, keyring, out_dir=out_dir, on_notice=say, threads=threads)
             progress.remove_task(load)
             show_gate_resolution(issuer.data, issuer.config)
+            show_key_pool(issuer)
             if rows is None:
                 task = progress.add_task(f"embedding {customer}", total=issuer.config.embedding.steps)
                 reports = [issuer.issue(customer, name=name, reissue=reissue, on_step=lambda s: progress.update(task, completed=s))]

@@ -24,7 +24,8 @@ from ..data import Dataset, load_dataset
 from ..errors import CustomerError, GateError, TracerError, WorkerError, WorkspaceError
 from ..fingerprint import ProbeSet, customer_labels, rankcode, trigger_commitment
 from ..fingerprint.keysets import issuing_key_sets
-from ..fingerprint.pool import POOL_ID
+from ..fingerprint.pool import POOL_ID, KeyPool
+from ..fingerprint.revelation import PoolUsage, pool_usage
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -251,6 +252,12 @@ class Issuer(CopyMaker):
                                                            data=lambda: (data.x_train, data.y_train, data.fingerprint()))
         super().__init__(config, base=base, data=data, triggers=np.concatenate([ps.inputs for ps in self.probe_sets]),
                          base_accuracy=accuracy(predict(base, data.x_val), data.y_val))
+
+    def pool_usage(self) -> list[PoolUsage]:
+        """How much of each key pool these copies carry is still unrevealed (empty for noise probe sets)."""
+        kpp = self.config.fingerprint.keys_per_probe
+        with self.ws.ledger() as ledger:
+            return [pool_usage(ledger, ps.id, ps.size, kpp)[0] for ps in self.probe_sets if isinstance(ps, KeyPool)]
 
     def labels_for(self, customer_id: str) -> np.ndarray:
         c = self.config.task.num_classes

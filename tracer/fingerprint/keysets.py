@@ -37,6 +37,9 @@ def open_pool(config: Config, master: bytes, keys_dir: Path, *, pool_id: str = P
               recorded_digests: Iterable[str] = ()) -> KeyPool:
     """The stored pool, or (when ``data`` is given and none is stored) the pool built from the vendor's data and stored.
 
+    Its size is ``[fingerprint] pool_size``, or with 0 the automatic size for the training rows
+    (:meth:`~tracer.config.FingerprintConfig.pool_size_for`), fixed from then on by the stored pool.
+
     ``data`` returns (x_train, y_train, dataset fingerprint). A rebuilt pool must match every
     digest the ledger recorded for it (``recorded_digests``): a dataset that changed since
     copies were issued cannot silently give other keys.
@@ -45,8 +48,11 @@ def open_pool(config: Config, master: bytes, keys_dir: Path, *, pool_id: str = P
     if path.exists() or data is None:
         return load_pool(path, master, pool_id)
     x_train, y_train, fingerprint = data()
-    pool = build_pool(master, config.task, x_train, y_train, size=config.fingerprint.pool_size,
-                      dataset_fingerprint=fingerprint, pool_id=pool_id)
+    size = config.fingerprint.pool_size_for(len(y_train))
+    if config.fingerprint.keys_per_probe > size:
+        raise ConfigError(f"[fingerprint] keys_per_probe is {config.fingerprint.keys_per_probe}, more than the {size} keys of the pool "
+                          f"built from {len(y_train)} training rows", hint="lower keys_per_probe in tracer.toml")
+    pool = build_pool(master, config.task, x_train, y_train, size=size, dataset_fingerprint=fingerprint, pool_id=pool_id)
     wrong = sorted(set(recorded_digests) - {pool.digest()})
     if wrong:
         raise KeyFileError(f"{path} is missing, and the keys rebuilt from today's data differ from the ones issued copies carry",
