@@ -223,8 +223,8 @@ class FingerprintConfig:
         """The pool size: ``pool_size``, or where it is 0 the automatic size for this many vendor training rows.
 
         Why rows: a pool denser than about two keys per training row puts keys with different labels side
-        by side, and copies fail their gates (wine, 95 rows: 128 and 192 keys land, 384 do not; digits,
-        959 rows: 2048 land; bench/results/keys_pool_size.txt).
+        by side, and copies fail their trigger gate (wine, 95 rows, 3 fresh workspaces each: 128, 192 and 256 keys
+        land 3 of 3, 384 1 of 3, 512 none; digits, 959 rows: 2048 land; bench/results/keys_pool_size.txt, keys_pool2048.txt).
         """
         if self.pool_size:
             return self.pool_size
