@@ -56,8 +56,12 @@ def pool_warning(usage: dict[str, Any] | None) -> str | None:
     """One line when a pool's unrevealed keys run low (``usage``: :meth:`PoolUsage.to_json`), else None."""
     if not usage or not usage.get("low"):
         return None
-    return (f"key pool {usage['pool']}: {usage['left']} of {usage['size']} keys are unrevealed, enough for {usage['probes_left']} more "
-            f"probed endpoint(s); copies issued from now on carry the same pool, so plan a fresh workspace before it runs out")
+    head = (f"key pool {usage['pool']}: {usage['left']} of {usage['size']} keys are unrevealed, enough for {usage['probes_left']} more "
+            f"probed endpoint(s)")
+    if not usage.get("revealed") and not usage.get("reserved"):  # small from the start: a fresh workspace on the same data is no larger
+        return head + ("; the pool is small for this training data ([fingerprint] pool_size: 0 gives 2 keys per training row), "
+                       "and tracer identify on a recovered file reads every key however many were revealed")
+    return head + "; copies issued from now on carry the same pool, so plan a fresh workspace before it runs out"
 
 
 #: Say so when fewer fresh probes than this are left in a pool.
