@@ -76,6 +76,10 @@ def _one(root: Path, code: str, tables: dict[str, dict], style: str, pool_size: 
             "named": top.customer if top.named else "-", "log10_p": top.log10_p}
 
 
+def span(vals: list, fmt: str) -> str:
+    return f"{fmt.format(min(vals))}..{fmt.format(max(vals))}" if vals else "-"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0,128,192,256,384", help="natural-mix pool sizes (0: automatic)")
@@ -103,9 +107,6 @@ def main() -> None:
         ok = [r for r in got if r["landed"]]
         cpu = [r["cpu"] for r in got]
         base = sum(r["base_cpu"] for r in got) / len(got)
-
-        def span(vals, fmt):
-            return f"{fmt.format(min(vals))}..{fmt.format(max(vals))}" if vals else "-"
         say(f"{label:<34} {len(ok):>3}/{len(got):<2} {ok[0]['keys'] if ok else '-':>5} {span([r['tries'] for r in ok], '{}'):>7} "
             f"{span([r['trig'] for r in ok], '{:.3f}'):>11} {span([r['drop'] for r in ok], '{:+.2f}'):>11} {span(cpu, '{:.0f}'):>11} "
             f"{sum(cpu) / len(cpu) / base:>7.1f} {sum(cpu) / len(cpu) / grid_cpu:>7.2f} {span([r['log10_p'] for r in ok], '{:.1f}'):>15}")

@@ -234,6 +234,12 @@ def say(text: str) -> None:
     err.print(text, markup=False)
 
 
+def warn(text: str) -> None:
+    """``warning: TEXT`` on stderr, the label highlighted on a terminal, the text never read as markup."""
+    err.print("[bold yellow]warning:[/] ", end="")
+    say(text)
+
+
 def error_document(message: str, *, hint: str | None, exit_code: int) -> dict[str, Any]:
     """The one JSON document a failing command prints on stdout under --json."""
     return {"error": message, "hint": hint, "exit_code": exit_code}

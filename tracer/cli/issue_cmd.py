@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..embedding import Issuer, IssueReport
     from ..workspace import Workspace
 
-from ._common import EXIT_CODES_SEE, JsonOpt, ProgressOpt, WorkspaceOpt, err, handle_errors, out, print_json, progress_bar, say, workspace
+from ._common import EXIT_CODES_SEE, JsonOpt, ProgressOpt, WorkspaceOpt, handle_errors, out, print_json, progress_bar, say, warn, workspace
 
 
 def show_gate_resolution(data: Dataset, config: Config) -> None:
@@ -27,8 +27,7 @@ def show_gate_resolution(data: Dataset, config: Config) -> None:
     say(res.message())
     warning = res.warning()
     if warning:
-        err.print("[bold yellow]warning:[/] ", end="")
-        say(warning)
+        warn(warning)
 
 
 def show_key_pool(issuer: Issuer) -> None:
@@ -38,8 +37,7 @@ def show_key_pool(issuer: Issuer) -> None:
             f"endpoint(s) at {usage.keys_per_probe} keys each")
         warning = usage.warning()
         if warning:
-            err.print("[bold yellow]warning:[/] ", end="")
-            say(warning)
+            warn(warning)
 
 
 def _refuse_issued(ws: Workspace, cid: str) -> None:

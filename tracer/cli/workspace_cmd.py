@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from ..keys.keyring import get_passphrase
 from ..workspace import LOSS_WARNING, init_workspace
-from ._common import EXIT_CODES_SEE, JsonOpt, err, handle_errors, print_json
+from ._common import EXIT_CODES_SEE, JsonOpt, handle_errors, print_json, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +41,7 @@ def register(app: typer.Typer) -> None:
             from .issue_cmd import show_gate_resolution
 
             show_gate_resolution(load_dataset(ws.config), ws.config)
-        err.print(f"[bold yellow]warning:[/] {escape(LOSS_WARNING)}")
+        warn(LOSS_WARNING)
         if json_out:
             print_json({"workspace": str(ws.root), "config": str(ws.config_path), "ledger": str(ws.ledger_path), "keys": str(ws.keys_dir), "example": example})
         else:

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..config import POOL_KEYS_PER_ROW
 from ..errors import TracerError
 from ..ledger import Ledger
 from .pool import KeyPool
@@ -59,8 +60,8 @@ def pool_warning(usage: dict[str, Any] | None) -> str | None:
     head = (f"key pool {usage['pool']}: {usage['left']} of {usage['size']} keys are unrevealed, enough for {usage['probes_left']} more "
             f"probed endpoint(s)")
     if not usage.get("revealed") and not usage.get("reserved"):  # small from the start: a fresh workspace on the same data is no larger
-        return head + ("; the pool is small for this training data ([fingerprint] pool_size: 0 gives 2 keys per training row), "
-                       "and tracer identify on a recovered file reads every key however many were revealed")
+        return head + (f"; the pool is small for this training data ([fingerprint] pool_size: 0 gives {POOL_KEYS_PER_ROW} keys per "
+                       "training row), and tracer identify on a recovered file reads every key however many were revealed")
     return head + "; copies issued from now on carry the same pool, so plan a fresh workspace before it runs out"
 
 
