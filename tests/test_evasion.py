@@ -205,7 +205,10 @@ def test_evasion_group_resolves_and_erases_todays_noise_keys(issued_tabular):
     assert [a.name for a in suite.attacks] == names
     for a in suite.attacks:
         e = a.evasion
-        assert a.valid and not a.named_others, a
+        assert not a.named_others, a
+        # Only flagged queries get another answer, and the clean accuracy is read on the same natural inputs, so a filter costs
+        # the leaker at most the share of them it flags: the row can be invalid only when that share is above the accuracy budget (5 points).
+        assert a.valid or e["decoys_flagged"] > suite.budget, a
         if e["detector"] in ("knn", "stats"):  # today's noise keys: all but a few flagged, and the watermark gone
             assert a.verdict == "erased" and e["keys_flagged"] > 0.95, a
         assert e["auc"] > 0.95 and e["keys"] == 2 * ws.config.probes_per_set and e["decoys"] == suite.validation_size
