@@ -268,7 +268,6 @@ def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
         load_config(path)
 
 
-
 def test_the_automatic_pool_size_follows_the_training_rows():
     auto = FingerprintConfig()
     assert auto.pool_size == 0
