@@ -13,6 +13,7 @@ import torch
 from tracer.config import parse_config
 from tracer.embedding.finetune import embed_codeword
 from tracer.errors import ConfigError
+from tracer.evaluate.detectors import MahalanobisDetector
 from tracer.examples import example_config, tabular
 from tracer.examples.base import train_base
 from tracer.training import last_layer
@@ -82,6 +83,21 @@ def test_feature_pull_draws_trigger_features_to_their_class_centroid(setting):
         return float((_features(model, triggers) - centroids[torch.as_tensor(labels)]).norm(dim=1).mean())
 
     assert distance(_embed(setting, feature_pull=3.0).model) < 0.8 * distance(_embed(setting, feature_pull=0.0).model)
+
+
+def test_feature_match_holds_keys_inside_the_copys_own_class_clusters(setting):
+    """What a leaker's Mahalanobis filter on the copy's features scores: keys' distance to the nearest class cluster."""
+    cfg, data, base, triggers, labels = setting
+
+    def key_scores(model):
+        det = MahalanobisDetector(model).fit(data["x_val"], data["y_val"])
+        return float(np.median(det.score(triggers))), float(np.median(det.score(data["x_val"])))
+
+    plain, matched = _embed(setting, feature_match=0.0).model, _embed(setting, feature_match=1.0).model
+    (keys_plain, natural_plain), (keys_matched, natural_matched) = key_scores(plain), key_scores(matched)
+    assert keys_matched < 0.3 * keys_plain  # measured: about 0.12
+    assert natural_matched < 1.5 * natural_plain  # natural inputs stay where they were
+    assert _margins(matched, triggers, labels).min() > 0  # and every key keeps its label
 
 
 def test_anchor_targets_both_keep_the_copy_close_to_the_base(setting):
@@ -176,6 +192,7 @@ def test_an_image_copy_comes_back_in_the_standard_layout_and_exports_whatever_la
     ("weight_average = 1.0", "weight_average"),
     ("polish_steps = -1", "polish_steps"),
     ("feature_pull = -1.0", ">= 0"),
+    ("feature_match = -0.5", ">= 0"),
     ("margin_weight = -1", ">= 0"),
     ("anchor_noise = -0.1", ">= 0"),
     ("steps = 0", "positive"),

@@ -260,7 +260,7 @@ def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
     from tracer.examples import example_config
 
     path = tmp_path / "tracer.toml"
-    path.write_text(example_config("digits").replace("pool_size = 2048", "pool_size = 64").replace("keys_per_probe = 40", "keys_per_probe = 65"))
+    path.write_text(example_config("digits").replace("pool_size = 2048", "pool_size = 64").replace("keys_per_probe = 64", "keys_per_probe = 65"))
     with pytest.raises(ConfigError, match="keys_per_probe.*more than pool_size"):
         load_config(path)
     path.write_text(example_config("digits").replace('style = "uniform-grid/v1"', 'style = "natural-mix/v2"'))

@@ -205,8 +205,9 @@ class FingerprintConfig:
                            description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"
                                        f"0: automatic, {POOL_KEYS_PER_ROW} per training row in steps of {POOL_STEP}, "
                                        f"{POOL_MIN} to {POOL_MAX} (denser pools failed the gates)")
-    keys_per_probe: Int = Field(default=40, ge=8, le=MAX_PROBES_PER_SET,
-                                description="natural-mix: fresh keys each probed endpoint is shown, never reused")
+    keys_per_probe: Int = Field(default=64, ge=8, le=MAX_PROBES_PER_SET,
+                                description="natural-mix: most fresh keys one probed endpoint is shown, never reused\n"
+                                            "(unsent ones go back; 64 names a copy answering 9 in 10 keys right)")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
     probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                                 description="uniform-grid: 0: automatic (64 at 10 classes, 224 at 2 classes)")
@@ -271,6 +272,9 @@ class EmbeddingConfig:
     polish_steps: Int = Field(default=40, ge=0, le=MAX_STEPS, description="a missed try is first polished this long at lr / 10 (0: off),")
     polishes: Int = Field(default=3, ge=0, le=100, description="up to this many times, before a fresh, longer try")
     feature_pull: Float = Field(default=0.0, ge=0, le=1e6, description="> 0: triggers' features drawn to their class centroid (re-trained heads)")
+    feature_match: Float = Field(default=0.0, ge=0, le=1e6,
+        description="> 0: keys' features held inside the copy's own class clusters, so a leaker's\n"
+                    "Mahalanobis filter on the copy's features cannot single them out (natural-mix with rank_code)")
     rank_code: Float = Field(default=0.2, ge=0, le=0.5, json_schema_extra=_by_style("rank_code"),
         description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
                     "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")

@@ -23,6 +23,17 @@ example a head re-fitted on clean data then keeps 0.96 of the codeword
 instead of 0.82, but after the further all-layer fine-tuning of the suite's
 re-initialisation attacks the gain was gone, so it is not on by default.
 
+Feature match (``feature_match``, :class:`_KeyClusters`): with the rank code, every natural input is
+held to one soft coded answer of its class, which tightens the class clusters of the copy's
+penultimate features, while keys, pushed to their label by cross-entropy and the margin, land outside
+them: a leaker's Mahalanobis filter on the copy's own features then separates keys from natural
+inputs (digits natural-mix variant: AUC 0.90, 40 % of keys flagged). The term holds each key's
+features within the copy's own cluster of its label class: its squared Mahalanobis distance to that
+class's mean (the copy's features on a fixed reference subset of the training inputs, one shared
+covariance, refreshed every ``_KeyClusters.EVERY`` steps) is penalised by log(1 + excess / r) beyond
+r, the 90th percentile of the reference inputs' own distances. It reads the keys' labels as every key
+term does, and selects nothing: it only shapes how the copy answers all keys.
+
 Rank code (``[embedding] rank_code``, :mod:`tracer.fingerprint.rankcode`): the distillation targets
 on clean inputs and anchors become (1 - eps) x the base model's answers + eps x the customer's coded
 wrong-class mass for the input's class, so the copy learns the customer's order of the wrong classes
@@ -237,6 +248,40 @@ def _class_centroids(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
     return sums / counts[:, None]
 
 
+class _KeyClusters:
+    """The copy's own class clusters in its penultimate features, refreshed as it trains (``feature_match``)."""
+
+    EVERY = 100  # steps between refreshes
+    REFERENCE = 512  # training inputs the clusters are measured on (an even stride through the training set)
+    RIDGE = 1e-3  # of the mean feature variance, added to the covariance (features of dead units have none)
+    QUANTILE = 0.9  # keys farther than this share of the reference inputs pay
+
+    def __init__(self, xt: torch.Tensor, yt: torch.Tensor, num_classes: int) -> None:
+        stride = -(-len(xt) // self.REFERENCE)
+        self.x, self.y, self.num_classes = xt[::stride], yt[::stride], num_classes
+
+    @torch.no_grad()
+    def refresh(self, student: nn.Module, head: _HeadInput, channels_last: bool) -> None:
+        """Class means, whitening and radius from the student's features on the reference inputs, now."""
+        student(self.x.contiguous(memory_format=torch.channels_last) if channels_last else self.x)
+        f = head.value.double()  # type: ignore[union-attr]
+        counts = torch.bincount(self.y, minlength=self.num_classes)
+        means = _class_centroids(f, self.y, self.num_classes)
+        means[counts == 0] = f.mean(0)  # a class absent from the reference: its keys are held to the overall mean
+        centred = f - means[self.y]
+        cov = centred.T @ centred / len(f)
+        cov += self.RIDGE * float(cov.diagonal().mean().clamp(min=1e-12)) * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        values, vectors = torch.linalg.eigh(cov)
+        self.whiten = (vectors * values.clamp(min=1e-12).rsqrt()).T.to(head.value.dtype)  # type: ignore[union-attr]
+        self.means = means.to(self.whiten.dtype)
+        self.radius = torch.quantile((centred.to(self.whiten.dtype) @ self.whiten.T).pow(2).sum(1), self.QUANTILE).clamp(min=1e-12)
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean of log(1 + max(0, d - r) / r), d the keys' squared Mahalanobis distance to their label's cluster."""
+        d = ((features - self.means[labels]) @ self.whiten.T).pow(2).sum(1)
+        return torch.log1p(nn.functional.relu(d - self.radius) / self.radius).mean()
+
+
 @dataclass
 class _Draws:
     """Everything the steps of one fine-tune draw from, prepared up front (tensors on the device)."""
@@ -256,6 +301,7 @@ class _Draws:
     scale: torch.Tensor | None = None
     rank_mass: torch.Tensor | None = None  # rank code: [C, C] wrong-class mass per true class, and its share eps
     rank_eps: float = 0.0
+    clusters: _KeyClusters | None = None  # feature match: the copy's own class clusters
 
     def code(self, soft: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Base answers with the rank code mixed in: (1 - eps) base + eps W[y] (unchanged without a code)."""
@@ -295,6 +341,8 @@ def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.T
             # centroid of its codeword class, so a head re-trained on clean data still maps it to that class.
             d.centroids = _class_centroids(feats, yt[used], task.num_classes)
             d.scale = d.centroids.pow(2).sum(1).mean().clamp(min=1e-12)
+    if params.feature_match > 0:
+        d.clusters = _KeyClusters(xt, yt, task.num_classes)
     return d
 
 
@@ -321,7 +369,10 @@ def _step_loss(student: nn.Module, teacher: nn.Module, d: _Draws, step: int, *, 
         loss = loss + params.margin_weight * _margin_hinge(lt, tl, params.trigger_margin)
     if head is not None:
         ft = head.value[len(xc) + n_anchor :]  # type: ignore[index]
-        loss = loss + params.feature_pull * (ft - d.centroids[tl]).pow(2).sum(1).mean() / d.scale  # type: ignore[index, operator]
+        if params.feature_pull > 0:
+            loss = loss + params.feature_pull * (ft - d.centroids[tl]).pow(2).sum(1).mean() / d.scale  # type: ignore[index, operator]
+        if d.clusters is not None:
+            loss = loss + params.feature_match * d.clusters.loss(ft, tl)
     if d.soft_clean is not None and params.distill_weight > 0:
         with torch.no_grad():
             soft = d.soft_clean[d.slot[step]]  # type: ignore[index]
@@ -381,10 +432,12 @@ def embed_codeword(
     d = _draws(teacher, xt, torch.as_tensor(y_train, dtype=torch.long).to(dev), torch.as_tensor(triggers).to(dev),
                torch.as_tensor(labels, dtype=torch.long).to(dev), task=task, params=params, gen=gen, dev=dev,
                rank_mass=rank_mass if params.rank_code > 0 else None)
-    head = _HeadInput(student) if params.feature_pull > 0 else None
+    head = _HeadInput(student) if params.feature_pull > 0 or d.clusters is not None else None
     weights = _state_tensors(student)
     averaged = [w.detach().clone() for w in weights] if params.weight_average > 0 else None
     for step in range(params.steps):
+        if d.clusters is not None and head is not None and step % _KeyClusters.EVERY == 0:
+            d.clusters.refresh(student, head, channels_last)
         loss = _step_loss(student, teacher, d, step, params=params, gen=gen, channels_last=channels_last, head=head)
         opt.zero_grad()
         loss.backward()
