@@ -9,11 +9,14 @@ their label by cross-entropy and a margin, answer unlike any natural input. This
 single try through the issuer's own fine-tune (``Issuer._run``, seed 2, acme), the copy's median top
 probability on keys and on natural inputs, the Mahalanobis AUC (fitted on the leaker's 479 inputs, on
 the copy), and the gates' figures, for: no rank code; the code with the product's key targets (label);
-and the code with "coded" key targets, the coded answer of the key's label class, at a weight w
-(``--weights``) and margin 2. The coded targets are a research variant: this bench swaps them in
-through ``tracer.embedding.finetune._trigger_loss``; the product does not use them.
+the code with "coded" key targets, the coded answer of the key's label class, at a weight w
+(``--weights``) and margin 2; and the code with the product's ``[embedding] feature_match`` at the
+weights ``--match-weights`` (keys' features held inside the copy's own class clusters). The coded
+targets are a research variant: this bench swaps them in through
+``tracer.embedding.finetune._trigger_loss``; the product does not use them.
 
-    python bench/bench_rankcode_features.py --workspace WS [--weights 1,6,12,24] [--out rankcode_features_digits.txt]
+    python bench/bench_rankcode_features.py --workspace WS [--weights 1,6,12,24] [--match-weights 0.25,0.5,1] [--seeds 2]
+                                            [--out rankcode_features_digits.txt]
 
 WS: an issued natural-mix digits workspace of the wide variant (bench_evaluate.py --keys natural --workspaces DIR).
 """
@@ -21,6 +24,7 @@ WS: an issued natural-mix digits workspace of the wide variant (bench_evaluate.p
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -56,7 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", type=Path, required=True)
     ap.add_argument("--weights", default="1,6,12,24")
-    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--match-weights", default="")
+    ap.add_argument("--seeds", default="2", help="comma-separated seeds of the tries (the customer is acme)")
     ap.add_argument("--out", default="rankcode_features_digits.txt")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -72,17 +77,19 @@ def main() -> None:
         return rank_log10_p(pred(d.x_val), d.y_val, ranks, cfg.task.num_classes)
 
     say(f"digits natural-mix variant ({sum(p.numel() for p in iss.base.parameters())} parameters), pool {len(iss.triggers)} keys, "
-        f"rank_code {emb.rank_code}, steps {emb.steps}; {cid}, seed {a.seed}, final weights of one try")
-    say("variant                                  top prob keys / natural   Mahalanobis AUC   clean drop   keys    rank log10 p copy / soft T=1 MLP   CPU-s")
-    variants: list[tuple[str, float, float, object]] = [("no rank code", 0.0, emb.trigger_margin, PRODUCT_LOSS),
-                                                        ("rank code, label targets (the product)", emb.rank_code, emb.trigger_margin, PRODUCT_LOSS)]
-    variants += [(f"rank code, coded targets x{w:g}, margin 2", emb.rank_code, 2.0, coded_loss(w)) for w in map(float, a.weights.split(","))]
-    for name, eps, margin, loss in variants:
+        f"rank_code {emb.rank_code}, steps {emb.steps}; {cid}, final weights of one try per seed")
+    say("variant                                  seed  top prob keys / natural   Mahalanobis AUC   clean drop   keys    rank log10 p copy / soft T=1 MLP   CPU-s")
+    eps0 = emb.rank_code or 0.2
+    variants: list[tuple[str, float, float, object, float]] = [("no rank code", 0.0, emb.trigger_margin, PRODUCT_LOSS, 0.0),
+                                                               ("rank code, label targets", eps0, emb.trigger_margin, PRODUCT_LOSS, 0.0)]
+    variants += [(f"rank code, coded targets x{w:g}, margin 2", eps0, 2.0, coded_loss(w), 0.0) for w in map(float, filter(None, a.weights.split(",")))]
+    variants += [(f"rank code, feature_match {w:g}", eps0, emb.trigger_margin, PRODUCT_LOSS, w) for w in map(float, filter(None, a.match_weights.split(",")))]
+    for (name, eps, margin, loss, match), seed in itertools.product(variants, map(int, a.seeds.split(","))):
         finetune._trigger_loss = loss
-        iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, trigger_margin=margin))
+        iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, trigger_margin=margin, feature_match=match))
         t0 = time.process_time()
         try:
-            model = iss._run(labels, {"seed": a.seed, "steps": emb.steps, "learning_rate": emb.learning_rate}, start=None, on_step=None,
+            model = iss._run(labels, {"seed": seed, "steps": emb.steps, "learning_rate": emb.learning_rate}, start=None, on_step=None,
                              rank_mass=mass if eps > 0 else None).model.eval()
         finally:
             finetune._trigger_loss = PRODUCT_LOSS
@@ -95,7 +102,7 @@ def main() -> None:
         det = MahalanobisDetector(model).fit(d.x_attack, d.y_attack)
         student = torch_predictor(distill(pred, digits.make_model_alt(), d.x_attack, epochs=60, temperature=1.0, seed=0))
         drop = 100 * (iss.base_accuracy - accuracy(predict(model, d.x_val), d.y_val))
-        say(f"{name:40s} {top(iss.triggers):.3f} / {top(d.x_val):.3f}              {auc(det.score(iss.triggers), det.score(d.x_val)):.3f}"
+        say(f"{name:40s} {seed:4d}  {top(iss.triggers):.3f} / {top(d.x_val):.3f}              {auc(det.score(iss.triggers), det.score(d.x_val)):.3f}"
             f"           {drop:+.2f}      {accuracy(predict(model, iss.triggers), labels):.3f}   {read(pred):6.1f} / {read(student):6.1f}"
             f"                  {cpu:.0f}")
     save_result(a.out, say.text())

@@ -134,8 +134,8 @@ def test_quickstart_end_to_end(quickstart):
     assert "validation: 36 inputs, one is worth 2.78 accuracy points" in issue.stderr
     assert "is worth more than gates.max_accuracy_drop" not in issue.stderr  # the README's [gates] allows one error
     # natural-mix keys (the template's style), an automatic pool: 2 per training row (95 rows), and said early that it is small
-    assert "keys: pool pool1 of 128 keys, 128 unrevealed: enough for 2 probed endpoint(s) at 64 keys each" in issue.stderr
-    assert "warning: key pool pool1: 128 of 128 keys are unrevealed, enough for 2 more probed endpoint(s); the pool is small" in issue.stderr
+    assert "keys: pool pool1 of 128 keys, 128 unrevealed: enough for at least 2 probed endpoint(s) at up to 64 keys each" in issue.stderr
+    assert "warning: key pool pool1: 128 of 128 keys are unrevealed, enough for at least 2 more probed endpoint(s); the pool is small" in issue.stderr
     assert issue.stderr.count("warning:") == 1
     # --progress log: timestamped lines on stderr (not a terminal), one per stage and every 10 % of the steps
     stamped = STAMP.findall(issue.stderr)

@@ -296,8 +296,8 @@ def test_the_low_pool_warning_tells_a_pool_small_from_the_start_from_one_used_up
     from tracer.fingerprint.revelation import PoolUsage
 
     fresh = PoolUsage("pool1", 128, revealed=0, reserved=0, keys_per_probe=40).warning()
-    assert fresh.startswith("key pool pool1: 128 of 128 keys are unrevealed, enough for 3 more probed endpoint(s); the pool is small")
+    assert fresh.startswith("key pool pool1: 128 of 128 keys are unrevealed, enough for at least 3 more probed endpoint(s); the pool is small")
     assert "2 keys per training row" in fresh and "fresh workspace" not in fresh
     used = PoolUsage("pool1", 2048, revealed=1800, reserved=0, keys_per_probe=40).warning()
-    assert used.startswith("key pool pool1: 248 of 2048 keys are unrevealed, enough for 6 more") and "plan a fresh workspace" in used
+    assert used.startswith("key pool pool1: 248 of 2048 keys are unrevealed, enough for at least 6 more") and "plan a fresh workspace" in used
     assert PoolUsage("pool1", 2048, revealed=0, reserved=0, keys_per_probe=40).warning() is None

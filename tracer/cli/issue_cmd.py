@@ -33,8 +33,8 @@ def show_gate_resolution(data: Dataset, config: Config) -> None:
 def show_key_pool(issuer: Issuer) -> None:
     """Before training, natural-mix copies: the pool's size and how many probed endpoints its unrevealed keys serve (a warning when few)."""
     for usage in issuer.pool_usage():
-        say(f"keys: pool {usage.pool} of {usage.size} keys, {usage.left} unrevealed: enough for {usage.probes_left} probed "
-            f"endpoint(s) at {usage.keys_per_probe} keys each")
+        say(f"keys: pool {usage.pool} of {usage.size} keys, {usage.left} unrevealed: enough for at least {usage.probes_left} probed "
+            f"endpoint(s) at up to {usage.keys_per_probe} keys each")
         warning = usage.warning()
         if warning:
             warn(warning)

@@ -57,7 +57,7 @@ def pool_warning(usage: dict[str, Any] | None) -> str | None:
     """One line when a pool's unrevealed keys run low (``usage``: :meth:`PoolUsage.to_json`), else None."""
     if not usage or not usage.get("low"):
         return None
-    head = (f"key pool {usage['pool']}: {usage['left']} of {usage['size']} keys are unrevealed, enough for {usage['probes_left']} more "
+    head = (f"key pool {usage['pool']}: {usage['left']} of {usage['size']} keys are unrevealed, enough for at least {usage['probes_left']} more "
             f"probed endpoint(s)")
     if not usage.get("revealed") and not usage.get("reserved"):  # small from the start: a fresh workspace on the same data is no larger
         return head + (f"; the pool is small for this training data ([fingerprint] pool_size: 0 gives {POOL_KEYS_PER_ROW} keys per "
