@@ -27,7 +27,7 @@ Feature match (``feature_match``, :class:`_KeyClusters`): with the rank code, ev
 held to one soft coded answer of its class, which tightens the class clusters of the copy's
 penultimate features, while keys, pushed to their label by cross-entropy and the margin, land outside
 them: a leaker's Mahalanobis filter on the copy's own features then separates keys from natural
-inputs (digits natural-mix variant: AUC 0.90, 40 % of keys flagged). The term holds each key's
+inputs (digits natural-mix variant: AUC 0.89-0.90, 18-40 % of keys flagged). The term holds each key's
 features within the copy's own cluster of its label class: its squared Mahalanobis distance to that
 class's mean (the copy's features on a fixed reference subset of the training inputs, one shared
 covariance, refreshed every ``_KeyClusters.EVERY`` steps) is penalised by log(1 + excess / r) beyond
