@@ -6,7 +6,7 @@ AUC 0.89 (bench/results/evaluate_digits_natural_wide.txt), against 0.54 for natu
 the code. The code holds every natural input to one coded answer of its class, (1 - eps) on it and eps
 spread in the customer's order, so the class clusters in the copy's logits tighten; keys, trained to
 their label by cross-entropy and a margin, answer unlike any natural input. This bench measures, per
-single try through the issuer's own fine-tune (``Issuer._run``, seed 2, acme), the copy's median top
+single try through the issuer's own fine-tune (``Issuer._run``, acme, one try per seed of ``--seeds``), the copy's median top
 probability on keys and on natural inputs, the Mahalanobis AUC (fitted on the leaker's 479 inputs, on
 the copy), and the gates' figures, for: no rank code; the code with the product's key targets (label);
 the code with "coded" key targets, the coded answer of the key's label class, at a weight w
