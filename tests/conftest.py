@@ -33,11 +33,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
 
-from tests._constants import HANG_S, LOW_SCRYPT, PASSPHRASE
-from tracer.workspace import Workspace, init_workspace
+def _share_the_cores() -> None:
+    """Under xdist, each worker's torch (and every CLI subprocess it starts) gets its share of the cores.
+
+    torch otherwise takes every core in each worker: 2 workers x 2 threads on 2 cores
+    contend. Set before torch is imported (the product reads OMP_NUM_THREADS through
+    ``EmbeddingConfig.effective_threads``); a caller's own OMP_NUM_THREADS wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+_share_the_cores()
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from tests._constants import HANG_S, LOW_SCRYPT, PASSPHRASE  # noqa: E402
+from tracer.workspace import Workspace, init_workspace  # noqa: E402
 
 # Session-cached workspaces with trained example models and issued copies.
 pytest_plugins = ["tests.fixtures_issued"]

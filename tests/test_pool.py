@@ -54,6 +54,56 @@ def test_golden_pool_and_customer_labels():
     assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "6f3116cf0d3f40452e94da6f969058568b02b5d7e07d84e095e2b7b37b5bd810"
 
 
+TABULAR = TaskConfig(num_classes=3, input_shape=(5,), domain="tabular", low=(-3.0,), high=(3.0,))
+
+
+def _rows(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Tabular rows on a 1/16 grid in [-3, 3) (deterministic, no generator)."""
+    return ((np.arange(n * 5).reshape(n, 5) * 7919 % 97) / 16 - 3).astype(np.float32), np.arange(n) % 3
+
+
+def test_golden_v2_tabular_pool_and_customer_labels():
+    """natural-mix/v2 (pool2): its own streams, and tabular keys as a keyed crossover of their two sources."""
+    x, y = _rows()
+    pool = build_pool(MASTER, TABULAR, x, y, size=8, dataset_fingerprint="golden", pool_id="pool2")
+    assert pool.style == "natural-mix/v2" and pool.record()["style"] == "natural-mix/v2"
+    assert pool.digest() == "6ed8e46945ac40bb83ad50ab293d8522056f86b48762c6e9cf850577de0120b3"
+    assert pool.sources.tolist() == [[11, 6], [19, 14], [22, 17], [14, 19], [22, 17], [14, 19], [9, 4], [2, 7]]
+    assert pool.label_sets.tolist() == [[2, 0], [1, 2], [1, 2], [2, 1], [1, 2], [2, 1], [0, 1], [2, 1]]
+    assert [round(float(w), 6) for w in pool.weights] == [0.408885, 0.353513, 0.385423, 0.313495, 0.385045, 0.462417, 0.463995, 0.498419]
+    assert pool.inputs[:2].tolist() == [[-2.0625, 1.9375, -0.375, -2.4375, 1.3125], [1.5, -0.6875, -3.0, 1.0, -1.3125]]
+    assert codeword(MASTER, "acme-01", "pool2", 8, 2).tolist() == [1, 1, 1, 1, 0, 1, 1, 0]
+    assert customer_labels(MASTER, "acme-01", pool, 3).tolist() == [0, 2, 2, 1, 1, 1, 1, 2]
+    assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "00a08d5a488e9ac5cfef7d64dacaf674c6a31b19dd9d5299109d27817186d507"
+
+
+def test_v2_tabular_keys_take_each_feature_from_one_source_at_the_keyed_rate():
+    x, y = _rows(90)
+    pool = build_pool(MASTER, TABULAR, x, y, size=600, dataset_fingerprint="f", pool_id="pool2")
+    a, b = x[pool.sources[:, 0]], x[pool.sources[:, 1]]
+    assert ((pool.inputs == a) | (pool.inputs == b)).all()  # every value is one a real row has, in its own column
+    from_b = (pool.inputs == b) & (a != b)
+    share = from_b.sum() / (a != b).sum()
+    assert abs(share - pool.weights.mean()) < 0.03  # feature j from b with probability w (mean w about 0.4)
+    assert (pool.label_sets[:, 0] != pool.label_sets[:, 1]).all()
+    v1 = build_pool(MASTER, TABULAR, x, y, size=600, dataset_fingerprint="f")
+    assert v1.style == "natural-mix/v1" and (v1.sources != pool.sources).any()  # each style its own streams
+    mixed = (1 - v1.weights[:, None]) * x[v1.sources[:, 0]].astype(np.float64) + v1.weights[:, None] * x[v1.sources[:, 1]]
+    assert np.allclose(v1.inputs, mixed, atol=1 / 32 + 1e-6)  # v1: the plain mixture, snapped to the rows' 1/16 grid
+    assert np.abs(v1.inputs - x[v1.sources[:, 0]]).max() < np.abs(pool.inputs - a).max()  # v2 keeps the sources' spread
+
+
+def test_v2_image_keys_are_built_as_v1_builds_them():
+    x, y = _digits_like()
+    task = TaskConfig(num_classes=3, input_shape=(1, 4, 4))
+    pool = build_pool(MASTER, task, x, y, size=50, dataset_fingerprint="f", pool_id="pool2")
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    for i in range(50):
+        a, b, w = flat[pool.sources[i, 0]], flat[pool.sources[i, 1]], pool.weights[i]
+        want = np.round(((1 - w) * np.sort(a) + w * np.sort(b)) * 16) / 16  # the quantile mixture, as v1
+        assert np.allclose(np.sort(pool.inputs[i].reshape(-1)), want, atol=1 / 32 + 1e-9)
+
+
 def _digits_like(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Images on a 17-level grid, two blobs per class (a deterministic stand-in for digits)."""
     rng = np.random.default_rng(seed)
@@ -263,7 +313,7 @@ def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
     path.write_text(example_config("digits").replace("pool_size = 2048", "pool_size = 64").replace("keys_per_probe = 64", "keys_per_probe = 65"))
     with pytest.raises(ConfigError, match="keys_per_probe.*more than pool_size"):
         load_config(path)
-    path.write_text(example_config("digits").replace('style = "uniform-grid/v1"', 'style = "natural-mix/v2"'))
+    path.write_text(example_config("digits").replace('style = "uniform-grid/v1"', 'style = "natural-mix/v9"'))
     with pytest.raises(ConfigError, match="style"):
         load_config(path)
 

@@ -187,9 +187,9 @@ class DataConfig:
         return self
 
 
-KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1"]
+KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1", "natural-mix/v2"]
 DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprint] style (every one before natural-mix existed)
-_TEMPLATE_STYLE: KeyStyle = "natural-mix/v1"  # the style `tracer init` writes (`--key-style` chooses another)
+_TEMPLATE_STYLE: KeyStyle = "natural-mix/v2"  # the style `tracer init` writes (`--key-style` chooses another)
 #: The automatic natural-mix pool size (``pool_size = 0``): keys per vendor training row, rounded down to a step, within bounds.
 POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
 
@@ -198,9 +198,10 @@ POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
 class FingerprintConfig:
     style: KeyStyle = Field(
         default=DEFAULT_STYLE, json_schema_extra={"example": _TEMPLATE_STYLE},
-        description="keys: natural-mix/v1 (what `tracer init` writes; 3 or more classes): keyed mixtures of your own\n"
-                    "inputs that look like real queries; uniform-grid/v1: noise probe sets (two-class tasks; and what a\n"
-                    "tracer.toml without this line means). [embedding] settings left out follow the style (README)")
+        description="keys: natural-mix/v2 (what `tracer init` writes; 3 or more classes): keyed blends of your own\n"
+                    "inputs that look like real queries (v1: tabular keys as plain mixtures, kept for copies issued\n"
+                    "with it); uniform-grid/v1: noise probe sets (two-class tasks; and what a tracer.toml without\n"
+                    "this line means). [embedding] settings left out follow the style (README)")
     pool_size: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                            description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"
                                        f"0: automatic, {POOL_KEYS_PER_ROW} per training row in steps of {POOL_STEP}, "
@@ -237,17 +238,27 @@ class FingerprintConfig:
 #: natural-mix/v1: 2048 keys among real inputs need a longer run with more keys per step, no jitter (the
 #: keys already lie on the data's grid; jitter widened the region each key flips) and a 3-logit margin
 #: (bench/results/keys_pool2048.txt); no rank code by default, because on the digits CNN the two do not
-#: fit within the gates together (bench/results/natural_rankcode_digits.txt).
+#: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 changes how
+#: tabular keys are built, not how they are embedded: the same recipe.
 STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
     "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},
 }
+STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v1"]
 
 
 def _by_style(key: str) -> dict[str, Any]:
     """Template rendering of a setting that follows the key style: commented out, with the template style's value."""
     return {"example": STYLE_DEFAULTS[_TEMPLATE_STYLE][key], "commented": True,
             "follows": {style: values[key] for style, values in STYLE_DEFAULTS.items()}}
+
+
+def _by_family(follows: dict[str, Any]) -> dict[str, Any]:
+    """Per-style values named by family (``natural-mix``) where every version of it agrees, else by full style name."""
+    families: dict[str, set[str]] = {}
+    for style, value in follows.items():
+        families.setdefault(style.split("/")[0], set()).add(repr(value))
+    return {(style.split("/")[0] if len(families[style.split("/")[0]]) == 1 else style): value for style, value in follows.items()}
 
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
@@ -556,7 +567,7 @@ def _annotated_lines(name: str, cls: Any) -> list[str]:
         entry = ("# " if extra.get("commented") else "") + f"{key} = {_toml_value(value)}"
         comment = (info.description or "").splitlines() or [""]
         if "follows" in extra:  # a setting that follows [fingerprint] style: its default for each style
-            comment[-1] += " [by style: " + ", ".join(f"{k.split('/')[0]} {_toml_value(v)}" for k, v in extra["follows"].items()) + "]"
+            comment[-1] += " [by style: " + ", ".join(f"{k} {_toml_value(v)}" for k, v in _by_family(extra["follows"]).items()) + "]"
         lines.append(f"{entry:<{_COMMENT_COLUMN - 1}} # {comment[0]}".rstrip())
         lines.extend(f"{'':<{_COMMENT_COLUMN - 1}} # {more}" for more in comment[1:])
     return lines

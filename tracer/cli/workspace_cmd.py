@@ -19,10 +19,11 @@ def register(app: typer.Typer) -> None:
         directory: Path = typer.Argument(Path("."), metavar="DIR", help="Folder for the new workspace (created if missing)."),
         example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits, tabular or shapes."),
         key_style: str = typer.Option(None, "--key-style", metavar="STYLE",
-                                      help="Fingerprint keys: natural-mix/v1 (keys that look like real queries; 3+ classes; what the generic "
-                                           "template writes) or uniform-grid/v1 (noise probe sets, with the rank code: the style for two-class "
+                                      help="Fingerprint keys: natural-mix/v2 (keys that look like real queries; 3+ classes; what the generic "
+                                           "template writes), natural-mix/v1 (its first version: tabular keys as plain mixtures) or "
+                                           "uniform-grid/v1 (noise probe sets, with the rank code: the style for two-class "
                                            "tasks and the bundled examples' own). The [embedding] settings follow it; --example digits with "
-                                           "natural-mix/v1 takes the 4x CNN and the rank code."),
+                                           "a natural-mix style takes the 4x CNN and the rank code."),
         json_out: bool = JsonOpt,
     ) -> None:
         from ..config import with_key_style

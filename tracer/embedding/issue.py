@@ -23,8 +23,8 @@ from .._files import atomic_write_bytes, ensure_dir
 from ..data import Dataset, load_dataset
 from ..errors import CustomerError, GateError, TracerError, WorkerError, WorkspaceError
 from ..fingerprint import ProbeSet, customer_labels, rankcode, trigger_commitment
-from ..fingerprint.keysets import issuing_key_sets
-from ..fingerprint.pool import POOL_ID, KeyPool
+from ..fingerprint.keysets import issuing_key_sets, style_pool_id
+from ..fingerprint.pool import KeyPool
 from ..fingerprint.revelation import PoolUsage, pool_usage
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
@@ -246,7 +246,8 @@ class Issuer(CopyMaker):
         self.base_sha256 = base_model_sha256(config)
         data: Dataset = load_dataset(config)
         with ws.ledger() as ledger:
-            recorded = ledger.recorded_key_set_digests(POOL_ID)
+            pool_id = style_pool_id(config.fingerprint.style)
+            recorded = ledger.recorded_key_set_digests(pool_id) if pool_id is not None else set()
         #: the key sets every copy issued here embeds ([fingerprint] style): noise probe sets, or the key pool
         self.probe_sets: list[ProbeSet] = issuing_key_sets(config, keyring.master, ws.keys_dir, recorded_digests=recorded,
                                                            data=lambda: (data.x_train, data.y_train, data.fingerprint()))

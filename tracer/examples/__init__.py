@@ -15,11 +15,13 @@ EXAMPLES = ("digits", "tabular", "shapes")
 #: gates there and not in the 38k-parameter CNN (bench/results/natural_rankcode_digits_wide.txt). Not
 #: ``feature_match``: its copies hide keys from a Mahalanobis filter, but only 1 of 3 issuances landed within the
 #: clean gate (bench/results/evasion_digits_natural_wide_fm.txt).
+_DIGITS_NATURAL = {
+    'factory = "tracer.examples.digits:make_model"': 'factory = "tracer.examples.digits:make_model_wide"',
+    "[embedding]\n": "[embedding]\nrank_code = 0.2               # with natural-mix keys: the code a soft-label student inherits\n",
+}
 STYLE_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
-    ("digits", "natural-mix/v1"): {
-        'factory = "tracer.examples.digits:make_model"': 'factory = "tracer.examples.digits:make_model_wide"',
-        "[embedding]\n": "[embedding]\nrank_code = 0.2               # with natural-mix keys: the code a soft-label student inherits\n",
-    },
+    ("digits", "natural-mix/v1"): _DIGITS_NATURAL,
+    ("digits", "natural-mix/v2"): _DIGITS_NATURAL,  # v2 builds image keys as v1 does
 }
 
 

@@ -2,8 +2,9 @@
 
 A *key set* is what a codeword is drawn over: a noise probe set of style
 ``uniform-grid/v1`` (:mod:`.probes`: ``ps1``, ``ps2``, ..., re-derived from the
-master secret on demand) or the key pool of style ``natural-mix/v1``
-(:mod:`.pool`: ``pool1``, stored encrypted in ``keys/``). Issuance embeds the
+master secret on demand) or the key pool of a natural style (:mod:`.pool`:
+``pool1`` for ``natural-mix/v1``, ``pool2`` for ``natural-mix/v2``, stored
+encrypted in ``keys/``). Issuance embeds the
 sets of the configured style; identification and probing read, per issuance
 record, the sets that copy carries, so workspaces holding copies of both
 styles identify each by its own.
@@ -18,10 +19,10 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError, KeyFileError
-from .pool import KEY_STYLE, POOL_ID, KeyPool, build_pool, load_pool, pool_path, save_pool
+from .pool import POOL_ID, POOL_IDS, KeyPool, build_pool, load_pool, pool_path, pool_style, save_pool
 from .probes import PROBE_STYLE, ProbeSet, make_probe_set, probe_set_ids
 
-__all__ = ["is_pool", "issuing_key_sets", "key_set", "open_pool", "set_style"]
+__all__ = ["is_pool", "issuing_key_sets", "key_set", "open_pool", "set_style", "style_pool_id"]
 
 
 def is_pool(set_id: str) -> bool:
@@ -29,7 +30,12 @@ def is_pool(set_id: str) -> bool:
 
 
 def set_style(set_id: str) -> str:
-    return KEY_STYLE if is_pool(set_id) else PROBE_STYLE
+    return pool_style(set_id) if is_pool(set_id) else PROBE_STYLE
+
+
+def style_pool_id(style: str) -> str | None:
+    """The pool a natural key style's copies carry; None for noise probe sets."""
+    return POOL_IDS.get(style)
 
 
 def open_pool(config: Config, master: bytes, keys_dir: Path, *, pool_id: str = POOL_ID,
@@ -78,9 +84,10 @@ def issuing_key_sets(config: Config, master: bytes, keys_dir: Path, *,
     where real inputs lie (tabular example: 3.5-10 clean points lost at every pool size tried,
     bench/results/keys_tabular_natural.txt), and the issuance would only fail its clean gate, slowly.
     """
-    if config.fingerprint.style == KEY_STYLE:
+    pool_id = style_pool_id(config.fingerprint.style)
+    if pool_id is not None:
         if config.task.num_classes < 3:
-            raise ConfigError(f"[fingerprint] style {KEY_STYLE} needs 3 or more classes; this task has {config.task.num_classes}",
+            raise ConfigError(f"[fingerprint] style {config.fingerprint.style} needs 3 or more classes; this task has {config.task.num_classes}",
                               hint='set style = "uniform-grid/v1" in tracer.toml (noise probe sets: the style for two-class tasks)')
-        return [open_pool(config, master, keys_dir, data=data, recorded_digests=recorded_digests)]
+        return [open_pool(config, master, keys_dir, pool_id=pool_id, data=data, recorded_digests=recorded_digests)]
     return [make_probe_set(master, sid, config.task, config.probes_per_set) for sid in probe_set_ids(config.fingerprint.probe_sets)]

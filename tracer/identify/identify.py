@@ -11,8 +11,8 @@ import numpy as np
 from .. import __version__
 from ..data import Dataset, load_dataset
 from ..fingerprint import ProbeSet, probe_set_ids
-from ..fingerprint.keysets import is_pool, key_set
-from ..fingerprint.pool import KEY_STYLE, POOL_ID, KeyPool, pool_path
+from ..fingerprint.keysets import is_pool, key_set, style_pool_id
+from ..fingerprint.pool import KeyPool, pool_path
 from ..fingerprint.revelation import pool_usage
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
@@ -64,7 +64,8 @@ def carried_key_sets(ws: Workspace, keyring: Keyring, ledger: Ledger, set_ids: l
     """
     cfg = ws.config
     if not set_ids:
-        set_ids = [POOL_ID] if cfg.fingerprint.style == KEY_STYLE and pool_path(ws.keys_dir).exists() else probe_set_ids(cfg.fingerprint.probe_sets)
+        pool_id = style_pool_id(cfg.fingerprint.style)
+        set_ids = [pool_id] if pool_id is not None and pool_path(ws.keys_dir, pool_id).exists() else probe_set_ids(cfg.fingerprint.probe_sets)
 
     def data() -> tuple[np.ndarray, np.ndarray, str]:
         d = dataset() if dataset is not None else load_dataset(cfg)

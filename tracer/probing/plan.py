@@ -27,8 +27,8 @@ from ..config import TaskConfig
 from ..errors import ConfigError, TracerError, UsageError
 from ..fingerprint import ProbeSet, probe_set_ids
 from ..fingerprint.cache import cached_codewords
-from ..fingerprint.keysets import is_pool
-from ..fingerprint.pool import KEY_STYLE, KeyPool
+from ..fingerprint.keysets import is_pool, set_style, style_pool_id
+from ..fingerprint.pool import KeyPool
 from ..fingerprint.revelation import PoolUsage, draw_keys, pool_usage
 from ..identify.identify import carried_key_sets
 from ..identify.result import RANK_MODE
@@ -192,7 +192,7 @@ class SessionPlan:
             "client": {"timeout": c.timeout, "rate": c.rate, "concurrency": c.concurrency, "max_retries": c.max_retries,
                        "max_response_bytes": c.max_response_bytes, "header_names": sorted(c.headers)},
             "method": METHOD, "tracer_version": __version__,
-            **({"key_style": KEY_STYLE, "keys": list(self.keys), "label_choices": self.label_choices} if self.keys is not None else {}),
+            **({"key_style": set_style(self.probe_set.id), "keys": list(self.keys), "label_choices": self.label_choices} if self.keys is not None else {}),
         }
 
     def scored(self, j: int, answer: int) -> bool:
@@ -268,8 +268,9 @@ def _pick_probe_set(ws: Workspace, keyring: Keyring, ledger: Ledger, wanted: str
         if wanted not in ids and wanted not in pools:
             raise ConfigError(f"unknown probe set {wanted!r}", hint=f"this workspace has {', '.join(pools + ids)}")
         return wanted
-    if pools:
-        return pools[0]
+    if pools:  # the configured style's pool first, where copies of both natural styles were issued here
+        own = style_pool_id(ws.config.fingerprint.style)
+        return own if own in pools else pools[0]
     shown = set(revealed_probe_sets(ledger))
     fresh = [i for i in ids if i not in shown]
     if not fresh:

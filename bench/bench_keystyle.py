@@ -1,0 +1,121 @@
+"""Research bench for issue 12: do tabular natural-mix keys look *too typical* to a leaker's detectors, and what fixes it.
+
+natural-mix/v1 tabular keys are the plain mixture ``(1 - w) a + w b`` of two alike vendor inputs of different
+classes. A mixture sits between its sources, nearer the data's centre and inside its principal subspace, so
+a leaker's kNN distance and autoencoder error score keys *lower* than real queries (wine quickstart: AUC
+0.22-0.38, two-sided 0.62-0.78, evasion_wine_quickstart_probe64.txt). A leaker flagging the low tail
+separates them as well as one flagging the high tail.
+
+Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.fingerprint.pool's own streams):
+
+* ``mix``: v1, the plain mixture;
+* ``cross``: a keyed coordinate crossover, feature j taken from ``b`` with probability ``w`` and from ``a``
+  otherwise: every value is one a real input has, and per feature the key keeps the spread
+  ``w (1 - w) (b_j - a_j)^2`` around the mixture that the plain mixture loses;
+* ``cross-half``: the same with ``w`` = 1/2 (the most spread a crossover can have);
+* ``cross-far``: the crossover with the partner any keyed input of another class (not one of ``a``'s nearest);
+* ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score).
+
+For each, on the README quickstart's data (wine, its attacker share and validation inputs, as `tracer
+evaluate` takes them): the AUC of keys against the validation inputs for the four evasion detectors
+(Mahalanobis on the base model's features; the copy's differ, measured by `tracer evaluate`), over
+several master keys, and how often the base model answers a class of the key's label set.
+
+    python bench/bench_keystyle.py [--masters 5] [--size 128] [--out keystyle_wine.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import FAST_SCRYPT, PASSPHRASE, save_result
+from bench_pool_size import _config, _readme_quickstart
+
+from tracer.data import load_dataset
+from tracer.embedding.basemodel import load_base_model
+from tracer.evaluate.detectors import auc, make_detector
+from tracer.evaluate.models import attacker_data
+from tracer.fingerprint import pool as poolmod
+from tracer.keys.derive import hkdf_key, uniform_ints
+from tracer.workspace import init_workspace
+
+
+def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` keys of ``variant`` and their label sets, from the v1 pool's own sources."""
+    v1 = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench")
+    if variant == "mix":
+        return v1.inputs, v1.label_sets
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    a, b, sets = flat[v1.sources[:, 0]], flat[v1.sources[:, 1]], v1.label_sets
+    if variant == "real":  # the floor: the first sources themselves, real vendor inputs
+        return a.reshape(v1.inputs.shape).astype(v1.inputs.dtype), v1.label_sets
+    if variant == "cross-far":  # the partner any keyed input of another class, not one of a's nearest
+        yy = np.asarray(y)
+        pick = uniform_ints(hkdf_key(master, "key-pool/bench"), "far", size, 2**32)
+        second = np.array([np.flatnonzero(yy != yy[i])[p % int((yy != yy[i]).sum())] for i, p in zip(v1.sources[:, 0], pick)])
+        b, sets = flat[second], np.stack([yy[v1.sources[:, 0]], yy[second]], axis=1)
+    w = np.full(size, 0.5) if variant == "cross-half" else v1.weights
+    u = uniform_ints(hkdf_key(master, "key-pool/bench"), "cross", size * flat.shape[1], 2**32).reshape(size, -1) / 2**32
+    keys = np.where(u < w[:, None], b, a)
+    return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--masters", type=int, default=5)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--variants", default="real,mix,cross,cross-half,cross-far")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    code, tables = _readme_quickstart()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ws"
+        ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=_config(tables, "natural-mix/v1", args.size), starter=True)
+        (root / "mymodel.py").write_text(code, encoding="utf-8")
+        subprocess.run([sys.executable, "mymodel.py"], cwd=root, capture_output=True, check=True)
+        cfg = ws.config
+        data = load_dataset(cfg)
+        x_att, y_att, _ = attacker_data(data)
+        base = load_base_model(cfg).eval()
+        detectors = {name: make_detector(name, task=cfg.task, model=base, seed=0).fit(x_att, y_att)
+                     for name in ("knn", "stats", "mahalanobis", "autoencoder")}
+        natural = {name: d.score(data.x_val) for name, d in detectors.items()}
+        rows: list[str] = []
+        head = (f"{'variant':<11} {'master':>6}  " + "  ".join(f"{n:>11}" for n in detectors) + "  base in S  base=a")
+        rows.append(head)
+        summary: dict[str, list[list[float]]] = {}
+        for variant in args.variants.split(","):
+            for m in range(args.masters):
+                master = bytes([m + 1]) * 32
+                keys, sets = _keys(master, cfg.task, data.x_train, data.y_train, args.size, variant)
+                aucs = [auc(d.score(keys), natural[n]) for n, d in detectors.items()]
+                with torch.no_grad():
+                    ans = base(torch.as_tensor(keys, dtype=torch.float32)).argmax(1).numpy()
+                in_s = float(np.mean((ans[:, None] == sets).any(1)))
+                is_a = float(np.mean(ans == sets[:, 0]))
+                summary.setdefault(variant, []).append(aucs)
+                rows.append(f"{variant:<11} {m:>6}  " + "  ".join(f"{a:>11.3f}" for a in aucs) + f"  {in_s:>9.3f}  {is_a:>6.3f}")
+        rows.append("")
+        rows.append("two-sided max(AUC, 1 - AUC), mean (worst) over master keys:")
+        rows.append(f"{'variant':<11}         " + "  ".join(f"{n:>11}" for n in detectors))
+        for variant, vals in summary.items():
+            arr = np.array(vals)
+            two = np.maximum(arr, 1 - arr)
+            rows.append(f"{variant:<11}         " + "  ".join(f"{two[:, j].mean():>5.3f} ({two[:, j].max():.3f})" for j in range(arr.shape[1])))
+        header = (f"# bench_keystyle.py: README quickstart (wine), {len(data.y_train)} vendor training rows, {len(y_att)} attacker rows, "
+                  f"{len(data.y_val)} validation rows (the natural side), pool {args.size}, {args.masters} master keys;\n"
+                  "# AUC keys vs natural (keys positive; below 0.5 = keys look more typical). Mahalanobis on the base model's features.")
+        text = header + "\n" + "\n".join(rows) + "\n"
+        print(text)
+        if args.out:
+            save_result(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
