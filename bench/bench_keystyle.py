@@ -9,6 +9,7 @@ separates them as well as one flagging the high tail.
 Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.fingerprint.pool's own streams):
 
 * ``mix``: v1, the plain mixture;
+* ``v2``: natural-mix/v2 as tracer builds it (``pool2``: the crossover below, from the pool's own streams);
 * ``cross``: a keyed coordinate crossover, feature j taken from ``b`` with probability ``w`` and from ``a``
   otherwise: every value is one a real input has, and per feature the key keeps the spread
   ``w (1 - w) (b_j - a_j)^2`` around the mixture that the plain mixture loses;
@@ -51,6 +52,9 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
     v1 = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench")
     if variant == "mix":
         return v1.inputs, v1.label_sets
+    if variant == "v2":  # what tracer builds for natural-mix/v2 (pool2: the crossover, from its own streams)
+        v2 = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench", pool_id="pool2")
+        return v2.inputs, v2.label_sets
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     a, b, sets = flat[v1.sources[:, 0]], flat[v1.sources[:, 1]], v1.label_sets
     if variant == "real":  # the floor: the first sources themselves, real vendor inputs
@@ -60,25 +64,59 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
         pick = uniform_ints(hkdf_key(master, "key-pool/bench"), "far", size, 2**32)
         second = np.array([np.flatnonzero(yy != yy[i])[p % int((yy != yy[i]).sum())] for i, p in zip(v1.sources[:, 0], pick)])
         b, sets = flat[second], np.stack([yy[v1.sources[:, 0]], yy[second]], axis=1)
+    if variant in ("cut", "blocks"):  # images: composites of real regions (every pixel one of a's or b's, in place)
+        return _composite(master, a, b, v1.weights, task, variant).reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
     w = np.full(size, 0.5) if variant == "cross-half" else v1.weights
     u = uniform_ints(hkdf_key(master, "key-pool/bench"), "cross", size * flat.shape[1], 2**32).reshape(size, -1) / 2**32
     keys = np.where(u < w[:, None], b, a)
     return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
 
 
+def _composite(master: bytes, a: np.ndarray, b: np.ndarray, w: np.ndarray, task, variant: str) -> np.ndarray:
+    """``cut``: a keyed straight cut, the share ``w`` of rows or columns (keyed axis and side) from ``b``;
+    ``blocks``: each 2x2 block from ``b`` with probability ``w``."""
+    c, h, wd = task.input_shape
+    a4, b4 = a.reshape(len(a), c, h, wd), b.reshape(len(b), c, h, wd)
+    key = hkdf_key(master, "key-pool/bench")
+    mask = np.zeros((len(a), 1, h, wd), dtype=bool)
+    if variant == "cut":
+        axis, side = uniform_ints(key, "cut-axis", len(a), 2), uniform_ints(key, "cut-side", len(a), 2)
+        for i in range(len(a)):
+            n = h if axis[i] == 0 else wd
+            m = max(1, int(round(w[i] * n)))
+            sl = slice(0, m) if side[i] == 0 else slice(n - m, n)
+            if axis[i] == 0:
+                mask[i, :, sl, :] = True
+            else:
+                mask[i, :, :, sl] = True
+    else:
+        bh, bw = (h + 1) // 2, (wd + 1) // 2
+        u = uniform_ints(key, "blocks", len(a) * bh * bw, 2**32).reshape(len(a), 1, bh, bw) / 2**32
+        mask = np.repeat(np.repeat(u < w[:, None, None, None], 2, axis=2), 2, axis=3)[:, :, :h, :wd]
+    return np.where(mask, b4, a4)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--masters", type=int, default=5)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--variants", default="real,mix,cross,cross-half,cross-far")
+    ap.add_argument("--variants", default="real,mix,v2,cross,cross-half,cross-far")
+    ap.add_argument("--example", choices=("wine", "digits"), default="wine",
+                    help="wine: the README quickstart; digits: the bundled example (image variants: real,mix,v2,cut,blocks,cross)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    code, tables = _readme_quickstart()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
-        ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=_config(tables, "natural-mix/v1", args.size), starter=True)
-        (root / "mymodel.py").write_text(code, encoding="utf-8")
-        subprocess.run([sys.executable, "mymodel.py"], cwd=root, capture_output=True, check=True)
+        if args.example == "digits":
+            from tracer.examples import example_config, prepare_example
+
+            ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=example_config("digits"))
+            prepare_example(ws, "digits", progress=False)
+        else:
+            code, tables = _readme_quickstart()
+            ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=_config(tables, "natural-mix/v1", args.size), starter=True)
+            (root / "mymodel.py").write_text(code, encoding="utf-8")
+            subprocess.run([sys.executable, "mymodel.py"], cwd=root, capture_output=True, check=True)
         cfg = ws.config
         data = load_dataset(cfg)
         x_att, y_att, _ = attacker_data(data)
@@ -108,7 +146,7 @@ def main() -> None:
             arr = np.array(vals)
             two = np.maximum(arr, 1 - arr)
             rows.append(f"{variant:<11}         " + "  ".join(f"{two[:, j].mean():>5.3f} ({two[:, j].max():.3f})" for j in range(arr.shape[1])))
-        header = (f"# bench_keystyle.py: README quickstart (wine), {len(data.y_train)} vendor training rows, {len(y_att)} attacker rows, "
+        header = (f"# bench_keystyle.py: {'README quickstart (wine)' if args.example == 'wine' else 'digits example'}, {len(data.y_train)} vendor training rows, {len(y_att)} attacker rows, "
                   f"{len(data.y_val)} validation rows (the natural side), pool {args.size}, {args.masters} master keys;\n"
                   "# AUC keys vs natural (keys positive; below 0.5 = keys look more typical). Mahalanobis on the base model's features.")
         text = header + "\n" + "\n".join(rows) + "\n"

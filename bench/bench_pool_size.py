@@ -84,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0,128,192,256,384", help="natural-mix pool sizes (0: automatic)")
     ap.add_argument("--workspaces", type=int, default=3, help="fresh workspaces (master keys) per size")
+    ap.add_argument("--styles", default="natural-mix/v1", help="natural key styles to build, comma-separated (each at every size)")
+    ap.add_argument("--keep", default=None, help="build the workspaces in this folder and keep them (for tracer evaluate)")
     ap.add_argument("--out", default="keys_pool_size.txt")
     args = ap.parse_args()
     code, tables = _readme_quickstart()
@@ -93,10 +95,11 @@ def main() -> None:
     say("# tries: per landed copy; trig: trigger accuracy (gate 0.95); drop: clean points (gate 3.0; one input 2.78);")
     say("# cpu: issuance CPU-s (this process); x base: / the base model's training CPU-s; x grid: / uniform-grid's mean issuance CPU-s")
     rows: list[tuple[str, list[dict]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = [("uniform-grid/v1", 0)] + [("natural-mix/v1", int(s)) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        runs = [("uniform-grid/v1", 0)] + [(st, int(s)) for st in args.styles.split(",") for s in args.sizes.split(",")]
         for style, size in runs:
-            got = [_one(Path(tmp) / f"{style.split('/')[0]}-{size}-{i}", code, tables, style, size) for i in range(args.workspaces)]
+            got = [_one(Path(tmp) / f"{style.replace('/', '-')}-{size}-{i}", code, tables, style, size) for i in range(args.workspaces)]
             rows.append((f"{style} pool_size {size}" if style.startswith("natural") else style, got))
             print(rows[-1], file=sys.stderr, flush=True)
     grid_cpu = sum(r["cpu"] for r in rows[0][1]) / len(rows[0][1])

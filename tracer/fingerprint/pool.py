@@ -25,8 +25,9 @@ look alike:
   autoencoder error score it *lower* than real queries (wine quickstart:
   two-sided AUC 0.68 and 0.77); the crossover keeps every value one a real
   input has and the spread around the mixture, and scores two-sided
-  0.57-0.64 on all four detectors, where the vendor's own inputs score
-  0.58-0.59 on that split (bench/results/keystyle_wine.txt). Images are built
+  0.56-0.61 on the four detectors (mean of 5 master keys; worst 0.64), where
+  the vendor's own rows score 0.58-0.59 (worst 0.61) against the same 36
+  validation rows (bench/results/keystyle_wine.txt). Images are built
   alike in both versions (their rank matching already restores the spread).
 
 Measured on digits (bench/results/keys_research.txt, construction "C8"): a
