@@ -21,7 +21,7 @@ CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech
 
 
 #: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12)
-NATURAL_KEYS = {"style": '"natural-mix/v1"', "pool_size": "2048", "keys_per_probe": "64"}
+NATURAL_KEYS = {"style": '"natural-mix/v2"', "pool_size": "2048", "keys_per_probe": "64"}
 #: The natural-mix [embedding] recipe that recorded results call NATURAL_EMBEDDING (steps 2000, trigger_batch 128,
 #: trigger_noise 0, trigger_margin 3: keys_pool2048.txt) is now the style's own default, tracer.config.STYLE_DEFAULTS.
 
@@ -79,7 +79,7 @@ def example_text(example: str, keys: str = "noise", embedding: dict[str, str] | 
 
     from tracer.examples import example_config
 
-    text = example_config(example, key_style="uniform-grid/v1" if keys == "noise" else "natural-mix/v1")
+    text = example_config(example, key_style="uniform-grid/v1" if keys == "noise" else "natural-mix/v2")
     if keys != "noise":  # the style's own [embedding] defaults apply; the pool settings are set explicitly
         for k, v in NATURAL_KEYS.items():
             text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)

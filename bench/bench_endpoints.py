@@ -1,7 +1,7 @@
 """One natural-mix workspace probes 50 different endpoints with default options (issue 12's "pool outlasts 50 endpoints").
 
 Set-up: an issued digits workspace with natural-mix keys (bench/_common NATURAL_KEYS: a pool of 2048
-keys, 40 drawn per probe; acme, globex and initech issued), copied so the original is never modified.
+keys, 64 drawn per probe, the default; acme, globex and initech issued), copied so the original is never modified.
 Its real ledger accumulates every probe's revelations, as a vendor watching a market would.
 
 Endpoints, in a fixed rotation of ten kinds (five rounds for 50), each a real HTTP server on loopback
@@ -17,7 +17,7 @@ Reports per endpoint: verdict, named customer, keys sent, the pool left; then wh
 shown to two endpoints (from the ledger's per-key probe-sent entries), refusals, and false accusations.
 
     python bench/bench_endpoints.py --workspace /tmp/ws/digits      # reuse an issued natural-mix digits workspace
-    python bench/bench_endpoints.py --save                          # write bench/results/endpoints_digits_natural.txt
+    python bench/bench_endpoints.py --keep /tmp/ws/digits --save endpoints_digits_natural_v2.txt  # build, keep, record
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tracer.evaluate.detectors import make_detector
 from tracer.evaluate.models import factories, load_copy
 from tracer.examples.digits import load_data, make_model_alt
 from tracer.examples.servers import FilterServer, ModelServer
-from tracer.fingerprint.pool import POOL_ID
+from tracer.fingerprint.keysets import style_pool_id
 from tracer.probing import make_format, probe_endpoint
 from tracer.training import train_classifier
 from tracer.workspace import Workspace
@@ -109,7 +109,7 @@ def run(ws: Workspace, endpoints: int) -> str:
         unrevealed = usage["size"] - usage["revealed"] if usage else "?"
         rows.append((i + 1, what, customer, result.verdict, named, len(keys), unrevealed, f"{time.perf_counter() - t0:.1f} s"))
     with ws.ledger() as ledger:
-        sent = ledger.sent_keys(POOL_ID)
+        sent = ledger.sent_keys(style_pool_id(ws.config.fingerprint.style) or "")
     union = set().union(*sessions) if sessions else set()
     reused = sum(len(s) for s in sessions) - len(union)
     out = io.StringIO()
@@ -143,25 +143,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, help="an issued natural-mix digits workspace to copy (else one is built)")
     ap.add_argument("--endpoints", type=int, default=50)
-    ap.add_argument("--save", action="store_true", help="write bench/results/endpoints_digits_natural.txt")
+    ap.add_argument("--keep", type=Path, help="build the workspace here and keep it (reuse it with --workspace)")
+    ap.add_argument("--save", default=None, metavar="NAME", help="write bench/results/NAME (e.g. endpoints_digits_natural.txt)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tracer-endpoints-") as tmp:
         root = Path(tmp) / "ws"
         if args.workspace:
             shutil.copytree(args.workspace, root)
         else:
-            build_issued_workspace(root, "digits", keys="natural")
+            build_issued_workspace(args.keep or root, "digits", keys="natural")
+            if args.keep:
+                shutil.copytree(args.keep, root)
         ws = Workspace(root)
-        if ws.config.fingerprint.style != "natural-mix/v1":
+        if style_pool_id(ws.config.fingerprint.style) is None:
             print(f"{args.workspace} is not a natural-mix workspace", file=sys.stderr)
             return 2
         head = (f"# python bench/bench_endpoints.py --endpoints {args.endpoints} ({time.strftime('%Y-%m-%d %H:%M')}); workspace: digits, "
-                f"natural-mix/v1, pool {ws.config.fingerprint.pool_size}, keys_per_probe {ws.config.fingerprint.keys_per_probe}, "
+                f"{ws.config.fingerprint.style}, pool {ws.config.fingerprint.pool_size}, keys_per_probe {ws.config.fingerprint.keys_per_probe}, "
                 f"alpha {ws.config.alpha:g}; real loopback HTTP, label-only kserve-v1, `tracer probe` default options\n")
         text = head + run(ws, args.endpoints)
     print(text)
     if args.save:
-        (ROOT / "bench" / "results" / "endpoints_digits_natural.txt").write_text(text, encoding="utf-8")
+        (ROOT / "bench" / "results" / args.save).write_text(text, encoding="utf-8")
     return 0
 
 

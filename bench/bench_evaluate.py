@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--cost-only", action="store_true", help="only measure the embedding cost ratio")
     ap.add_argument("--repeat", type=int, default=2, help="repetitions of the cost measurement")
     ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
-                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--before-rank-code", action="store_true",
                     help="issue with the [embedding] settings before the rank code (bench/_common.BEFORE_RANK_CODE)")
     ap.add_argument("--workspaces", type=Path, default=None,

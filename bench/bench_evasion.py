@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--save", action="store_true", help="write bench/results/evasion_<example><suffix>.txt")
     ap.add_argument("--suffix", default="", help="suffix of the saved file name, e.g. _before")
     ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
-                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v1, bench/_common.NATURAL_KEYS)")
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named digits/ and tabular/; default: a temporary folder")
     args = ap.parse_args()

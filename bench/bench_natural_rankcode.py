@@ -83,7 +83,7 @@ def main() -> None:
         def read(pred, code=ranks) -> float:
             return rank_log10_p(pred(d.x_val), d.y_val, code, 10)
 
-        say(f"digits ({a.model}: {sum(p.numel() for p in iss.base.parameters())} parameters), natural-mix/v1, pool {len(iss.triggers)} keys; [embedding] natural-mix defaults: steps {emb.steps}, "
+        say(f"digits ({a.model}: {sum(p.numel() for p in iss.base.parameters())} parameters), {cfg.fingerprint.style}, pool {len(iss.triggers)} keys; [embedding] natural-mix defaults: steps {emb.steps}, "
             f"trigger_batch {emb.trigger_batch}, trigger_noise {emb.trigger_noise}, trigger_margin {emb.trigger_margin}; "
             f"base accuracy {iss.base_accuracy:.4f}; seeds {seeds}; one master key")
         say("per try (final weights): clean drop (points) / trigger accuracy / rank code log10 p on the copy / after soft T=1 -> MLP")
