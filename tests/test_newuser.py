@@ -128,6 +128,7 @@ def test_quickstart_end_to_end(quickstart):
     assert set(ran) >= {"init", "python mymodel.py", "issue", "identify", "ledger"}
     assert (ws / "models" / "base.pt").is_file() and (ws / "models" / "issued" / "acme.onnx").is_file()
     assert "acme" in ran["identify"].stdout and "report" in ran["identify"].stderr and (ws / "leak.html").is_file()
+    assert "pool2 (natural-mix/v2 key pool)" in (ws / "leak.html").read_text(encoding="utf-8")  # the report names the copy's key style
     issue = ran["issue"]
     assert "issued acme (ACME Corp.)" in issue.stdout and "wall for the whole issuance" in issue.stdout
     # the gate's resolution, before training: 36 validation rows (every 5th of 178), one worth 2.78 points

@@ -28,6 +28,7 @@ from typing import Any
 from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
+from ..fingerprint.pool import pool_style
 from ..fingerprint.stats import binomial_tails
 from ..identify.result import EPROCESS_RULE, HOLM_RULE, RANK_MODE, Candidate, IdentificationResult
 from ..keys.keyring import Keyring, load_public_key
@@ -399,7 +400,7 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
         rows.append(("Probe sets used", "none: the fingerprint was read from the service's scores (rank code)"))
     else:
         rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
-        rows.append(("Probe sets used", _e(", ".join(f"{p} (natural-mix key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
+        rows.append(("Probe sets used", _e(", ".join(f"{p} ({pool_style(p)} key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
     untested = _untested(r)
     checked = num(f"{len(r.candidates) - len(untested):,}")
     if untested:
