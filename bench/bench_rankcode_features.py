@@ -11,11 +11,12 @@ probability on keys and on natural inputs, the Mahalanobis AUC (fitted on the le
 the copy), and the gates' figures, for: no rank code; the code with the product's key targets (label);
 the code with "coded" key targets, the coded answer of the key's label class, at a weight w
 (``--weights``) and margin 2; and the code with the product's ``[embedding] feature_match`` at the
-weights ``--match-weights`` (keys' features held inside the copy's own class clusters). The coded
+weights ``--match-weights`` (keys' features held inside the copy's own class clusters); ``--combos``
+runs coded targets and the feature match together. The coded
 targets are a research variant: this bench swaps them in through
 ``tracer.embedding.finetune._trigger_loss``; the product does not use them.
 
-    python bench/bench_rankcode_features.py --workspace WS [--weights 1,6,12,24] [--match-weights 0.25,0.5,1] [--seeds 2]
+    python bench/bench_rankcode_features.py --workspace WS [--weights 1,6,12,24] [--match-weights 0.25,0.5,1] [--combos 6:0.25] [--seeds 2]
                                             [--out rankcode_features_digits.txt]
 
 WS: an issued natural-mix digits workspace of the wide variant (bench_evaluate.py --keys natural --workspaces DIR).
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, required=True)
     ap.add_argument("--weights", default="1,6,12,24")
     ap.add_argument("--match-weights", default="")
+    ap.add_argument("--combos", default="", help="coded-target weight:feature_match weight pairs, both at once (e.g. 6:0.25,12:0.25)")
     ap.add_argument("--seeds", default="2", help="comma-separated seeds of the tries (the customer is acme)")
     ap.add_argument("--out", default="rankcode_features_digits.txt")
     a = ap.parse_args()
@@ -84,6 +86,9 @@ def main() -> None:
                                                                ("rank code, label targets", eps0, emb.trigger_margin, PRODUCT_LOSS, 0.0)]
     variants += [(f"rank code, coded targets x{w:g}, margin 2", eps0, 2.0, coded_loss(w), 0.0) for w in map(float, filter(None, a.weights.split(",")))]
     variants += [(f"rank code, feature_match {w:g}", eps0, emb.trigger_margin, PRODUCT_LOSS, w) for w in map(float, filter(None, a.match_weights.split(",")))]
+    for combo in filter(None, a.combos.split(",")):
+        w, m = map(float, combo.split(":"))
+        variants.append((f"coded x{w:g}, margin 2, feature_match {m:g}", eps0, 2.0, coded_loss(w), m))
     for (name, eps, margin, loss, match), seed in itertools.product(variants, map(int, a.seeds.split(","))):
         finetune._trigger_loss = loss
         iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, trigger_margin=margin, feature_match=match))
