@@ -81,7 +81,7 @@ from .probes import ProbeSet
 __all__ = ["KEY_STYLE", "POOL_ID", "POOL_IDS", "KeyPool", "build_pool", "save_pool", "load_pool", "pool_path", "pool_style",
            "MIX_LOW", "MIX_HIGH"]
 
-KEY_STYLE = "natural-mix/v1"  # the first natural style, and its pool id (kept: copies issued with it name them)
+KEY_STYLE = "natural-mix/v1"  # the first natural style and (below) its pool id: the names copies issued with it carry
 POOL_ID = "pool1"
 #: Every natural key style and the id of its pool (``keys/<id>.keypool``, and the label of its HKDF streams).
 POOL_IDS: dict[str, str] = {KEY_STYLE: POOL_ID, "natural-mix/v2": "pool2"}
