@@ -107,6 +107,8 @@ def main() -> None:
                     help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS)")
     ap.add_argument("--before-rank-code", action="store_true",
                     help="issue with the [embedding] settings before the rank code (bench/_common.BEFORE_RANK_CODE)")
+    ap.add_argument("--embedding", default="", metavar="K=V,...",
+                    help="[embedding] settings to issue with, e.g. coded_keys=6,feature_match=0.25,trigger_margin=2.0")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named after the examples; default: a temporary folder")
     args = ap.parse_args()
@@ -114,10 +116,11 @@ def main() -> None:
         print(cost_ratio(args.repeat))
         return
     examples = ("digits", "tabular") if args.example == "both" else (args.example,)
+    embedding = dict(BEFORE_RANK_CODE) if args.before_rank_code else {}
+    embedding.update(kv.split("=", 1) for kv in filter(None, args.embedding.split(",")))
     with tempfile.TemporaryDirectory(prefix="tracer-bench-evaluate-") as tmp:
         for ex in examples:
-            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys,
-                               BEFORE_RANK_CODE if args.before_rank_code else None)
+            text = run_example(ex, args.workspaces or Path(tmp), args.independent, args.attacks, args.keys, embedding or None)
             print(text)
             if args.save:
                 save_result(f"evaluate_{ex}{args.suffix}.txt", text)

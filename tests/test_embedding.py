@@ -297,3 +297,37 @@ def test_threads_default_to_omp_num_threads_then_the_cpu_affinity(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+
+def test_coded_keys_hold_each_key_to_the_coded_answer_of_its_label_class():
+    """``coded_keys``: the key loss's minimum is (1 - eps) on the label and eps spread in the customer's order, not certainty."""
+    from tracer.config import EmbeddingConfig
+    from tracer.embedding.finetune import _Draws, _trigger_loss
+    from tracer.fingerprint import rankcode
+
+    mass = torch.as_tensor(rankcode.coded_mass(rankcode.rank_orders(b"\1" * 32, "acme", 4)), dtype=torch.float32)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    z = torch.zeros(5, 4)
+    d = _Draws(xt=z, yt=labels, trig=z, tlab=labels, low=z, high=z, clean_idx=z, trig_idx=z, n_anchor=0, rank_mass=mass, rank_eps=0.2)
+    coded = EmbeddingConfig(coded_keys=6.0)
+    logits = torch.zeros(5, 4, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        opt.zero_grad()
+        _trigger_loss(logits, labels, d, coded).backward()
+        opt.step()
+    want = 0.8 * torch.nn.functional.one_hot(labels, 4) + 0.2 * mass[labels]
+    assert torch.allclose(logits.softmax(1), want, atol=5e-3)
+    probe = torch.randn(5, 4)
+    plain = torch.nn.functional.cross_entropy(probe, labels)
+    assert torch.equal(_trigger_loss(probe, labels, d, EmbeddingConfig()), plain)  # 0: plain cross-entropy
+    assert torch.equal(_trigger_loss(probe, labels, dataclasses.replace(d, rank_mass=None), coded), plain)  # no rank code: inert
+
+
+def test_coded_keys_change_nothing_without_a_rank_code(setting):
+    """The tabular example has two classes, so no rank code: the setting leaves its copies as they were."""
+    x = torch.as_tensor(setting[1]["x_val"])
+    coded, plain = _embed(setting, coded_keys=6.0).model.eval(), _embed(setting).model.eval()
+    with torch.no_grad():
+        assert torch.equal(coded(x), plain(x))

@@ -286,7 +286,10 @@ class EmbeddingConfig:
     feature_match: Float = Field(default=0.0, ge=0, le=1e6,
         description="> 0: keys' features held inside the copy's own class clusters, so a leaker's\n"
                     "Mahalanobis filter on the copy's features cannot single them out (natural-mix with rank_code;\n"
-                    "0.5 on digits: AUC 0.90 -> 0.57, but 1 of 3 issuances landed within the clean gate)")
+                    "the digits example's variant: 0.25 with coded_keys 6, AUC 0.89 -> 0.56-0.58, README)")
+    coded_keys: Float = Field(default=0.0, ge=0, le=1e6,
+        description="> 0: with the rank code, each key's target is the coded answer of its label class, at this\n"
+                    "weight, in place of plain cross-entropy: keys then answer as natural inputs do (needs the rank code; 0: off)")
     rank_code: Float = Field(default=0.2, ge=0, le=0.5, json_schema_extra=_by_style("rank_code"),
         description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
                     "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")

@@ -42,7 +42,16 @@ landed within 5 tries, the others missing by one validation input (0.56 points a
 without the term 3 of 3 landed in 2-3 tries. The copy that landed hid its keys from every filter of
 ``tracer evaluate`` (Mahalanobis AUC 0.571, 2 % of keys flagged; label-only probe named it behind each
 in 22-35 keys) and kept soft-label distillation (10^-16 into the MLP): bench/results/
-evasion_digits_natural_wide_fm.txt. So it is off by default, and in the digits example's variant.
+evasion_digits_natural_wide_fm.txt. So it is off by default.
+
+Coded keys (``coded_keys``): with the rank code, each key's target is the coded answer of its label
+class, (1 - eps) on the label and eps in the customer's order, as natural inputs of that class are held,
+instead of certainty: keys then answer as natural inputs do. Together with a light feature match (0.25)
+and a 2-logit margin (the coded answers cannot hold 3) this is the digits example's natural-mix variant:
+3 of 3 customers landed on the first try, Mahalanobis AUC 0.56-0.58 (1-5 % of keys flagged), every valid
+attack survived, soft-label students named at 1e-18 to 1e-30 (bench/results/evaluate_digits_natural_coded.txt;
+single tries of other weights: rankcode_features_combos.txt). Like every key term it reads the keys' labels
+and selects nothing. Without a rank code it changes nothing.
 
 Rank code (``[embedding] rank_code``, :mod:`tracer.fingerprint.rankcode`): the distillation targets
 on clean inputs and anchors become (1 - eps) x the base model's answers + eps x the customer's coded
@@ -357,7 +366,10 @@ def _draws(teacher: nn.Module, xt: torch.Tensor, yt: torch.Tensor, trig: torch.T
 
 
 def _trigger_loss(lt: torch.Tensor, tl: torch.Tensor, d: _Draws, params: EmbeddingConfig) -> torch.Tensor:
-    """The triggers' cross-entropy towards their labels (one function: bench/bench_rankcode_features.py measures other targets)."""
+    """The triggers' cross-entropy towards their labels, or with ``coded_keys`` and a rank code towards the coded answer of their label class."""
+    if params.coded_keys > 0 and d.rank_mass is not None:
+        target = d.code(nn.functional.one_hot(tl, lt.shape[1]).to(lt.dtype), tl)
+        return params.coded_keys * -(target * lt.log_softmax(1)).sum(1).mean()
     return nn.functional.cross_entropy(lt, tl)
 
 

@@ -12,12 +12,19 @@ EXAMPLES = ("digits", "tabular", "shapes")
 
 #: Where an example takes another key style than its own, the lines that style also changes there.
 #: digits with natural-mix keys: the 4x CNN and the rank code, which fit one copy together within the
-#: gates there and not in the 38k-parameter CNN (bench/results/natural_rankcode_digits_wide.txt). Not
-#: ``feature_match``: its copies hide keys from a Mahalanobis filter, but only 1 of 3 issuances landed within the
-#: clean gate (bench/results/evasion_digits_natural_wide_fm.txt).
+#: gates there and not in the 38k-parameter CNN (bench/results/natural_rankcode_digits_wide.txt); and keys
+#: held to the coded answer of their label class (``coded_keys``) with a light ``feature_match`` and a 2-logit
+#: margin, without which the code makes keys stand out to a Mahalanobis filter on the copy's features (AUC
+#: 0.89, 18 % of keys flagged; with them 0.56-0.58 and 1-5 %, 3 of 3 customers landed on the first try, every
+#: valid attack survived: bench/results/evaluate_digits_natural_coded.txt). feature_match alone at 0.5 hid
+#: the keys too but landed 1 issuance of 3 (evasion_digits_natural_wide_fm.txt).
 _DIGITS_NATURAL = {
     'factory = "tracer.examples.digits:make_model"': 'factory = "tracer.examples.digits:make_model_wide"',
-    "[embedding]\n": "[embedding]\nrank_code = 0.2               # with natural-mix keys: the code a soft-label student inherits\n",
+    "[embedding]\n": "[embedding]\n"
+                     "rank_code = 0.2               # with natural-mix keys: the code a soft-label student inherits,\n"
+                     "coded_keys = 6.0              # keys answered as natural inputs of their label class are,\n"
+                     "feature_match = 0.25          # inside the copy's own class clusters,\n"
+                     "trigger_margin = 2.0          # by a margin those coded answers can hold\n",
 }
 STYLE_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
     ("digits", "natural-mix/v1"): _DIGITS_NATURAL,
