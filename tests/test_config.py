@@ -392,6 +392,8 @@ def test_the_digits_example_with_natural_mix_keys_takes_the_wide_cnn_and_the_ran
         natural = tomllib.loads(example_config("digits", key_style=style))
         assert natural["model"]["factory"] == "tracer.examples.digits:make_model_wide" and natural["embedding"]["rank_code"] == 0.2
         assert natural["fingerprint"]["style"] == style
+        keys = {k: natural["embedding"][k] for k in ("coded_keys", "feature_match", "trigger_margin")}
+        assert keys == {"coded_keys": 6.0, "feature_match": 0.25, "trigger_margin": 2.0}  # keys answered as natural inputs are
     assert tomllib.loads(example_config("digits", key_style="uniform-grid/v1")) == own
     for (name, _), changes in STYLE_VARIANTS.items():  # each variant's lines are in its bundled file
         assert all(old in example_config(name) for old in changes)
