@@ -286,7 +286,7 @@ class EmbeddingConfig:
     feature_match: Float = Field(default=0.0, ge=0, le=1e6,
         description="> 0: keys' features held inside the copy's own class clusters, so a leaker's\n"
                     "Mahalanobis filter on the copy's features cannot single them out (natural-mix with rank_code;\n"
-                    "the digits example's variant: 0.25 with coded_keys 6, AUC 0.89 -> 0.56-0.58, README)")
+                    "the digits example's variant: 0.25 with coded_keys 6, AUC 0.89 -> 0.52-0.65, README)")
     coded_keys: Float = Field(default=0.0, ge=0, le=1e6,
         description="> 0: with the rank code, each key's target is the coded answer of its label class, at this\n"
                     "weight, in place of plain cross-entropy: keys then answer as natural inputs do (needs the rank code; 0: off)")
