@@ -13,8 +13,8 @@ the code with "coded" key targets, the coded answer of the key's label class, at
 (``--weights``) and margin 2; and the code with the product's ``[embedding] feature_match`` at the
 weights ``--match-weights`` (keys' features held inside the copy's own class clusters); ``--combos``
 runs coded targets and the feature match together. The coded
-targets are a research variant: this bench swaps them in through
-``tracer.embedding.finetune._trigger_loss``; the product does not use them.
+targets are the product's ``[embedding] coded_keys`` (the digits variant's recipe since
+evaluate_digits_natural_coded.txt: coded x6 with feature_match 0.25).
 
     python bench/bench_rankcode_features.py --workspace WS [--weights 1,6,12,24] [--match-weights 0.25,0.5,1] [--combos 6:0.25] [--seeds 2]
                                             [--out rankcode_features_digits.txt]
@@ -34,27 +34,13 @@ import numpy as np
 import torch
 from _common import PASSPHRASE, Said, rank_log10_p, save_result
 
-from tracer.embedding import Issuer, finetune
+from tracer.embedding import Issuer
 from tracer.evaluate.attacks import distill, torch_predictor
 from tracer.evaluate.detectors import MahalanobisDetector, auc
 from tracer.examples import digits
 from tracer.fingerprint import rankcode
 from tracer.training import accuracy, predict
 from tracer.workspace import Workspace
-
-PRODUCT_LOSS = finetune._trigger_loss
-
-
-def coded_loss(weight: float):
-    """Keys held to the coded answer of their label class, as natural inputs of that class are (``weight`` x soft CE)."""
-
-    def loss(lt, tl, d, params):
-        if d.rank_mass is None:
-            return PRODUCT_LOSS(lt, tl, d, params)
-        target = d.code(torch.nn.functional.one_hot(tl, lt.shape[1]).to(lt.dtype), tl)
-        return weight * -(target * lt.log_softmax(1)).sum(1).mean()
-
-    return loss
 
 
 def main() -> None:
@@ -82,22 +68,19 @@ def main() -> None:
         f"rank_code {emb.rank_code}, steps {emb.steps}; {cid}, final weights of one try per seed")
     say("variant                                  seed  top prob keys / natural   Mahalanobis AUC   clean drop   keys    rank log10 p copy / soft T=1 MLP   CPU-s")
     eps0 = emb.rank_code or 0.2
-    variants: list[tuple[str, float, float, object, float]] = [("no rank code", 0.0, emb.trigger_margin, PRODUCT_LOSS, 0.0),
-                                                               ("rank code, label targets", eps0, emb.trigger_margin, PRODUCT_LOSS, 0.0)]
-    variants += [(f"rank code, coded targets x{w:g}, margin 2", eps0, 2.0, coded_loss(w), 0.0) for w in map(float, filter(None, a.weights.split(",")))]
-    variants += [(f"rank code, feature_match {w:g}", eps0, emb.trigger_margin, PRODUCT_LOSS, w) for w in map(float, filter(None, a.match_weights.split(",")))]
+    # (name, rank code eps, margin, [embedding] coded_keys, feature_match)
+    variants: list[tuple[str, float, float, float, float]] = [("no rank code", 0.0, emb.trigger_margin, 0.0, 0.0),
+                                                              ("rank code, label targets", eps0, emb.trigger_margin, 0.0, 0.0)]
+    variants += [(f"rank code, coded targets x{w:g}, margin 2", eps0, 2.0, w, 0.0) for w in map(float, filter(None, a.weights.split(",")))]
+    variants += [(f"rank code, feature_match {w:g}", eps0, emb.trigger_margin, 0.0, w) for w in map(float, filter(None, a.match_weights.split(",")))]
     for combo in filter(None, a.combos.split(",")):
         w, m = map(float, combo.split(":"))
-        variants.append((f"coded x{w:g}, margin 2, feature_match {m:g}", eps0, 2.0, coded_loss(w), m))
-    for (name, eps, margin, loss, match), seed in itertools.product(variants, map(int, a.seeds.split(","))):
-        finetune._trigger_loss = loss
-        iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, trigger_margin=margin, feature_match=match))
+        variants.append((f"coded x{w:g}, margin 2, feature_match {m:g}", eps0, 2.0, w, m))
+    for (name, eps, margin, coded, match), seed in itertools.product(variants, map(int, a.seeds.split(","))):
+        iss.config = replace(cfg, embedding=replace(emb, rank_code=eps, trigger_margin=margin, coded_keys=coded, feature_match=match))
         t0 = time.process_time()
-        try:
-            model = iss._run(labels, {"seed": seed, "steps": emb.steps, "learning_rate": emb.learning_rate}, start=None, on_step=None,
-                             rank_mass=mass if eps > 0 else None).model.eval()
-        finally:
-            finetune._trigger_loss = PRODUCT_LOSS
+        model = iss._run(labels, {"seed": seed, "steps": emb.steps, "learning_rate": emb.learning_rate}, start=None, on_step=None,
+                         rank_mass=mass if eps > 0 else None).model.eval()
         cpu = time.process_time() - t0
         pred = lambda x, m=model: m(torch.as_tensor(x)).detach().numpy()  # noqa: E731
 

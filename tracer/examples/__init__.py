@@ -16,8 +16,8 @@ EXAMPLES = ("digits", "tabular", "shapes")
 #: held to the coded answer of their label class (``coded_keys``) with a light ``feature_match`` and a 2-logit
 #: margin, without which the code makes keys stand out to a Mahalanobis filter on the copy's features (AUC
 #: 0.89, 18 % of keys flagged; with them 0.52-0.65 on six copies, five at most 0.6, 0.3-4.8 % flagged, 6 of 6
-#: customers landed, 5 on the first try, every valid attack survived: bench/results/evaluate_digits_natural_coded.txt). feature_match alone at 0.5 hid
-#: the keys too but landed 1 issuance of 3 (evasion_digits_natural_wide_fm.txt).
+#: customers landed, 5 on the first try, every valid attack survived: bench/results/evaluate_digits_natural_coded.txt).
+#: feature_match alone at 0.5 hid the keys too but landed 1 issuance of 3 (evasion_digits_natural_wide_fm.txt).
 _DIGITS_NATURAL = {
     'factory = "tracer.examples.digits:make_model"': 'factory = "tracer.examples.digits:make_model_wide"',
     "[embedding]\n": "[embedding]\n"
