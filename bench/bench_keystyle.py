@@ -15,7 +15,10 @@ Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.finger
   ``w (1 - w) (b_j - a_j)^2`` around the mixture that the plain mixture loses;
 * ``cross-half``: the same with ``w`` = 1/2 (the most spread a crossover can have);
 * ``cross-far``: the crossover with the partner any keyed input of another class (not one of ``a``'s nearest);
-* ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score).
+* ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score);
+* images, ``cut`` / ``blocks``: composites of real regions (a keyed straight cut, keyed 2x2 blocks); ``sharpL``:
+  v1's rank matching in the rank order of the mixture unsharp-masked with weight L (3x3 box blur), which
+  restores the texture an autoencoder misses in a mixture.
 
 For each, on the README quickstart's data (wine, its attacker share and validation inputs, as `tracer
 evaluate` takes them): the AUC of keys against the validation inputs for the four evasion detectors
@@ -64,6 +67,16 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
         pick = uniform_ints(hkdf_key(master, "key-pool/bench"), "far", size, 2**32)
         second = np.array([np.flatnonzero(yy != yy[i])[p % int((yy != yy[i]).sum())] for i, p in zip(v1.sources[:, 0], pick)])
         b, sets = flat[second], np.stack([yy[v1.sources[:, 0]], yy[second]], axis=1)
+    if variant.startswith("sharp"):  # images: v1's rank matching, in the rank order of an unsharp-masked mixture
+        lam = float(variant[5:] or 1)
+        c, h, wd = task.input_shape
+        mixed = ((1 - v1.weights)[:, None] * a + v1.weights[:, None] * b).reshape(len(a), c, h, wd)
+        pad = np.pad(mixed, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+        blur = sum(pad[:, :, i:i + h, j:j + wd] for i in range(3) for j in range(3)) / 9
+        order_of = (mixed + lam * (mixed - blur)).reshape(len(a), -1)
+        tie = uniform_ints(hkdf_key(master, "key-pool/bench"), "ties", order_of.size, 2**32).reshape(order_of.shape)
+        keys = poolmod._rank_matched(order_of, a, b, v1.weights, tie, poolmod._snap_values(x))
+        return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
     if variant in ("cut", "blocks"):  # images: composites of real regions (every pixel one of a's or b's, in place)
         return _composite(master, a, b, v1.weights, task, variant).reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
     w = np.full(size, 0.5) if variant == "cross-half" else v1.weights
