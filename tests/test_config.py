@@ -176,6 +176,7 @@ OUT_OF_RANGE = [
     ("embedding", "weight_average = 1.0", "embedding.weight_average", "must be < 1"),
     ("embedding", "feature_pull = -1.0", "embedding.feature_pull", ">= 0"),
     ("embedding", "feature_match = -0.5", "embedding.feature_match", ">= 0"),
+    ("embedding", "coded_keys = -1.0", "embedding.coded_keys", ">= 0"),
     ("embedding", "seed = -1", "embedding.seed", ">= 0"),
     ("fingerprint", "probe_sets = 0", "fingerprint.probe_sets", "positive"),
     ("gates", "min_trigger_accuracy = 1.5", "gates.min_trigger_accuracy", "<= 1"),

@@ -193,6 +193,7 @@ def test_an_image_copy_comes_back_in_the_standard_layout_and_exports_whatever_la
     ("polish_steps = -1", "polish_steps"),
     ("feature_pull = -1.0", ">= 0"),
     ("feature_match = -0.5", ">= 0"),
+    ("coded_keys = -6", ">= 0"),
     ("margin_weight = -1", ">= 0"),
     ("anchor_noise = -0.1", ">= 0"),
     ("steps = 0", "positive"),
