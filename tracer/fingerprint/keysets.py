@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError, KeyFileError
-from .pool import POOL_ID, POOL_IDS, KeyPool, build_pool, load_pool, pool_path, pool_style, save_pool
+from .pool import POOL_ID, KeyPool, build_pool, load_pool, pool_path, pool_style, save_pool, style_pool_id
 from .probes import PROBE_STYLE, ProbeSet, make_probe_set, probe_set_ids
 
 __all__ = ["is_pool", "issuing_key_sets", "key_set", "open_pool", "set_style", "style_pool_id"]
@@ -31,11 +31,6 @@ def is_pool(set_id: str) -> bool:
 
 def set_style(set_id: str) -> str:
     return pool_style(set_id) if is_pool(set_id) else PROBE_STYLE
-
-
-def style_pool_id(style: str) -> str | None:
-    """The pool a natural key style's copies carry; None for noise probe sets."""
-    return POOL_IDS.get(style)
 
 
 def open_pool(config: Config, master: bytes, keys_dir: Path, *, pool_id: str = POOL_ID,

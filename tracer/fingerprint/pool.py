@@ -79,7 +79,7 @@ from ..keys.derive import hkdf_key, shake_stream, uniform_ints
 from .probes import ProbeSet
 
 __all__ = ["KEY_STYLE", "POOL_ID", "POOL_IDS", "KeyPool", "build_pool", "save_pool", "load_pool", "pool_path", "pool_style",
-           "MIX_LOW", "MIX_HIGH"]
+           "style_pool_id", "MIX_LOW", "MIX_HIGH"]
 
 KEY_STYLE = "natural-mix/v1"  # the first natural style and (below) its pool id: the names copies issued with it carry
 POOL_ID = "pool1"
@@ -165,6 +165,11 @@ def _uniform_below(key: bytes, label: str, bounds: np.ndarray) -> np.ndarray:
 def pool_style(pool_id: str) -> str:
     """The key style a pool id stands for (:data:`POOL_IDS`); ids outside it (made by hand) build as v1."""
     return next((style for style, pid in POOL_IDS.items() if pid == pool_id), KEY_STYLE)
+
+
+def style_pool_id(style: str) -> str | None:
+    """The pool a natural key style's copies carry (:data:`POOL_IDS`); None for noise probe sets."""
+    return POOL_IDS.get(style)
 
 
 def _snap_values(x_train: np.ndarray) -> np.ndarray | None:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import __version__
 from .._files import atomic_write_bytes, ensure_dir
 from ..errors import LedgerError, TracerError
-from ..fingerprint.pool import pool_style
+from ..fingerprint.keysets import is_pool, set_style
 from ..fingerprint.stats import binomial_tails
 from ..identify.result import EPROCESS_RULE, HOLM_RULE, RANK_MODE, Candidate, IdentificationResult
 from ..keys.keyring import Keyring, load_public_key
@@ -400,7 +400,7 @@ def _facts(d: ReportData, extra: dict[str, Any], dec: Decision) -> str:
         rows.append(("Probe sets used", "none: the fingerprint was read from the service's scores (rank code)"))
     else:
         rows += _extra_rows({k: extra[k] for k in counts if k in extra}, dec)
-        rows.append(("Probe sets used", _e(", ".join(f"{p} ({pool_style(p)} key pool)" if p.startswith("pool") else p for p in r.probe_sets) or "none")))
+        rows.append(("Probe sets used", _e(", ".join(f"{p} ({set_style(p)} key pool)" if is_pool(p) else p for p in r.probe_sets) or "none")))
     untested = _untested(r)
     checked = num(f"{len(r.candidates) - len(untested):,}")
     if untested:
@@ -662,7 +662,7 @@ def _method(d: ReportData, dec: Decision) -> str:
     if rank_only(r):
         return _method_rank_only(r) + _method_holm(r, dec, what="agreeing on at least as many pairs") + _method_limits()
     rule = _method_eprocess(r, dec) if dec.sequential else _method_holm(r, dec)
-    return (_method_common(r.choices, natural=any(p.startswith("pool") for p in r.probe_sets)) + _method_rank(r) + rule
+    return (_method_common(r.choices, natural=any(is_pool(p) for p in r.probe_sets)) + _method_rank(r) + rule
             + _method_limits())
 
 
