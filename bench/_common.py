@@ -71,7 +71,8 @@ def _set_embedding(text: str, settings: dict[str, str]) -> str:
 
 
 def example_text(example: str, keys: str = "noise", embedding: dict[str, str] | None = None) -> str:
-    """The example's tracer.toml; ``keys="natural"`` switches it to natural-mix keys (:data:`NATURAL_KEYS`).
+    """The example's tracer.toml; ``keys="natural"`` switches it to natural-mix keys (:data:`NATURAL_KEYS`), and
+    ``keys="natural-mix/v3"`` (a natural style's full name) to that style with the same pool settings.
 
     ``embedding``: ``[embedding]`` settings to apply last (e.g. :data:`BEFORE_RANK_CODE`).
     """
@@ -79,9 +80,10 @@ def example_text(example: str, keys: str = "noise", embedding: dict[str, str] | 
 
     from tracer.examples import example_config
 
-    text = example_config(example, key_style="uniform-grid/v1" if keys == "noise" else "natural-mix/v2")
+    style = "uniform-grid/v1" if keys == "noise" else keys if keys.startswith("natural-mix/") else NATURAL_KEYS["style"].strip('"')
+    text = example_config(example, key_style=style)
     if keys != "noise":  # the style's own [embedding] defaults apply; the pool settings are set explicitly
-        for k, v in NATURAL_KEYS.items():
+        for k, v in {**NATURAL_KEYS, "style": f'"{style}"'}.items():
             text, found = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", text)
             if not found:
                 text = re.sub(r"(?m)^\[fingerprint\]\n", f"[fingerprint]\n{k} = {v}\n", text)

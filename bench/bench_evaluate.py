@@ -103,8 +103,8 @@ def main() -> None:
     ap.add_argument("--suffix", default="", help="suffix of the saved file name, e.g. _before")
     ap.add_argument("--cost-only", action="store_true", help="only measure the embedding cost ratio")
     ap.add_argument("--repeat", type=int, default=2, help="repetitions of the cost measurement")
-    ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
-                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS)")
+    ap.add_argument("--keys", choices=("noise", "natural", "natural-mix/v1", "natural-mix/v2", "natural-mix/v3"), default="noise",
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS), or a natural style by name")
     ap.add_argument("--before-rank-code", action="store_true",
                     help="issue with the [embedding] settings before the rank code (bench/_common.BEFORE_RANK_CODE)")
     ap.add_argument("--embedding", default="", metavar="K=V,...",

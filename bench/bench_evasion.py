@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--attacks", default="evasion", help="comma-separated attacks or groups (default: evasion)")
     ap.add_argument("--save", action="store_true", help="write bench/results/evasion_<example><suffix>.txt")
     ap.add_argument("--suffix", default="", help="suffix of the saved file name, e.g. _before")
-    ap.add_argument("--keys", choices=("noise", "natural"), default="noise",
-                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS)")
+    ap.add_argument("--keys", choices=("noise", "natural", "natural-mix/v1", "natural-mix/v2", "natural-mix/v3"), default="noise",
+                    help="key style of the workspaces built: noise (uniform-grid/v1) or natural (natural-mix/v2, bench/_common.NATURAL_KEYS), or a natural style by name")
     ap.add_argument("--workspaces", type=Path, default=None,
                     help="folder holding (or to receive) issued workspaces named digits/ and tabular/; default: a temporary folder")
     args = ap.parse_args()

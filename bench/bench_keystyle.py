@@ -16,6 +16,9 @@ Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.finger
 * ``cross-half``: the same with ``w`` = 1/2 (the most spread a crossover can have);
 * ``cross-far``: the crossover with the partner any keyed input of another class (not one of ``a``'s nearest);
 * ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score);
+* ``v3``: natural-mix/v3 as tracer builds it (``pool3``; images: v1's rank matching in the order of the
+  mixture's deviation from the mean input, scaled by ``s**-0.75``, weights in [0.2, 0.4]); ``spreadG@L``: that
+  construction at exponent G and weights in [L, L + 0.2] (``spread0.75@0.2`` is v3, ``spread0@0.3`` v2);
 * images, ``cut`` / ``blocks``: composites of real regions (a keyed straight cut, keyed 2x2 blocks); ``sharpL``:
   v1's rank matching in the rank order of the mixture unsharp-masked with weight L (3x3 box blur), which
   restores the texture an autoencoder misses in a mixture.
@@ -58,6 +61,11 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
     if variant == "v2":  # what tracer builds for natural-mix/v2 (pool2: the crossover, from its own streams)
         v2 = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench", pool_id="pool2")
         return v2.inputs, v2.label_sets
+    if variant == "v3":  # what tracer builds for natural-mix/v3 (pool3: images with the spread restored, from its own streams)
+        v3 = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench", pool_id="pool3")
+        return v3.inputs, v3.label_sets
+    if variant.startswith("spread"):  # v3's construction at another exponent G and weight range [L, L + 0.2]: spreadG@L
+        return _spread(master, task, x, y, size, variant)
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     a, b, sets = flat[v1.sources[:, 0]], flat[v1.sources[:, 1]], v1.label_sets
     if variant == "real":  # the floor: the first sources themselves, real vendor inputs
@@ -83,6 +91,21 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
     u = uniform_ints(hkdf_key(master, "key-pool/bench"), "cross", size * flat.shape[1], 2**32).reshape(size, -1) / 2**32
     keys = np.where(u < w[:, None], b, a)
     return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
+
+
+def _spread(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """``spreadG@L``: v3 image keys (pool3's sources and streams) with exponent G and weights in [L, L + 0.2] (v3: spread0.75@0.2)."""
+    g, _, low = variant[6:].partition("@")
+    p = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench", pool_id="pool3")
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    a, b = flat[p.sources[:, 0]], flat[p.sources[:, 1]]
+    w = float(low or poolmod.IMAGE_MIX_LOW) + (p.weights - poolmod.IMAGE_MIX_LOW)  # the same keyed draws, shifted
+    centre = poolmod._grid_mean(x, task)
+    mixed = (1 - w)[:, None] * a + w[:, None] * b
+    order = centre + (mixed - centre) / np.sqrt((1 - w) ** 2 + w**2)[:, None] ** float(g or 1)
+    tie = uniform_ints(hkdf_key(master, "key-pool/pool3"), "rank-ties", size * flat.shape[1], 2**32).reshape(size, -1)
+    keys = poolmod._rank_matched(order, a, b, w, tie, poolmod._snap_values(x))
+    return keys.reshape(p.inputs.shape).astype(p.inputs.dtype), p.label_sets
 
 
 def _composite(master: bytes, a: np.ndarray, b: np.ndarray, w: np.ndarray, task, variant: str) -> np.ndarray:
@@ -138,7 +161,7 @@ def main() -> None:
                      for name in ("knn", "stats", "mahalanobis", "autoencoder")}
         natural = {name: d.score(data.x_val) for name, d in detectors.items()}
         rows: list[str] = []
-        head = (f"{'variant':<11} {'master':>6}  " + "  ".join(f"{n:>11}" for n in detectors) + "  base in S  base=a")
+        head = (f"{'variant':<16} {'master':>6}  " + "  ".join(f"{n:>11}" for n in detectors) + "  base in S  base=a")
         rows.append(head)
         summary: dict[str, list[list[float]]] = {}
         for variant in args.variants.split(","):
@@ -151,14 +174,14 @@ def main() -> None:
                 in_s = float(np.mean((ans[:, None] == sets).any(1)))
                 is_a = float(np.mean(ans == sets[:, 0]))
                 summary.setdefault(variant, []).append(aucs)
-                rows.append(f"{variant:<11} {m:>6}  " + "  ".join(f"{a:>11.3f}" for a in aucs) + f"  {in_s:>9.3f}  {is_a:>6.3f}")
+                rows.append(f"{variant:<16} {m:>6}  " + "  ".join(f"{a:>11.3f}" for a in aucs) + f"  {in_s:>9.3f}  {is_a:>6.3f}")
         rows.append("")
         rows.append("two-sided max(AUC, 1 - AUC), mean (worst) over master keys:")
-        rows.append(f"{'variant':<11}         " + "  ".join(f"{n:>11}" for n in detectors))
+        rows.append(f"{'variant':<16}         " + "  ".join(f"{n:>11}" for n in detectors))
         for variant, vals in summary.items():
             arr = np.array(vals)
             two = np.maximum(arr, 1 - arr)
-            rows.append(f"{variant:<11}         " + "  ".join(f"{two[:, j].mean():>5.3f} ({two[:, j].max():.3f})" for j in range(arr.shape[1])))
+            rows.append(f"{variant:<16}         " + "  ".join(f"{two[:, j].mean():>5.3f} ({two[:, j].max():.3f})" for j in range(arr.shape[1])))
         header = (f"# bench_keystyle.py: {'README quickstart (wine)' if args.example == 'wine' else 'digits example'}, {len(data.y_train)} vendor training rows, {len(y_att)} attacker rows, "
                   f"{len(data.y_val)} validation rows (the natural side), pool {args.size}, {args.masters} master keys;\n"
                   "# AUC keys vs natural (keys positive; below 0.5 = keys look more typical). Mahalanobis on the base model's features.")

@@ -361,7 +361,8 @@ def test_embedding_settings_left_out_follow_the_key_style():
     older = "\n".join(ln for ln in GENERIC_CONFIG.splitlines() if not ln.startswith("style ="))  # a tracer.toml from before styles
     for text, style in ((GENERIC_CONFIG, "natural-mix/v2"), (older, "uniform-grid/v1"),
                         (with_key_style(GENERIC_CONFIG, "uniform-grid/v1"), "uniform-grid/v1"),
-                        (with_key_style(GENERIC_CONFIG, "natural-mix/v1"), "natural-mix/v1")):
+                        (with_key_style(GENERIC_CONFIG, "natural-mix/v1"), "natural-mix/v1"),
+                        (with_key_style(GENERIC_CONFIG, "natural-mix/v3"), "natural-mix/v3")):
         cfg = parse_config(tomllib.loads(text), ROOT)
         assert cfg.fingerprint.style == style
         for key, value in STYLE_DEFAULTS[style].items():
@@ -389,7 +390,7 @@ def test_the_digits_example_with_natural_mix_keys_takes_the_wide_cnn_and_the_ran
 
     own = tomllib.loads(example_config("digits"))
     assert own["fingerprint"]["style"] == "uniform-grid/v1" and own["model"]["factory"] == "tracer.examples.digits:make_model"
-    for style in ("natural-mix/v1", "natural-mix/v2"):
+    for style in ("natural-mix/v1", "natural-mix/v2", "natural-mix/v3"):
         natural = tomllib.loads(example_config("digits", key_style=style))
         assert natural["model"]["factory"] == "tracer.examples.digits:make_model_wide" and natural["embedding"]["rank_code"] == 0.2
         assert natural["fingerprint"]["style"] == style

@@ -19,7 +19,8 @@ from tests._constants import LOW_SCRYPT, PASSPHRASE
 from tracer.config import FingerprintConfig, TaskConfig, parse_config
 from tracer.errors import ConfigError, KeyFileError, TracerError
 from tracer.fingerprint.keysets import open_pool
-from tracer.fingerprint.pool import MIX_HIGH, MIX_LOW, build_pool, load_pool, save_pool
+from tracer.fingerprint.pool import (IMAGE_MIX_HIGH, IMAGE_MIX_LOW, MIX_HIGH, MIX_LOW, SPREAD, _spread_order, build_pool,
+                                    load_pool, save_pool)
 from tracer.fingerprint.probes import codeword, customer_labels, trigger_commitment
 from tracer.fingerprint.revelation import LOW_POOL_PROBES, draw_keys, pool_usage
 from tracer.ledger import Ledger
@@ -102,6 +103,75 @@ def test_v2_image_keys_are_built_as_v1_builds_them():
         a, b, w = flat[pool.sources[i, 0]], flat[pool.sources[i, 1]], pool.weights[i]
         want = np.round(((1 - w) * np.sort(a) + w * np.sort(b)) * 16) / 16  # the quantile mixture, as v1
         assert np.allclose(np.sort(pool.inputs[i].reshape(-1)), want, atol=1 / 32 + 1e-9)
+
+
+def _images(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 images on a 17-level grid from integer arithmetic alone (no generator whose stream could change), half dimmed by class."""
+    i, j = np.arange(n)[:, None], np.arange(16)[None, :]
+    x, y = (i * 7919 + j * j * 104729) % 17, np.arange(n) % 3
+    x = np.where((y[:, None] == 0) & (j < 8), x // 3, x)
+    x = np.where((y[:, None] == 1) & (j >= 8), x // 3, x)
+    return (x.reshape(n, 1, 4, 4) / 16).astype(np.float32), y
+
+
+IMAGES = TaskConfig(num_classes=3, input_shape=(1, 4, 4))
+
+
+def test_golden_v3_image_pool_and_customer_labels():
+    """natural-mix/v3 (pool3): its own streams, weights in [0.2, 0.4], image keys ranked in the spread-restoring order."""
+    x, y = _images()
+    pool = build_pool(MASTER, IMAGES, x, y, size=8, dataset_fingerprint="golden", pool_id="pool3")
+    assert pool.style == "natural-mix/v3" and pool.record()["style"] == "natural-mix/v3"
+    assert pool.digest() == "cc3b2bff8a841306ef1aebd93fc83eb0e0e30951998e5756aea31bde55a4d81c"
+    assert pool.sources.tolist() == [[22, 5], [58, 41], [13, 8], [51, 17], [2, 36], [59, 36], [36, 14], [26, 43]]
+    assert (pool.inputs.reshape(8, -1)[:2] * 16).astype(int).tolist() == [[2, 12, 4, 15, 10, 6, 3, 1, 0, 0, 0, 1, 3, 5, 7, 2],
+                                                                           [13, 4, 15, 10, 3, 0, 14, 13, 6, 7, 7, 8, 0, 2, 5, 8]]
+    x, y = _data()
+    pool = build_pool(MASTER, TASK, x, y, size=8, dataset_fingerprint="golden", pool_id="pool3")
+    assert pool.digest() == "7df167f003aa0f98e2fc2130d38dccb3f3ad852e19561b5cdab2e669838c10a2"
+    assert pool.label_sets.tolist() == [[1, 0], [1, 2], [1, 0], [0, 2], [2, 1], [2, 0], [0, 2], [2, 1]]
+    assert [round(float(w), 6) for w in pool.weights] == [0.26154, 0.37254, 0.271257, 0.254026, 0.367367, 0.271772, 0.317809, 0.350564]
+    assert codeword(MASTER, "acme-01", "pool3", 8, 2).tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert customer_labels(MASTER, "acme-01", pool, 3).tolist() == [1, 1, 1, 0, 1, 0, 0, 2]
+    assert trigger_commitment(MASTER, "acme-01", [pool], 3) == "be84a096d30a465a42ada0f0291f8b021e6e64dad0c46054a037e0d7a859a822"
+
+
+def test_golden_v3_tabular_keys_are_v2_crossovers_from_pool3_streams():
+    x, y = _rows()
+    pool = build_pool(MASTER, TABULAR, x, y, size=8, dataset_fingerprint="golden", pool_id="pool3")
+    assert pool.digest() == "d1dfcb940e328cd7332fee7de5942e6631043a346c2350f03e10743a087693c2"
+    assert pool.inputs[:2].tolist() == [[2.9375, 0.75, -1.5625, 2.3125, 0.125], [-1.125, 2.875, 0.5625, -1.625, 2.375]]
+    assert MIX_LOW <= pool.weights.min() and pool.weights.max() <= MIX_HIGH  # tabular rows keep v2's weights
+    a, b = x[pool.sources[:, 0]], x[pool.sources[:, 1]]
+    assert ((pool.inputs == a) | (pool.inputs == b)).all()
+
+
+def test_v3_image_keys_rank_pixels_by_the_mixture_with_its_spread_restored():
+    """Histogram: v1's quantile mixture. Order: the mixture's deviation from the mean input, scaled up by s**-0.75."""
+    x, y = _digits_like()
+    pool = build_pool(MASTER, IMAGES, x, y, size=60, dataset_fingerprint="f", pool_id="pool3")
+    assert IMAGE_MIX_LOW <= pool.weights.min() and pool.weights.max() <= IMAGE_MIX_HIGH and SPREAD == 0.75
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    centre = flat.mean(0)
+    reordered = 0
+    for i in range(60):
+        a, b, w = flat[pool.sources[i, 0]], flat[pool.sources[i, 1]], pool.weights[i]
+        key = pool.inputs[i].reshape(-1).astype(np.float64)
+        want = np.round(((1 - w) * np.sort(a) + w * np.sort(b)) * 16) / 16
+        assert np.allclose(np.sort(key), want, atol=1 / 32 + 1e-9)
+        mix = (1 - w) * a + w * b
+        order = centre + (mix - centre) / np.sqrt((1 - w) ** 2 + w**2) ** SPREAD
+        ranked = key[np.argsort(order, kind="stable")]
+        assert (np.diff(ranked) >= 0).all() or len(set(order.round(9))) < len(order)  # ties go by a keyed order
+        reordered += not (np.diff(key[np.argsort(mix, kind="stable")]) >= 0).all()
+    assert reordered > 0  # the spread changes the rank order of some keys: v3 is not v2 with other weights
+
+
+def test_spread_order_takes_square_roots_only_and_equals_the_power_form():
+    w = np.linspace(0.2, 0.4, 101)
+    mixed, centre = np.linspace(0, 1, 101 * 3).reshape(101, 3), np.array([0.1, 0.5, 0.9])
+    s = np.sqrt((1 - w) ** 2 + w**2)
+    assert np.allclose(_spread_order(mixed, w, centre), centre + (mixed - centre) / (s**SPREAD)[:, None], rtol=0, atol=1e-13)
 
 
 def _digits_like(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -187,7 +187,7 @@ class DataConfig:
         return self
 
 
-KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1", "natural-mix/v2"]
+KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1", "natural-mix/v2", "natural-mix/v3"]
 DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprint] style (every one before natural-mix existed)
 _TEMPLATE_STYLE: KeyStyle = "natural-mix/v2"  # the style `tracer init` writes (`--key-style` chooses another)
 #: The automatic natural-mix pool size (``pool_size = 0``): keys per vendor training row, rounded down to a step, within bounds.
@@ -238,13 +238,13 @@ class FingerprintConfig:
 #: natural-mix/v1: 2048 keys among real inputs need a longer run with more keys per step, no jitter (the
 #: keys already lie on the data's grid; jitter widened the region each key flips) and a 3-logit margin
 #: (bench/results/keys_pool2048.txt); no rank code by default, because on the digits CNN the two do not
-#: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 changes how
+#: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 and v3 change how
 #: tabular keys are built, not how they are embedded: the same recipe.
 STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
     "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},
 }
-STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v1"]
+STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v3"] = STYLE_DEFAULTS["natural-mix/v1"]
 
 
 def _by_style(key: str) -> dict[str, Any]:

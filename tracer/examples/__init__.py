@@ -29,6 +29,7 @@ _DIGITS_NATURAL = {
 STYLE_VARIANTS: dict[tuple[str, str], dict[str, str]] = {
     ("digits", "natural-mix/v1"): _DIGITS_NATURAL,
     ("digits", "natural-mix/v2"): _DIGITS_NATURAL,  # v2 builds image keys as v1 does
+    ("digits", "natural-mix/v3"): _DIGITS_NATURAL,
 }
 
 

@@ -1,4 +1,4 @@
-"""In-distribution fingerprint keys (styles ``natural-mix/v1`` and ``/v2``): a large pool built from the vendor's own inputs.
+"""In-distribution fingerprint keys (styles ``natural-mix/v1``, ``/v2`` and ``/v3``): a large pool built from the vendor's own inputs.
 
 Why: noise keys (:mod:`.probes`, style ``uniform-grid/v1``) lie far from any
 real input, so an API that filters unusual queries answers them wrongly, and
@@ -28,7 +28,24 @@ look alike:
   0.56-0.61 on the four detectors (mean of 5 master keys; worst 0.64), where
   the vendor's own rows score 0.58-0.59 (worst 0.61) against the same 36
   validation rows (bench/results/keystyle_wine.txt). Images are built
-  alike in both versions (their rank matching already restores the spread).
+  alike in v1 and v2;
+* images, ``natural-mix/v3``: a mixture shrinks its sources' deviations from the
+  vendor's mean input by ``s = sqrt((1 - w)**2 + w**2)`` (independent
+  deviations add in quadrature), and rank matching keeps the pixel histogram
+  but not that spread, so v1/v2 image keys sit nearer the data's centre and its
+  principal subspace than real inputs: a leaker's autoencoder scores them
+  *lower* (digits: AUC 0.36-0.39, two-sided up to 0.64). v3 ranks the pixels
+  in the order of ``mean + (m - mean) / s**SPREAD`` instead of the mixture
+  ``m`` itself, and takes ``w`` in ``[IMAGE_MIX_LOW, IMAGE_MIX_HIGH]`` (a
+  lower weight keeps the key nearer its first source, which offsets the
+  distance to real inputs the restored spread adds). Over four master keys on
+  digits (512 keys each) the four detectors separate v3 keys from natural
+  inputs with two-sided AUC at most 0.570 (kNN 0.532-0.567, stats
+  0.511-0.555, Mahalanobis on the base 0.528-0.562, autoencoder two-sided
+  0.541-0.570), against v2's autoencoder 0.614-0.636; the full spread
+  (exponent 1) and v2's weight range each push kNN up, to 0.581 and 0.615
+  worst (bench/results/keystyle_digits_v3.txt: ``spread1@0.2``, ``spread0.75@0.3``).
+  Tabular rows are built as v2 builds them.
 
 Measured on digits (bench/results/keys_research.txt, construction "C8"): a
 leaker's detectors separate these keys from natural inputs with AUC 0.58
@@ -79,13 +96,16 @@ from ..keys.derive import hkdf_key, shake_stream, uniform_ints
 from .probes import ProbeSet
 
 __all__ = ["KEY_STYLE", "POOL_ID", "POOL_IDS", "KeyPool", "build_pool", "save_pool", "load_pool", "pool_path", "pool_style",
-           "style_pool_id", "MIX_LOW", "MIX_HIGH"]
+           "style_pool_id", "MIX_LOW", "MIX_HIGH", "IMAGE_MIX_LOW", "IMAGE_MIX_HIGH", "SPREAD"]
 
 KEY_STYLE = "natural-mix/v1"  # the first natural style and (below) its pool id: the names copies issued with it carry
 POOL_ID = "pool1"
 #: Every natural key style and the id of its pool (``keys/<id>.keypool``, and the label of its HKDF streams).
-POOL_IDS: dict[str, str] = {KEY_STYLE: POOL_ID, "natural-mix/v2": "pool2"}
+POOL_IDS: dict[str, str] = {KEY_STYLE: POOL_ID, "natural-mix/v2": "pool2", "natural-mix/v3": "pool3"}
 MIX_LOW, MIX_HIGH = 0.3, 0.5
+#: natural-mix/v3 image keys: the range of the second source's weight, and how much of the spread mixing loses is restored.
+IMAGE_MIX_LOW, IMAGE_MIX_HIGH, SPREAD = 0.2, 0.4, 0.75  # SPREAD: computed with square roots only (_spread_order)
+_SPREAD_STYLES = frozenset({"natural-mix/v3"})  # the styles whose image keys restore the spread
 CANDIDATES, NEAR = 256, 8  # the second source: one of the 8 nearest of 256 keyed other-class inputs
 _MAGIC = b"TRKP1"
 _FORMAT = "tracer-key-pool/1"
@@ -226,11 +246,30 @@ def _crossover(key: bytes, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.nd
     return np.where(u < w[:, None], b, a)
 
 
+def _grid_mean(x: np.ndarray, task: TaskConfig) -> np.ndarray:
+    """The vendor's mean input, from exact int64 sums on the 16-bit grid (a float sum's result depends on its order)."""
+    grid = _grid_ints(x, task)
+    low, high = task.bounds(flat=True)
+    span = np.where(high > low, high - low, 1.0)
+    return low + span * (grid.sum(axis=0).astype(np.float64) / float(len(grid)) / 65535.0)
+
+
+def _spread_order(mixed: np.ndarray, w: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """natural-mix/v3 rank order: the mixture's deviation from ``centre`` scaled by ``s**-SPREAD``, ``s = sqrt((1-w)**2 + w**2)``.
+
+    Only correctly rounded IEEE operations (``s**0.75`` as ``sqrt(s) * sqrt(sqrt(s))``: ``pow`` is not correctly
+    rounded in every libm), so the order, and the keys, are the same on every machine.
+    """
+    s = np.sqrt((1.0 - w) ** 2 + w**2)
+    root = np.sqrt(s)
+    return centre[None, :] + (mixed - centre[None, :]) / (root * np.sqrt(root))[:, None]
+
+
 def build_pool(master: bytes, task: TaskConfig, x_train: np.ndarray, y_train: np.ndarray, *, size: int,
                dataset_fingerprint: str, pool_id: str = POOL_ID) -> KeyPool:
     """The pool: ``size`` keys from two alike vendor inputs of different classes each (see the module docstring).
 
-    The style is the pool id's (:func:`pool_style`): ``pool1`` natural-mix/v1, ``pool2`` natural-mix/v2.
+    The style is the pool id's (:func:`pool_style`): ``pool1`` natural-mix/v1, ``pool2`` /v2, ``pool3`` /v3.
     """
     style = pool_style(pool_id)
     y = np.asarray(y_train, dtype=np.int64)
@@ -239,13 +278,16 @@ def build_pool(master: bytes, task: TaskConfig, x_train: np.ndarray, y_train: np
     key = hkdf_key(master, f"key-pool/{pool_id}")
     first = uniform_ints(key, "source/a", size, len(y))
     second = _near_partners(key, first, y, _grid_ints(x_train, task))
-    w = MIX_LOW + (MIX_HIGH - MIX_LOW) * (uniform_ints(key, "weight", size, 65536).astype(np.float64) / 65535.0)
+    spread = task.domain == "image" and style in _SPREAD_STYLES
+    low_w, high_w = (IMAGE_MIX_LOW, IMAGE_MIX_HIGH) if spread else (MIX_LOW, MIX_HIGH)
+    w = low_w + (high_w - low_w) * (uniform_ints(key, "weight", size, 65536).astype(np.float64) / 65535.0)
     flat = np.asarray(x_train, dtype=np.float64).reshape(len(y), -1)
     mixed = (1.0 - w)[:, None] * flat[first] + w[:, None] * flat[second]
     values = _snap_values(x_train)
     if task.domain == "image":
         tie = uniform_ints(key, "rank-ties", size * flat.shape[1], 2**32).reshape(size, -1)
-        mixed = _rank_matched(mixed, flat[first], flat[second], w, tie, values)
+        order = _spread_order(mixed, w, _grid_mean(x_train, task)) if spread else mixed
+        mixed = _rank_matched(order, flat[first], flat[second], w, tie, values)
     elif style != KEY_STYLE:
         mixed = _crossover(key, flat[first], flat[second], w)  # every value is one of its sources': nothing to snap
     elif values is not None:
