@@ -19,8 +19,7 @@ from tests._constants import LOW_SCRYPT, PASSPHRASE
 from tracer.config import FingerprintConfig, TaskConfig, parse_config
 from tracer.errors import ConfigError, KeyFileError, TracerError
 from tracer.fingerprint.keysets import open_pool
-from tracer.fingerprint.pool import (IMAGE_MIX_HIGH, IMAGE_MIX_LOW, MIX_HIGH, MIX_LOW, SPREAD, _spread_order, build_pool,
-                                    load_pool, save_pool)
+from tracer.fingerprint.pool import IMAGE_MIX_HIGH, IMAGE_MIX_LOW, MIX_HIGH, MIX_LOW, SPREAD, _spread_order, build_pool, load_pool, save_pool
 from tracer.fingerprint.probes import codeword, customer_labels, trigger_commitment
 from tracer.fingerprint.revelation import LOW_POOL_PROBES, draw_keys, pool_usage
 from tracer.ledger import Ledger
