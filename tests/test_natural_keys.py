@@ -18,7 +18,7 @@ from tests.fixtures_issued import LOW_SCRYPT, PASSPHRASE, copy_workspace, shared
 from tests.servers import no_proxy  # autouse: the loopback servers bypass any proxy
 from tracer.examples.servers import ModelServer
 from tracer.fingerprint.keysets import open_pool
-from tracer.fingerprint.pool import KEY_STYLE, POOL_ID, pool_path
+from tracer.fingerprint.pool import KEY_STYLE, POOL_ID, pool_path, style_pool_id
 from tracer.identify import identify_model
 from tracer.ledger import Ledger
 from tracer.probing import ClientOptions, ProbeOptions, make_format, probe_endpoint
@@ -183,26 +183,28 @@ def test_an_innocent_endpoint_is_not_named(ws, keyring):
     assert all(c.p_value > 1e-4 for c in fixed.candidates)
 
 
-def test_a_workspace_switched_to_v2_issues_v2_copies_and_tells_both_styles_apart(ws, keyring):
-    """v1 copies stay readable after tracer.toml moves to natural-mix/v2: each copy is read on the pool its record names."""
+@pytest.mark.parametrize("style", ["natural-mix/v2", "natural-mix/v3"])
+def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_styles_apart(ws, keyring, style):
+    """v1 copies stay readable after tracer.toml moves to natural-mix/v2 or v3: each copy is read on the pool its record names."""
     from tracer.config import with_key_style
     from tracer.embedding import Issuer
 
+    new_pool = style_pool_id(style)
     toml = ws.root / "tracer.toml"
-    toml.write_text(with_key_style(toml.read_text(encoding="utf-8"), "natural-mix/v2"), encoding="utf-8")
+    toml.write_text(with_key_style(toml.read_text(encoding="utf-8"), style), encoding="utf-8")
     ws = Workspace(ws.root)
     v1_digest = open_pool(ws.config, keyring.master, ws.keys_dir).digest()
     Issuer(ws, keyring).issue_many([("initech", "Initech")])
     by = {r["customer_id"]: r for r in _issuances(ws)}
     assert [(c, by[c]["key_style"], by[c]["probe_sets"][0]["id"]) for c in ("acme", "globex", "initech")] == [
-        ("acme", KEY_STYLE, POOL_ID), ("globex", KEY_STYLE, POOL_ID), ("initech", "natural-mix/v2", "pool2")]
-    assert by["initech"]["probe_sets"][0]["style"] == "natural-mix/v2" and pool_path(ws.keys_dir, "pool2").exists()
+        ("acme", KEY_STYLE, POOL_ID), ("globex", KEY_STYLE, POOL_ID), ("initech", style, new_pool)]
+    assert by["initech"]["probe_sets"][0]["style"] == style and pool_path(ws.keys_dir, new_pool).exists()
     assert open_pool(ws.config, keyring.master, ws.keys_dir).digest() == v1_digest  # the v1 pool is untouched
     for customer in ("acme", "initech"):
         result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx", record=False)
         assert result.verdict == "match" and result.customers == [customer]
     result, _ = _probe(ws, keyring, ws.root / "models" / "issued" / "initech.onnx")  # default: the configured style's pool
-    assert result.verdict == "match" and result.customers == ["initech"] and result.probe_sets == ["pool2"]
+    assert result.verdict == "match" and result.customers == ["initech"] and result.probe_sets == [new_pool]
     with ModelServer(ws.root / "models" / "issued" / "globex.onnx", ws.config.task, "kserve-v1", label_only=True) as srv:
         old = probe_endpoint(ws, keyring, srv.url, make_format("kserve-v1", ws.config.task),
                              ProbeOptions(probe_set=POOL_ID, client=ClientOptions(concurrency=1)))

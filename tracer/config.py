@@ -199,8 +199,9 @@ class FingerprintConfig:
     style: KeyStyle = Field(
         default=DEFAULT_STYLE, json_schema_extra={"example": _TEMPLATE_STYLE},
         description="keys: natural-mix/v2 (what `tracer init` writes; 3 or more classes): keyed blends of your own\n"
-                    "inputs that look like real queries (v1: tabular keys as plain mixtures, kept for copies issued\n"
-                    "with it); uniform-grid/v1: noise probe sets (two-class tasks; and what a tracer.toml without\n"
+                    "inputs that look like real queries (v3: image keys typical to an autoencoder too, copies that\n"
+                    "yield more to fine-tuning; v1: tabular keys as plain mixtures, kept for copies issued with it);\n"
+                    "uniform-grid/v1: noise probe sets (two-class tasks; and what a tracer.toml without\n"
                     "this line means). [embedding] settings left out follow the style (README)")
     pool_size: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                            description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"

@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
             help="Most HTTP requests to send in the whole session, retries and earlier runs included (default: twice the schedule)."),
         retries: int = typer.Option(4, "--retries", callback=_at_least(0), help="Retries per query on errors, timeouts, 5xx and 429."),
         alpha: float = AlphaOpt,
-        probe_set: str = typer.Option(None, "--probe-set", help="Key set to draw from: pool2 (natural-mix/v2), pool1 (natural-mix/v1), or a probe set ps1, ps2, ... (default: the pool when copies carry it, else the first probe set not yet revealed)."),
+        probe_set: str = typer.Option(None, "--probe-set", help="Key set to draw from: pool2 (natural-mix/v2), pool3 (natural-mix/v3), pool1 (natural-mix/v1), or a probe set ps1, ps2, ... (default: the pool when copies carry it, else the first probe set not yet revealed)."),
         decoys: int = typer.Option(None, "--decoys-per-trigger", callback=_at_least(0),
             help="Ordinary validation inputs sent per trigger, in random order (default 1)."),
         input_encoding: str = typer.Option(None, "--input-encoding", callback=_encoding,

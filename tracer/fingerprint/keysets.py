@@ -3,7 +3,7 @@
 A *key set* is what a codeword is drawn over: a noise probe set of style
 ``uniform-grid/v1`` (:mod:`.probes`: ``ps1``, ``ps2``, ..., re-derived from the
 master secret on demand) or the key pool of a natural style (:mod:`.pool`:
-``pool1`` for ``natural-mix/v1``, ``pool2`` for ``natural-mix/v2``, stored
+``pool1`` for ``natural-mix/v1``, ``pool2`` for ``/v2``, ``pool3`` for ``/v3``, stored
 encrypted in ``keys/``). Issuance embeds the
 sets of the configured style; identification and probing read, per issuance
 record, the sets that copy carries, so workspaces holding copies of both

@@ -1,0 +1,91 @@
+"""Research bench for issue 12: which part of natural-mix/v3's image keys costs fine-tuning robustness.
+
+natural-mix/v3 changes two things in image keys against v2: the pixels are ranked by the mixture with its
+spread about the mean input restored (exponent ``SPREAD``), and the second source's weight ``w`` is drawn in
+[0.2, 0.4] instead of [0.3, 0.5]. Its keys look as real digits do to all four evasion detectors (two-sided
+AUC at most 0.57, keystyle_digits_v3.txt), but its copies lose ft-all-1e-2 and ft-reinit-1e-2, which every
+v2 copy survives (evaluate_digits_natural_v3.txt). This bench issues copies with each factor alone, by
+patching the v3 recipe in this process only (``tracer.fingerprint.pool``'s IMAGE_MIX_LOW/HIGH and its
+spread order), and runs the fine-tuning and evasion groups on each copy:
+
+* ``G@L``: exponent G (0 = v2's order) and weights in [L, L + 0.2]; ``0.75@0.2`` is v3, ``0@0.3`` v2's keys
+  (on pool3's streams).
+
+    python bench/bench_image_key_factors.py --recipes 0@0.2,0.75@0.3 [--customers 2] [--out NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import PASSPHRASE, build_issued_workspace, save_result
+
+from tracer.evaluate.suite import run_suite
+from tracer.fingerprint import pool as poolmod
+from tracer.ledger import Ledger
+from tracer.workspace import Workspace
+
+ATTACKS = "fine-tuning,evasion"
+
+
+def _patch(recipe: str) -> None:
+    """The v3 image recipe of this process: exponent G, weights in [L, L + 0.2]."""
+    g, _, low = recipe.partition("@")
+    poolmod.IMAGE_MIX_LOW, poolmod.IMAGE_MIX_HIGH = float(low), float(low) + 0.2
+    exponent = float(g)
+
+    def order(mixed: np.ndarray, w: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        s = np.sqrt((1.0 - w) ** 2 + w**2)
+        return centre[None, :] + (mixed - centre[None, :]) / (s**exponent)[:, None]
+
+    poolmod._spread_order = order
+
+
+def _issuance_lines(root: Path) -> list[str]:
+    out = []
+    for entry in Ledger(root / "tracer.db", readonly=True).entries(kind="issuance"):
+        p = entry.payload
+        m = p["metrics"]
+        out.append(f"#   {p['customer_id']}: {p['embedding']['attempts']} tries, {p['issuance_cpu_seconds']:.0f} CPU-s, "
+                   f"clean drop {100 * (m['base_accuracy'] - m['clean_accuracy']):+.2f} points, keys {m['trigger_accuracy']:.4f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default="0@0.2,0.75@0.3")
+    ap.add_argument("--customers", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    from _common import CUSTOMERS
+
+    lines: list[str] = []
+    for recipe in args.recipes.split(","):
+        _patch(recipe)
+        with tempfile.TemporaryDirectory(prefix="tracer-bench-factors-") as tmp:
+            root = build_issued_workspace(Path(tmp) / "digits", "digits", customers=CUSTOMERS[: args.customers], keys="natural-mix/v3")
+            lines.append(f"# recipe {recipe} (exponent, lowest weight): issuance")
+            lines.extend(_issuance_lines(root))
+            ws = Workspace(root)
+            keyring = ws.unlock(passphrase=PASSPHRASE)
+            lines.append(f"{'recipe':<9} {'customer':<9} {'attack':<25} {'agreement':>9} {'log10 p':>9} {'two-sided AUC':>13}  verdict")
+            for customer, _ in CUSTOMERS[: args.customers]:
+                suite = run_suite(ws, keyring, customer=customer, attacks=ATTACKS, probe_evasion=False)
+                for r in suite.attacks:
+                    if r.name == "none":
+                        continue
+                    two = "" if not r.evasion or r.evasion.get("auc") is None else f"{max(r.evasion['auc'], 1 - r.evasion['auc']):.3f}"
+                    lines.append(f"{recipe:<9} {customer:<9} {r.name:<25} {r.agreement or 0:>9.3f} {r.log10_p or 0:>9.1f} {two:>13}  {r.verdict}")
+            print("\n".join(lines), flush=True)
+    text = "\n".join(lines) + "\n# python bench/bench_image_key_factors.py " + " ".join(sys.argv[1:]) + "\n"
+    print(text)
+    if args.out:
+        save_result(args.out, text)
+
+
+if __name__ == "__main__":
+    main()
