@@ -17,8 +17,8 @@ Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.finger
 * ``cross-far``: the crossover with the partner any keyed input of another class (not one of ``a``'s nearest);
 * ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score);
 * ``v3``: natural-mix/v3 as tracer builds it (``pool3``; images: v1's rank matching in the order of the
-  mixture's deviation from the mean input, scaled by ``s**-0.75``, weights in [0.2, 0.4]); ``spreadG@L``: that
-  construction at exponent G and weights in [L, L + 0.2] (``spread0.75@0.2`` is v3, ``spread0@0.3`` v2);
+  mixture's deviation from the mean input, scaled by ``s**-0.75``, weights in [0.25, 0.45]); ``spreadG@L``: that
+  construction at exponent G and weights in [L, L + 0.2] (``spread0.75@0.25`` is v3, ``spread0@0.3`` v2);
 * images, ``cut`` / ``blocks``: composites of real regions (a keyed straight cut, keyed 2x2 blocks); ``sharpL``:
   v1's rank matching in the rank order of the mixture unsharp-masked with weight L (3x3 box blur), which
   restores the texture an autoencoder misses in a mixture.
@@ -94,7 +94,7 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
 
 
 def _spread(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """``spreadG@L``: v3 image keys (pool3's sources and streams) with exponent G and weights in [L, L + 0.2] (v3: spread0.75@0.2)."""
+    """``spreadG@L``: v3 image keys (pool3's sources and streams) with exponent G and weights in [L, L + 0.2] (v3: spread0.75@0.25)."""
     g, _, low = variant[6:].partition("@")
     p = poolmod.build_pool(master, task, x, y, size=size, dataset_fingerprint="bench", pool_id="pool3")
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
