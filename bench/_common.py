@@ -20,7 +20,8 @@ FAST_SCRYPT = {"n": 2**12, "r": 8, "p": 1}
 CUSTOMERS = (("acme", "ACME Corp."), ("globex", "Globex Corporation"), ("initech", "Initech"))
 
 
-#: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12)
+#: ``--keys natural``: the example's tracer.toml with natural-mix keys and the embedding they need (issue 12); v2, as the
+#: recorded `--keys natural` results were built (`--keys natural-mix/v3` builds the template's style)
 NATURAL_KEYS = {"style": '"natural-mix/v2"', "pool_size": "2048", "keys_per_probe": "64"}
 #: The natural-mix [embedding] recipe that recorded results call NATURAL_EMBEDDING (steps 2000, trigger_batch 128,
 #: trigger_noise 0, trigger_margin 3: keys_pool2048.txt) is now the style's own default, tracer.config.STYLE_DEFAULTS.

@@ -256,7 +256,7 @@ def test_init_key_style_chooses_the_keys_and_the_embedding_follows(tmp_path, cli
     r = cli(["init", tmp_path / "default"], env={"TRACER_PASSPHRASE": passphrase})
     assert r.exit_code == 0, r.output
     cfg = Workspace(tmp_path / "default").config  # a new workspace: natural-mix keys, an automatic pool
-    assert cfg.fingerprint.style == "natural-mix/v2" and cfg.fingerprint.pool_size == 0
+    assert cfg.fingerprint.style == "natural-mix/v3" and cfg.fingerprint.pool_size == 0
     assert cfg.embedding.steps == 2000 and cfg.embedding.rank_code == 0.0
     r = cli(["init", tmp_path / "grid", "--key-style", "uniform-grid/v1"], env={"TRACER_PASSPHRASE": passphrase})
     assert r.exit_code == 0, r.output

@@ -359,10 +359,10 @@ def test_embedding_settings_left_out_follow_the_key_style():
     from tracer.config import STYLE_DEFAULTS, with_key_style
 
     older = "\n".join(ln for ln in GENERIC_CONFIG.splitlines() if not ln.startswith("style ="))  # a tracer.toml from before styles
-    for text, style in ((GENERIC_CONFIG, "natural-mix/v2"), (older, "uniform-grid/v1"),
+    for text, style in ((GENERIC_CONFIG, "natural-mix/v3"), (older, "uniform-grid/v1"),
                         (with_key_style(GENERIC_CONFIG, "uniform-grid/v1"), "uniform-grid/v1"),
                         (with_key_style(GENERIC_CONFIG, "natural-mix/v1"), "natural-mix/v1"),
-                        (with_key_style(GENERIC_CONFIG, "natural-mix/v3"), "natural-mix/v3")):
+                        (with_key_style(GENERIC_CONFIG, "natural-mix/v2"), "natural-mix/v2")):
         cfg = parse_config(tomllib.loads(text), ROOT)
         assert cfg.fingerprint.style == style
         for key, value in STYLE_DEFAULTS[style].items():
@@ -381,7 +381,7 @@ def test_the_template_leaves_the_style_settings_commented_so_they_follow_a_chang
         i = next(i for i, ln in enumerate(lines) if ln.startswith(f"# {key} = "))
         assert lines[i].startswith(f"# {key} = {value} ")  # the template's style: natural-mix
         assert f"[by style: uniform-grid {grid}, natural-mix {value}]" in lines[i] + lines[i + 1]  # the comment may wrap once
-    assert 'style = "natural-mix/v2"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
+    assert 'style = "natural-mix/v3"' in lines[next(i for i, ln in enumerate(lines) if ln == "[fingerprint]") + 1]
     assert tomllib.loads(GENERIC_CONFIG)["fingerprint"]["pool_size"] == 0  # automatic: follows the training rows
 
 

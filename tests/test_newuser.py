@@ -24,7 +24,7 @@ from tracer.config import STYLE_DEFAULTS
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PASSPHRASE = "new user passphrase"
-STEPS = STYLE_DEFAULTS["natural-mix/v2"]["steps"]  # the quickstart's tracer.toml leaves [embedding] at the template style's defaults
+STEPS = STYLE_DEFAULTS["natural-mix/v3"]["steps"]  # the quickstart's tracer.toml leaves [embedding] at the template style's defaults
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ", re.MULTILINE)
 
 
@@ -128,15 +128,15 @@ def test_quickstart_end_to_end(quickstart):
     assert set(ran) >= {"init", "python mymodel.py", "issue", "identify", "ledger"}
     assert (ws / "models" / "base.pt").is_file() and (ws / "models" / "issued" / "acme.onnx").is_file()
     assert "acme" in ran["identify"].stdout and "report" in ran["identify"].stderr and (ws / "leak.html").is_file()
-    assert "pool2 (natural-mix/v2 key pool)" in (ws / "leak.html").read_text(encoding="utf-8")  # the report names the copy's key style
+    assert "pool3 (natural-mix/v3 key pool)" in (ws / "leak.html").read_text(encoding="utf-8")  # the report names the copy's key style
     issue = ran["issue"]
     assert "issued acme (ACME Corp.)" in issue.stdout and "wall for the whole issuance" in issue.stdout
     # the gate's resolution, before training: 36 validation rows (every 5th of 178), one worth 2.78 points
     assert "validation: 36 inputs, one is worth 2.78 accuracy points" in issue.stderr
     assert "is worth more than gates.max_accuracy_drop" not in issue.stderr  # the README's [gates] allows one error
     # natural-mix keys (the template's style), an automatic pool: 2 per training row (95 rows), and said early that it is small
-    assert "keys: pool pool2 of 128 keys, 128 unrevealed: enough for at least 2 probed endpoint(s) at up to 64 keys each" in issue.stderr
-    assert "warning: key pool pool2: 128 of 128 keys are unrevealed, enough for at least 2 more probed endpoint(s); the pool is small" in issue.stderr
+    assert "keys: pool pool3 of 128 keys, 128 unrevealed: enough for at least 2 probed endpoint(s) at up to 64 keys each" in issue.stderr
+    assert "warning: key pool pool3: 128 of 128 keys are unrevealed, enough for at least 2 more probed endpoint(s); the pool is small" in issue.stderr
     assert issue.stderr.count("warning:") == 1
     # --progress log: timestamped lines on stderr (not a terminal), one per stage and every 10 % of the steps
     stamped = STAMP.findall(issue.stderr)
@@ -152,7 +152,7 @@ def test_issuance_record_notes_the_held_out_share_and_both_timings(quickstart):
     payload = shown.get("payload", shown)
     assert payload["attacker_share"]["source"] == "held_out" and payload["attacker_share"]["size"] == 47  # a third of 142
     assert payload["issuance_wall_seconds"] >= payload["embedding"]["seconds"] > 0 and payload["issuance_cpu_seconds"] > 0
-    assert [(ks["id"], ks["style"], ks["size"]) for ks in payload["probe_sets"]] == [("pool2", "natural-mix/v2", 128)]
+    assert [(ks["id"], ks["style"], ks["size"]) for ks in payload["probe_sets"]] == [("pool3", "natural-mix/v3", 128)]
 
 
 def test_evaluate_says_the_attacker_share_was_held_out_and_progress_none_is_silent(quickstart):

@@ -189,7 +189,7 @@ class DataConfig:
 
 KeyStyle = Literal["uniform-grid/v1", "natural-mix/v1", "natural-mix/v2", "natural-mix/v3"]
 DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprint] style (every one before natural-mix existed)
-_TEMPLATE_STYLE: KeyStyle = "natural-mix/v2"  # the style `tracer init` writes (`--key-style` chooses another)
+_TEMPLATE_STYLE: KeyStyle = "natural-mix/v3"  # the style `tracer init` writes (`--key-style` chooses another)
 #: The automatic natural-mix pool size (``pool_size = 0``): keys per vendor training row, rounded down to a step, within bounds.
 POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
 
@@ -198,10 +198,10 @@ POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
 class FingerprintConfig:
     style: KeyStyle = Field(
         default=DEFAULT_STYLE, json_schema_extra={"example": _TEMPLATE_STYLE},
-        description="keys: natural-mix/v2 (what `tracer init` writes; 3 or more classes): keyed blends of your own\n"
-                    "inputs that look like real queries (v3: image keys typical to an autoencoder too, copies that\n"
-                    "yield more to fine-tuning; v1: tabular keys as plain mixtures, kept for copies issued with it);\n"
-                    "uniform-grid/v1: noise probe sets (two-class tasks; and what a tracer.toml without\n"
+        description="keys: natural-mix/v3 (what `tracer init` writes; 3 or more classes): keyed blends of your own\n"
+                    "inputs that look like real queries (v2: image keys an autoencoder tells apart; v1: tabular keys\n"
+                    "as plain mixtures; both kept for copies issued with them); uniform-grid/v1: noise probe sets\n"
+                    "(two-class tasks; and what a tracer.toml without\n"
                     "this line means). [embedding] settings left out follow the style (README)")
     pool_size: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                            description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"

@@ -19,9 +19,9 @@ def register(app: typer.Typer) -> None:
         directory: Path = typer.Argument(Path("."), metavar="DIR", help="Folder for the new workspace (created if missing)."),
         example: str = typer.Option(None, "--example", help="Make a ready workspace for a bundled example: digits, tabular or shapes."),
         key_style: str = typer.Option(None, "--key-style", metavar="STYLE",
-                                      help="Fingerprint keys: natural-mix/v2 (keys that look like real queries; 3+ classes; what the generic "
-                                           "template writes), natural-mix/v3 (v2 with image keys an autoencoder cannot tell from real ones; its "
-                                           "copies yield more to fine-tuning), natural-mix/v1 (the first version: tabular keys as plain mixtures) or "
+                                      help="Fingerprint keys: natural-mix/v3 (keys that look like real queries; 3+ classes; what the generic "
+                                           "template writes), natural-mix/v2 (its image keys are smoother than real ones) or v1 (its tabular keys "
+                                           "plain mixtures), kept for copies issued with them, or "
                                            "uniform-grid/v1 (noise probe sets, with the rank code: the style for two-class "
                                            "tasks and the bundled examples' own). The [embedding] settings follow it; --example digits with "
                                            "a natural-mix style takes the 4x CNN and the rank code."),

@@ -18,7 +18,7 @@ look alike:
   pixel/16), so its pixel statistics are those of real inputs and it has no
   value a real input could not have;
 * tabular rows: ``natural-mix/v1`` keeps the plain mixture. ``natural-mix/v2``
-  (what `tracer init` writes) takes a keyed coordinate crossover instead:
+  (and v3, what `tracer init` writes) takes a keyed coordinate crossover instead:
   feature j is ``b``'s with probability ``w`` (one keyed 32-bit word per
   feature, ``u_j / 2**32 < w``), else ``a``'s. A plain mixture sits between
   its sources, nearer the data's centre, so a leaker's kNN distance and
