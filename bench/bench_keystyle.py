@@ -100,7 +100,7 @@ def _spread(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, varian
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     a, b = flat[p.sources[:, 0]], flat[p.sources[:, 1]]
     w = float(low or poolmod.IMAGE_MIX_LOW) + (p.weights - poolmod.IMAGE_MIX_LOW)  # the same keyed draws, shifted
-    centre = poolmod._grid_mean(x, task)
+    centre = poolmod._grid_mean(poolmod._grid_ints(x, task), task)
     mixed = (1 - w)[:, None] * a + w[:, None] * b
     order = centre + (mixed - centre) / np.sqrt((1 - w) ** 2 + w**2)[:, None] ** float(g or 1)
     tie = uniform_ints(hkdf_key(master, "key-pool/pool3"), "rank-ties", size * flat.shape[1], 2**32).reshape(size, -1)

@@ -239,8 +239,8 @@ class FingerprintConfig:
 #: natural-mix/v1: 2048 keys among real inputs need a longer run with more keys per step, no jitter (the
 #: keys already lie on the data's grid; jitter widened the region each key flips) and a 3-logit margin
 #: (bench/results/keys_pool2048.txt); no rank code by default, because on the digits CNN the two do not
-#: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 and v3 change how
-#: tabular keys are built, not how they are embedded: the same recipe.
+#: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 (tabular rows) and
+#: v3 (images) change how keys are built, not how they are embedded: the same recipe.
 STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
     "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},

@@ -209,10 +209,15 @@ def _snap(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(take_hi, values[hi], values[lo])
 
 
+def _grid_frame(task: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The 16-bit grid's origin and span per feature: the task's bounds (a zero span taken as 1)."""
+    low, high = task.bounds(flat=True)
+    return low, np.where(high > low, high - low, 1.0)
+
+
 def _grid_ints(x: np.ndarray, task: TaskConfig) -> np.ndarray:
     """Inputs as int64 steps of a 16-bit grid over the task's bounds: exact, machine-independent distances."""
-    low, high = task.bounds(flat=True)
-    span = np.where(high > low, high - low, 1.0)
+    low, span = _grid_frame(task)
     return np.rint((np.asarray(x, dtype=np.float64).reshape(len(x), -1) - low) / span * 65535.0).astype(np.int64)
 
 
@@ -249,11 +254,9 @@ def _crossover(key: bytes, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.nd
     return np.where(u < w[:, None], b, a)
 
 
-def _grid_mean(x: np.ndarray, task: TaskConfig) -> np.ndarray:
-    """The vendor's mean input, from exact int64 sums on the 16-bit grid (a float sum's result depends on its order)."""
-    grid = _grid_ints(x, task)
-    low, high = task.bounds(flat=True)
-    span = np.where(high > low, high - low, 1.0)
+def _grid_mean(grid: np.ndarray, task: TaskConfig) -> np.ndarray:
+    """The vendor's mean input from its :func:`_grid_ints`: exact int64 sums (a float sum's result depends on its order)."""
+    low, span = _grid_frame(task)
     return low + span * (grid.sum(axis=0).astype(np.float64) / float(len(grid)) / 65535.0)
 
 
@@ -280,7 +283,8 @@ def build_pool(master: bytes, task: TaskConfig, x_train: np.ndarray, y_train: np
         raise KeyFileError("the key pool needs training inputs of at least two classes")
     key = hkdf_key(master, f"key-pool/{pool_id}")
     first = uniform_ints(key, "source/a", size, len(y))
-    second = _near_partners(key, first, y, _grid_ints(x_train, task))
+    grid = _grid_ints(x_train, task)
+    second = _near_partners(key, first, y, grid)
     spread = task.domain == "image" and style in _SPREAD_STYLES
     low_w, high_w = (IMAGE_MIX_LOW, IMAGE_MIX_HIGH) if spread else (MIX_LOW, MIX_HIGH)
     w = low_w + (high_w - low_w) * (uniform_ints(key, "weight", size, 65536).astype(np.float64) / 65535.0)
@@ -289,7 +293,7 @@ def build_pool(master: bytes, task: TaskConfig, x_train: np.ndarray, y_train: np
     values = _snap_values(x_train)
     if task.domain == "image":
         tie = uniform_ints(key, "rank-ties", size * flat.shape[1], 2**32).reshape(size, -1)
-        order = _spread_order(mixed, w, _grid_mean(x_train, task)) if spread else mixed
+        order = _spread_order(mixed, w, _grid_mean(grid, task)) if spread else mixed
         mixed = _rank_matched(order, flat[first], flat[second], w, tie, values)
     elif style != KEY_STYLE:
         mixed = _crossover(key, flat[first], flat[second], w)  # every value is one of its sources': nothing to snap
