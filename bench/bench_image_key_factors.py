@@ -8,6 +8,10 @@ every v2 copy survives (natural_v3w020_vs_v2_copies.txt). This bench issues copi
 or another weight range, by patching the v3 recipe in this process only (``tracer.fingerprint.pool``'s
 IMAGE_MIX_LOW/HIGH and its spread order), and runs the attack groups on each copy:
 
+``--band LO,HI`` also patches ``[embedding] feature_match``: keys pay beyond the HI quantile of the
+reference inputs' own distances to their class mean (the product: 0.9 alone) and, new, below the LO
+quantile, so a copy cannot hold its keys *nearer* the class means than natural inputs.
+
 * ``G@L``: exponent G (0 = v2's order) and weights in [L, L + 0.2]; ``0.75@0.25`` is v3, ``0.75@0.2`` v3 as
   first built, ``0@0.3`` v2's keys (on pool3's streams).
 
@@ -22,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from _common import PASSPHRASE, build_issued_workspace, save_result
 
 from tracer.embedding import Issuer
@@ -47,6 +52,29 @@ def _patch(recipe: str) -> None:
     poolmod._spread_order = order
 
 
+def _patch_band(band: str) -> None:
+    """feature_match pays outside the [LO, HI] quantiles of the reference inputs' distances (this process only)."""
+    from tracer.embedding import finetune
+
+    lo, hi = (float(v) for v in band.split(","))
+    clusters = finetune._KeyClusters
+    clusters.QUANTILE = hi
+    refresh = clusters.refresh
+
+    def refresh_band(self, student, head, channels_last):  # type: ignore[no-untyped-def]
+        refresh(self, student, head, channels_last)
+        f = head.value.double()
+        centred = (f.to(self.whiten.dtype) - self.means[self.y]) @ self.whiten.T
+        self.radius_lo = torch.quantile(centred.pow(2).sum(1), lo).clamp(min=1e-12)
+
+    def loss_band(self, features, labels):  # type: ignore[no-untyped-def]
+        d = ((features - self.means[labels]) @ self.whiten.T).pow(2).sum(1)
+        outside = torch.nn.functional.relu(d - self.radius) / self.radius + torch.nn.functional.relu(self.radius_lo - d) / self.radius_lo
+        return torch.log1p(outside).mean()
+
+    clusters.refresh, clusters.loss = refresh_band, loss_band
+
+
 def _issuance_lines(root: Path) -> list[str]:
     out = []
     for entry in Ledger(root / "tracer.db", readonly=True).entries(kind="issuance"):
@@ -61,8 +89,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="0@0.2,0.75@0.3")
     ap.add_argument("--customers", type=int, default=2)
+    ap.add_argument("--band", default=None, metavar="LO,HI", help="feature_match pays outside these quantiles (default: the product's)")
+    ap.add_argument("--attacks", default=ATTACKS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.band:
+        _patch_band(args.band)
     from _common import CUSTOMERS
 
     lines: list[str] = []
@@ -73,7 +105,7 @@ def main() -> None:
             ws = Workspace(root)
             keyring = ws.unlock(passphrase=PASSPHRASE)
             landed = []
-            lines.append(f"# recipe {recipe} (exponent, lowest weight): issuance")
+            lines.append(f"# recipe {recipe} (exponent, lowest weight), feature_match band {args.band or 'product (0.9)'}: issuance")
             for customer in CUSTOMERS[: args.customers]:
                 try:
                     Issuer(ws, keyring).issue_many([customer])
@@ -83,7 +115,7 @@ def main() -> None:
             lines.extend(_issuance_lines(root))
             lines.append(f"{'recipe':<9} {'customer':<9} {'attack':<25} {'agreement':>9} {'log10 p':>9} {'two-sided AUC':>13}  verdict")
             for customer, _ in landed:
-                suite = run_suite(ws, keyring, customer=customer, attacks=ATTACKS, probe_evasion=False)
+                suite = run_suite(ws, keyring, customer=customer, attacks=args.attacks, probe_evasion=False)
                 for r in suite.attacks:
                     if r.name == "none":
                         continue
