@@ -25,9 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from _common import PASSPHRASE, build_issued_workspace, save_result
+from bench_keystyle import spread_order
 
 from tracer.embedding import Issuer
 from tracer.errors import GateError
@@ -43,13 +43,7 @@ def _patch(recipe: str) -> None:
     """The v3 image recipe of this process: exponent G, weights in [L, L + 0.2]."""
     g, _, low = recipe.partition("@")
     poolmod.IMAGE_MIX_LOW, poolmod.IMAGE_MIX_HIGH = float(low), float(low) + 0.2
-    exponent = float(g)
-
-    def order(mixed: np.ndarray, w: np.ndarray, centre: np.ndarray) -> np.ndarray:
-        s = np.sqrt((1.0 - w) ** 2 + w**2)
-        return centre[None, :] + (mixed - centre[None, :]) / (s**exponent)[:, None]
-
-    poolmod._spread_order = order
+    poolmod._spread_order = spread_order(float(g))
 
 
 def _patch_band(band: str) -> None:

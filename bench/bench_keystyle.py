@@ -93,6 +93,13 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
     return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
 
 
+def spread_order(exponent: float):
+    """v3's rank order (:func:`tracer.fingerprint.pool._spread_order`) at any exponent (``pow``: research only)."""
+    def order(mixed: np.ndarray, w: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        return centre[None, :] + (mixed - centre[None, :]) / (np.sqrt((1 - w) ** 2 + w**2) ** exponent)[:, None]
+    return order
+
+
 def _spread(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
     """``spreadG@L``: v3 image keys (pool3's sources and streams) with exponent G and weights in [L, L + 0.2] (v3: spread0.75@0.25)."""
     g, _, low = variant[6:].partition("@")
@@ -102,7 +109,7 @@ def _spread(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, varian
     w = float(low or poolmod.IMAGE_MIX_LOW) + (p.weights - poolmod.IMAGE_MIX_LOW)  # the same keyed draws, shifted
     centre = poolmod._grid_mean(poolmod._grid_ints(x, task), task)
     mixed = (1 - w)[:, None] * a + w[:, None] * b
-    order = centre + (mixed - centre) / np.sqrt((1 - w) ** 2 + w**2)[:, None] ** float(g or 1)
+    order = spread_order(float(g or 1))(mixed, w, centre)
     tie = uniform_ints(hkdf_key(master, "key-pool/pool3"), "rank-ties", size * flat.shape[1], 2**32).reshape(size, -1)
     keys = poolmod._rank_matched(order, a, b, w, tie, poolmod._snap_values(x))
     return keys.reshape(p.inputs.shape).astype(p.inputs.dtype), p.label_sets
