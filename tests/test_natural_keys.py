@@ -199,6 +199,10 @@ def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_
     assert [(c, by[c]["key_style"], by[c]["probe_sets"][0]["id"]) for c in ("acme", "globex", "initech")] == [
         ("acme", KEY_STYLE, POOL_ID), ("globex", KEY_STYLE, POOL_ID), ("initech", style, new_pool)]
     assert by["initech"]["probe_sets"][0]["style"] == style and pool_path(ws.keys_dir, new_pool).exists()
+    # the key-separation gate follows the style: on for v3 (0.6, and the copy met it), off for the styles issued before it
+    separation = by["initech"]["metrics"]["key_separation"]
+    assert (0.5 <= separation <= 0.6) if style == "natural-mix/v3" else separation is None
+    assert by["acme"]["metrics"].get("key_separation") is None
     assert open_pool(ws.config, keyring.master, ws.keys_dir).digest() == v1_digest  # the v1 pool is untouched
     for customer in ("acme", "initech"):
         result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx", record=False)
@@ -209,6 +213,21 @@ def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_
         old = probe_endpoint(ws, keyring, srv.url, make_format("kserve-v1", ws.config.task),
                              ProbeOptions(probe_set=POOL_ID, client=ClientOptions(concurrency=1)))
     assert old.verdict == "match" and old.customers == ["globex"] and old.probe_sets == [POOL_ID]
+
+
+def test_a_copy_whose_keys_stand_out_in_its_features_is_refused_and_nothing_is_written(ws, keyring, run_cli):
+    """gates.max_key_separation: a copy whose keys a Mahalanobis filter on its own features tells from validation inputs
+    beyond the limit is not issued (0.5 is the floor: a figure exactly at chance). Exit 3, one line, nothing recorded."""
+    toml = ws.root / "tracer.toml"
+    text = toml.read_text(encoding="utf-8").replace("[gates]\n", "[gates]\nmax_key_separation = 0.5\n", 1)
+    toml.write_text(re.sub(r"(?m)^\[embedding\]\n", "[embedding]\nattempts = 1\npolishes = 0\n", text), encoding="utf-8")
+    before = _issuances(ws)
+    res = run_cli(["issue", "--customer", "initech", "--json"], env={"TRACER_PASSPHRASE": PASSPHRASE, "TRACER_WORKSPACE": str(ws.root)})
+    assert res.returncode == 3, res.stderr
+    assert json.loads(res.stdout)["exit_code"] == 3
+    assert re.search(r"key-separation gate failed: .* AUC 0\.\d{3}, allowed 0\.500 .*after 1 attempts; nothing written or recorded", res.stderr)
+    assert "keys: separation gate at AUC 0.5 (a Mahalanobis filter on each copy's features, 359 validation inputs)" in res.stderr
+    assert _issuances(ws) == before and sorted(p.name for p in (ws.root / "models" / "issued").iterdir()) == ["acme.onnx", "globex.onnx"]
 
 
 def test_cli_ledger_list_and_identify_warn_when_the_pool_runs_low(ws, keyring, run_cli):

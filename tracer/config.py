@@ -10,8 +10,8 @@ them as the annotated ``tracer.toml`` that ``tracer init`` writes and that the
 README shows (``tracer.config.write_readme(Path("README.md"))`` refreshes the README block;
 ``tests/test_docs.py`` checks that the three agree).
 
-A few ``[embedding]`` settings follow ``[fingerprint] style`` where tracer.toml leaves them out
-(:data:`STYLE_DEFAULTS`): noise probe sets and natural-mix keys need different recipes, so switching
+A few ``[embedding]`` and ``[gates]`` settings follow ``[fingerprint] style`` where tracer.toml leaves them out
+(:data:`STYLE_DEFAULTS`, :data:`GATE_STYLE_DEFAULTS`): noise probe sets and natural-mix keys need different recipes, so switching
 the style is one line, and a tracer.toml written before natural-mix existed keeps its old defaults.
 
 Sane caps (absurd sizes are refused at load, not discovered in an allocation):
@@ -42,7 +42,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Config", "TaskConfig", "ModelConfig", "DataConfig", "FingerprintConfig", "EmbeddingConfig", "GateConfig",
-    "IdentifyConfig", "load_config", "parse_config", "with_key_style", "KEY_STYLES", "STYLE_DEFAULTS", "default_probe_count", "annotated_toml", "write_readme",
+    "IdentifyConfig", "load_config", "parse_config", "with_key_style", "KEY_STYLES", "STYLE_DEFAULTS", "GATE_STYLE_DEFAULTS", "default_probe_count", "annotated_toml", "write_readme",
     "MAX_FEATURES", "MAX_CLASSES", "MAX_PROBES_PER_SET", "MAX_PROBE_VALUES",
 ]
 
@@ -248,10 +248,19 @@ STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
 STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v3"] = STYLE_DEFAULTS["natural-mix/v1"]
 
 
-def _by_style(key: str) -> dict[str, Any]:
+#: The [gates] settings that follow ``[fingerprint] style`` where tracer.toml leaves them out, as :data:`STYLE_DEFAULTS`
+#: does for [embedding]. The key-separation gate (:mod:`tracer.separation`) is on for natural-mix/v3 and off (1.0) for
+#: the styles whose copies were issued before it existed, so a workspace's next copy meets the gates its earlier
+#: copies met; noise probe sets are off the data manifold by design, and the gate never applies to them.
+GATE_STYLE_DEFAULTS: dict[str, dict[str, Any]] = {style: {"max_key_separation": 0.6 if style == "natural-mix/v3" else 1.0}
+                                                  for style in STYLE_DEFAULTS}
+_STYLE_TABLES = {"embedding": STYLE_DEFAULTS, "gates": GATE_STYLE_DEFAULTS}
+
+
+def _by_style(key: str, table: dict[str, dict[str, Any]] = STYLE_DEFAULTS) -> dict[str, Any]:
     """Template rendering of a setting that follows the key style: commented out, with the template style's value."""
-    return {"example": STYLE_DEFAULTS[_TEMPLATE_STYLE][key], "commented": True,
-            "follows": {style: values[key] for style, values in STYLE_DEFAULTS.items()}}
+    return {"example": table[_TEMPLATE_STYLE][key], "commented": True,
+            "follows": {style: values[key] for style, values in table.items()}}
 
 
 def _by_family(follows: dict[str, Any]) -> dict[str, Any]:
@@ -322,6 +331,10 @@ class EmbeddingConfig:
 class GateConfig:
     min_trigger_accuracy: Float = Field(default=0.95, ge=0, le=1, description="share of trigger probes the copy must answer with its codeword")
     max_accuracy_drop: Float = Field(default=0.005, ge=0, le=1, description="clean validation accuracy may drop at most this much (0.5 points)")
+    max_key_separation: Float = Field(default=1.0, ge=0.5, le=1, json_schema_extra=_by_style("max_key_separation", GATE_STYLE_DEFAULTS),
+        description="natural-mix keys: a Mahalanobis filter on the copy's own features, fitted on\n"
+                    "validation inputs, may tell keys from them with at most this AUC (two-sided;\n"
+                    "1: off; needs 100 validation inputs, README)")
 
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
@@ -479,16 +492,21 @@ def _config_error(exc: ValidationError) -> ConfigError:
 
 
 def _style_defaults(doc: dict) -> dict:
-    """``doc`` with the [embedding] settings it leaves out that follow the key style set to that style's values.
+    """``doc`` with the [embedding] and [gates] settings it leaves out that follow the key style set to that style's values.
 
     The field defaults are the uniform-grid recipe, so a document without a style (or without these
     keys) reads as it always did; anything malformed is left for validation to name.
     """
-    fingerprint, embedding = doc.get("fingerprint", {}), doc.get("embedding", {})
+    fingerprint = doc.get("fingerprint", {})
     style = fingerprint.get("style", DEFAULT_STYLE) if isinstance(fingerprint, dict) else None
-    if not isinstance(embedding, dict) or not isinstance(style, str) or style not in STYLE_DEFAULTS:
+    if not isinstance(style, str) or style not in STYLE_DEFAULTS:
         return doc
-    return {**doc, "embedding": {**STYLE_DEFAULTS[style], **embedding}}
+    out = dict(doc)
+    for name, table in _STYLE_TABLES.items():
+        given = doc.get(name, {})
+        if isinstance(given, dict):
+            out[name] = {**table[style], **given}
+    return out
 
 
 def parse_config(doc: dict, root: Path) -> Config:

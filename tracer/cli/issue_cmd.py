@@ -30,6 +30,15 @@ def show_gate_resolution(data: Dataset, config: Config) -> None:
         warn(warning)
 
 
+def show_separation_gate(issuer: Issuer) -> None:
+    """Before training: whether the key-separation gate applies, and a warning with the fix when tracer.toml asks for it and it cannot."""
+    limit, why = issuer.separation_gate()
+    if limit is not None:
+        say(f"keys: separation gate at AUC {limit:g} (a Mahalanobis filter on each copy's features, {len(issuer.data.y_val)} validation inputs)")
+    elif why:
+        warn(why)
+
+
 def show_key_pool(issuer: Issuer) -> None:
     """Before training, natural-mix copies: the pool's size and how many probed endpoints its unrevealed keys serve (a warning when few)."""
     for usage in issuer.pool_usage():
@@ -86,6 +95,7 @@ def register(app: typer.Typer) -> None:
             progress.remove_task(load)
             show_gate_resolution(issuer.data, issuer.config)
             show_key_pool(issuer)
+            show_separation_gate(issuer)
             if rows is None:
                 task = progress.add_task(f"embedding {customer}", total=issuer.config.embedding.steps)
                 reports = [issuer.issue(customer, name=name, reissue=reissue, on_step=lambda s: progress.update(task, completed=s))]
@@ -131,6 +141,7 @@ def _show(reports: list[IssueReport], rows: list | None, *, json_out: bool) -> N
             f"issued {r.customer} ({r.display_name}): {r.model_path}\n"
             f"  sha256 {r.sha256}  ledger entry {r.issuance_id}\n"
             f"  clean accuracy {r.clean_accuracy:.4f} (base {r.base_accuracy:.4f}), trigger accuracy {r.trigger_accuracy:.3f}, "
-            f"{r.seconds:.1f}s wall for the whole issuance ({r.embed_seconds:.1f}s embedding the runs that made this copy)",
+            f"{r.seconds:.1f}s wall for the whole issuance ({r.embed_seconds:.1f}s embedding the runs that made this copy)"
+            + ("" if r.key_separation is None else f"\n  key separation {r.key_separation:.3f} (a Mahalanobis filter on the copy's features; gates.max_key_separation)"),
             markup=False,
         )

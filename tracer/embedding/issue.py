@@ -29,6 +29,7 @@ from ..fingerprint.revelation import PoolUsage, pool_usage
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
+from ..separation import MIN_SEPARATION_INPUTS, key_separation
 from ..training import accuracy, predict
 from ..workspace import Workspace
 from .backends import Backend, EmbedJob, EmbedOutcome, open_backend, usable_cores
@@ -61,12 +62,13 @@ class IssueReport:
     attempts: int
     polish_steps: int = 0
     weights: str = "final"
+    key_separation: float | None = None  # natural-mix keys under the key-separation gate: the landed copy's figure
 
     def to_json(self) -> dict:
         keys = ("customer", "issuance_id", "model_path", "sha256", "base_accuracy", "clean_accuracy", "trigger_accuracy", "seconds")
         d = asdict(self)
         return {**{k: d[k] for k in keys}, "display_name": self.display_name, "embed_seconds": self.embed_seconds, "steps": self.steps, "attempts": self.attempts,
-                "polish_steps": self.polish_steps, "weights": self.weights}
+                "polish_steps": self.polish_steps, "weights": self.weights, "key_separation": self.key_separation}
 
 
 def _seed(customer_id: str, attempt: int, base_seed: int, purpose: str = "") -> int:
@@ -83,12 +85,14 @@ def _scaled(on_step: Callable[[int], None] | None, steps: int, scale: int) -> Ca
 class _Copy:
     """A gated candidate copy and the runs that made it (what the ledger records of the one that lands)."""
 
-    score: tuple[bool, float]  # (passes both gates, minus how far it misses them): larger is better
+    score: tuple[bool, float]  # (passes every gate, minus how far it misses them): larger is better
     model: nn.Module
     clean: float
     trigger: float
     runs: list[dict]  # the try, then each polish: {seed, steps, learning_rate, weights}; replaying them remakes the copy
     seconds: float
+    separation: float | None = None  # the keys' separation from validation inputs (tracer.separation); None: not measured
+    separation_over: float = 0.0  # how far it exceeds gates.max_key_separation (0: met or not measured)
 
     @property
     def steps(self) -> int:
@@ -137,6 +141,24 @@ class CopyMaker:
         self.data = data
         self.triggers = triggers
         self.base_accuracy = base_accuracy
+        #: the key-separation gate's limit, where it applies (:meth:`separation_gate`), else None
+        self.separation_limit = self.separation_gate()[0]
+
+    def separation_gate(self) -> tuple[float | None, str | None]:
+        """(limit, None) where the key-separation gate applies; (None, why not) where tracer.toml asks for it and it cannot.
+
+        It applies to natural-mix keys with ``gates.max_key_separation`` below 1 and at least
+        :data:`~tracer.separation.MIN_SEPARATION_INPUTS` validation inputs. Noise probe sets stand out by
+        design (their figure would be near 1), so the gate is not theirs; (None, None) there and when it is off.
+        """
+        limit = self.config.gates.max_key_separation
+        if limit >= 1 or not self.config.fingerprint.style.startswith("natural-mix/"):
+            return None, None
+        if len(self.data.y_val) < MIN_SEPARATION_INPUTS:
+            return None, (f"gates.max_key_separation {limit:g} is not applied: {len(self.data.y_val)} validation inputs are too few to "
+                          f"measure how far keys stand out (it needs {MIN_SEPARATION_INPUTS}). Fix: more validation data "
+                          f"(a larger x_val or data.validation_fraction); `tracer evaluate` still measures the leaker's filters")
+        return limit, None
 
     def make_copy(self, cid: str, labels: np.ndarray, *, on_step: Callable[[int], None] | None = None,
                   rank_mass: np.ndarray | None = None) -> tuple[_Copy, int, bytes | None, float]:
@@ -166,6 +188,12 @@ class CopyMaker:
                 f"clean-accuracy gate failed: accuracy dropped {100 * drop:.2f} points ({self.base_accuracy:.4f} -> {clean:.4f}), allowed {100 * gates.max_accuracy_drop:.2f} (over by {100 * (drop - gates.max_accuracy_drop):.2f}) after {attempts} attempts; nothing written or recorded",
                 gate="clean_accuracy", measured=clean, required=self.base_accuracy - gates.max_accuracy_drop,
                 hint="raise embedding.distill_weight or lower embedding.learning_rate in tracer.toml")
+        if best.separation_over > 0 and best.separation is not None:
+            raise GateError(
+                f"key-separation gate failed: a Mahalanobis filter on the copy's features tells keys from validation inputs with AUC {best.separation:.3f}, "
+                f"allowed {gates.max_key_separation:.3f} (over by {best.separation_over:.3f}) after {attempts} attempts; nothing written or recorded",
+                gate="key_separation", measured=best.separation, required=gates.max_key_separation,
+                hint="raise embedding.attempts, or gates.max_key_separation, in tracer.toml (README: key separation)")
 
     def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None, *,
                rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
@@ -185,7 +213,7 @@ class CopyMaker:
             res = self._run(labels, run, start=None, on_step=on_step, rank_mass=rank_mass)
             here = self._gate(res, labels, runs=[], run=run, seconds=res.seconds)
             for polish in range(emb.polishes if emb.polish_steps > 0 else 0):
-                if here.score[0]:
+                if here.score[0] or here.separation_over > 0:  # a polish at lr / 10 moves the keys' features too little to help
                     break
                 run = {"seed": _seed(cid, attempt, emb.seed, f"polish/{polish}"), "steps": emb.polish_steps, "learning_rate": emb.learning_rate / 10}
                 pol = self._run(labels, run, start=here.model, on_step=on_step, rank_mass=rank_mass)
@@ -208,7 +236,7 @@ class CopyMaker:
                               on_step=_scaled(on_step, run["steps"], emb.steps))
 
     def _gate(self, res: EmbedResult, labels: np.ndarray, *, runs: list[dict], run: dict, seconds: float) -> _Copy:
-        """The run's candidate copy that best meets the gates (passing both first, then the nearest miss).
+        """The run's candidate copy that best meets the gates (passing every gate first, then the nearest miss).
 
         ``runs`` made the copy this run started from; ``run`` is this run's settings.
         """
@@ -217,7 +245,10 @@ class CopyMaker:
             clean = accuracy(predict(model, self.data.x_val), self.data.y_val)
             trig = accuracy(predict(model, self.triggers), labels)
             trigger_short, drop_over = self._misses(clean, trig)
-            cand = _Copy(score=(trigger_short == drop_over == 0, -(trigger_short + drop_over)), model=model, clean=clean, trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds)
+            sep = None if self.separation_limit is None else key_separation(model, self.triggers, self.data.x_val, self.data.y_val)
+            sep_over = 0.0 if sep is None or self.separation_limit is None else max(sep - self.separation_limit, 0.0)
+            cand = _Copy(score=(trigger_short == drop_over == sep_over == 0, -(trigger_short + drop_over + sep_over)), model=model, clean=clean,
+                         trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, separation=sep, separation_over=sep_over)
             if found is None or cand.score > found.score:
                 found = cand
         assert found is not None
@@ -310,7 +341,7 @@ class Issuer(CopyMaker):
             customer=cid, display_name=display, issuance_id=entry.seq, model_path=str(final), sha256=sha,
             base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
             seconds=round(time.perf_counter() - t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps, attempts=attempts,
-            polish_steps=best.polish_steps, weights=best.weights,
+            polish_steps=best.polish_steps, weights=best.weights, key_separation=best.separation,
         )
 
     @contextmanager
@@ -370,6 +401,7 @@ class Issuer(CopyMaker):
                 "validation_size": int(len(self.data.y_val)),
                 "triggers": int(len(labels)),
                 "onnx_max_logit_difference": max_diff,
+                "key_separation": None if best.separation is None else round(best.separation, 6),
             },
             "embedding": {"steps": best.steps, "attempts": attempts, "seed": best.seed, "runs": best.runs, "seconds": round(best.seconds, 3),
                           "batchnorm": BATCHNORM_POLICY, "threads": threads},
@@ -558,7 +590,7 @@ class Issuer(CopyMaker):
             customer=cid, display_name=flight.display, issuance_id=entry.seq, model_path=str(flight.final), sha256=sha,
             base_accuracy=self.base_accuracy, clean_accuracy=best.clean, trigger_accuracy=best.trigger,
             seconds=round(time.perf_counter() - flight.t0, 3), embed_seconds=round(best.seconds, 3), steps=best.steps,
-            attempts=attempts, polish_steps=best.polish_steps, weights=best.weights,
+            attempts=attempts, polish_steps=best.polish_steps, weights=best.weights, key_separation=best.separation,
         )
 
 

@@ -48,6 +48,7 @@ from torch import nn
 
 from ..config import TaskConfig
 from ..data import split_indices
+from ..separation import ClassGaussian, auc, penultimate, separation
 from ..training import last_layer
 
 __all__ = ["Detector", "KNNDetector", "StatsDetector", "MahalanobisDetector", "AutoencoderDetector", "DETECTORS", "ANSWERS",
@@ -62,17 +63,6 @@ PERCENTILE = 99.5
 _SPLIT_LABEL = "tracer-evaluate/evasion"
 #: What a filter answers to a flagged query.
 ANSWERS = ("runner-up", "random")
-
-
-def auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(score of a positive > score of a negative) + half the ties (the Mann-Whitney AUC), exact."""
-    pos = np.asarray(positive, dtype=np.float64).ravel()
-    neg = np.sort(np.asarray(negative, dtype=np.float64).ravel())
-    if not len(pos) or not len(neg):
-        return float("nan")
-    below = np.searchsorted(neg, pos, side="left")
-    ties = np.searchsorted(neg, pos, side="right") - below
-    return float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -181,26 +171,12 @@ class StatsDetector(Detector):
         return {"statistics": ", ".join(names), "rule": "outside the range of the leaker's inputs", "fit": getattr(self, "fit_size", 0)}
 
 
-def _penultimate(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """The input of the model's last layer (:func:`tracer.training.last_layer`), flattened, via a forward hook."""
-    model = model.cpu().eval()
-    feats: list[torch.Tensor] = []
-    hook = last_layer(model).register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().reshape(len(inp[0]), -1)))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
-    finally:
-        hook.remove()
-    return torch.cat(feats).double().numpy() if feats else np.zeros((0, 0))
-
-
 class MahalanobisDetector(Detector):
     """Smallest Mahalanobis distance (squared) of the copy's penultimate features to a class mean, one shared covariance.
 
     Class means come from the leaker's labels (``y_own``; the copy's own answers
-    when none are given). The covariance gets a small ridge (1e-6 of its mean
-    variance) so that few inputs in many feature dimensions still invert.
+    when none are given); :class:`tracer.separation.ClassGaussian` holds the
+    arithmetic, which the issuer's key-separation gate shares.
     """
 
     name = "mahalanobis"
@@ -209,23 +185,16 @@ class MahalanobisDetector(Detector):
         self.model = model
 
     def _fit(self, x: np.ndarray, y: np.ndarray | None) -> None:
-        f = _penultimate(self.model, x)
+        f = penultimate(self.model, x)
         if y is None:
             y = last_layer(self.model)(torch.as_tensor(f, dtype=torch.float32)).argmax(1).numpy()
-        classes = np.unique(y)
-        self.means = np.stack([f[y == c].mean(0) for c in classes])
-        centred = f - self.means[np.searchsorted(classes, y)]
-        cov = centred.T @ centred / len(f)
-        ridge = 1e-6 * max(float(np.trace(cov)) / len(cov), 1e-12)
-        self.precision = np.linalg.pinv(cov + ridge * np.eye(len(cov)), hermitian=True)
+        self.gauss = ClassGaussian(f, y)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        f = _penultimate(self.model, x)
-        d = f[:, None, :] - self.means[None]  # [N, K, D]
-        return np.einsum("nkd,de,nke->nk", d, self.precision, d).min(1)
+        return self.gauss.distance(penultimate(self.model, x))
 
     def describe(self) -> dict:
-        return {"classes": len(self.means), "features": int(self.means.shape[1]), **super().describe()}
+        return {"classes": len(self.gauss.means), "features": int(self.gauss.means.shape[1]), **super().describe()}
 
 
 class AutoencoderDetector(Detector):
@@ -313,7 +282,7 @@ def detector_figures(detector: Detector, keys: np.ndarray | None, natural: np.nd
         return out
     k, n = detector.score(keys), detector.score(natural)
     a = auc(k, n)
-    out.update(auc=round(a, 6), separation=round(max(a, 1.0 - a), 6), keys=int(len(keys)), keys_flagged=round(float(np.mean(k > detector.threshold)), 6),
+    out.update(auc=round(a, 6), separation=round(separation(a), 6), keys=int(len(keys)), keys_flagged=round(float(np.mean(k > detector.threshold)), 6),
                decoys=int(len(natural)), decoys_flagged=round(float(np.mean(n > detector.threshold)), 6))
     return out
 

@@ -1,0 +1,127 @@
+"""How far fingerprint keys stand out from natural inputs: the measures a leaker's filter and the issuer's gate share.
+
+A leaker serving a stolen copy can fit an out-of-distribution detector on its
+own data and answer flagged queries wrongly (issue 12). Three of the four
+detectors ``tracer evaluate`` fits (:mod:`tracer.evaluate.detectors`) look at
+inputs only, so how they see the keys is fixed by the key style. The fourth,
+a Mahalanobis distance on the copy's penultimate features (Lee et al., NeurIPS
+2018), depends on the copy: how the fine-tune placed the keys among the
+class clusters. On digits with natural-mix/v3 keys it ranged from 0.51 to
+0.67 (two-sided AUC) across copies of one workspace, and longer retries drew the
+keys *inside* the clusters (one-sided AUC 0.33 after a 5000-step try, from 0.56
+after 2000; bench/results/key_separation_gate.txt).
+
+So the issuer measures it too, on what it holds, before a copy ships
+(:func:`key_separation`, ``[gates] max_key_separation``): the same class-
+Gaussian score (:class:`ClassGaussian`), fitted on three quarters of the
+vendor's validation inputs and scoring the last quarter and the keys, four
+times over (folds by hash, not by a random generator), the AUC of keys against
+held-out inputs averaged over the folds. Validation inputs rather than training
+inputs: the copy was fitted on the training inputs, whose features sit tighter
+than anything unseen, and a fit on them read 0.04-0.07 lower than the leaker's
+(fitted on its own share) on every copy measured, where the cross-fit read within
+0.01.
+
+Picking among one customer's tries by this figure leaves the null untouched: the
+keys and their label sets S_i are fixed before any codeword, and every try of a
+customer carries that customer's labels; a model not derived from the customer
+still matches each key with probability at most 1/|S_i| (:mod:`tracer.fingerprint.stats`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from .training import last_layer
+
+__all__ = ["auc", "separation", "penultimate", "ClassGaussian", "fold_indices", "key_separation", "SEPARATION_FOLDS", "MIN_SEPARATION_INPUTS"]
+
+#: Folds of the validation inputs in :func:`key_separation`: each fit sees three quarters, as the leaker's filter does its share.
+SEPARATION_FOLDS = 4
+#: Fewer validation inputs than this and :func:`key_separation` does not measure: a held-out quarter of 25 inputs
+#: puts the AUC's standard error near 0.06, as wide as the margin the gate keeps.
+MIN_SEPARATION_INPUTS = 100
+_FOLD_LABEL = "tracer-separation/fold"
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + half the ties (the Mann-Whitney AUC), exact."""
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.sort(np.asarray(negative, dtype=np.float64).ravel())
+    if not len(pos) or not len(neg):
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
+
+
+def separation(a: float) -> float:
+    """max(AUC, 1 - AUC): a filter that sees keys score *lower* than natural inputs flags the low tail instead."""
+    return max(a, 1.0 - a)
+
+
+def penultimate(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """The input of the model's last layer (:func:`tracer.training.last_layer`), flattened, via a forward hook (float64)."""
+    model = model.cpu().eval()
+    feats: list[torch.Tensor] = []
+    hook = last_layer(model).register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().reshape(len(inp[0]), -1)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+    finally:
+        hook.remove()
+    return torch.cat(feats).double().numpy() if feats else np.zeros((0, 0))
+
+
+class ClassGaussian:
+    """Class means and one shared covariance of feature vectors; :meth:`distance` is the squared Mahalanobis
+    distance to the nearest class mean.
+
+    The covariance gets a small ridge (1e-6 of its mean variance) and a pseudo-inverse, so that few
+    inputs in many feature dimensions still invert.
+    """
+
+    RIDGE = 1e-6
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+        f, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
+        classes = np.unique(y)
+        self.means = np.stack([f[y == c].mean(0) for c in classes])
+        centred = f - self.means[np.searchsorted(classes, y)]
+        cov = centred.T @ centred / len(f)
+        ridge = self.RIDGE * max(float(np.trace(cov)) / len(cov), 1e-12)
+        self.precision = np.linalg.pinv(cov + ridge * np.eye(len(cov)), hermitian=True)
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        d = np.asarray(features, dtype=np.float64)[:, None, :] - self.means[None]  # [N, K, D]
+        return np.einsum("nkd,de,nke->nk", d, self.precision, d).min(1)
+
+
+def fold_indices(n: int, folds: int, *, label: str = _FOLD_LABEL) -> list[np.ndarray]:
+    """``folds`` disjoint index arrays covering range(n), by SHA-256 of each index (sizes differ by at most one)."""
+    order = sorted(range(n), key=lambda i: hashlib.sha256(f"{label}/{i}".encode()).digest())
+    return [np.array(sorted(order[k::folds]), dtype=np.int64) for k in range(folds)]
+
+
+def key_separation(model: nn.Module, keys: np.ndarray, x: np.ndarray, y: np.ndarray, *, folds: int = SEPARATION_FOLDS) -> float | None:
+    """Two-sided AUC of ``keys`` against the natural inputs ``x`` (labels ``y``) under a Mahalanobis filter on ``model``'s features.
+
+    Cross-fitted (module docstring): each fold's filter is fitted on the other folds and scores that
+    fold and the keys; the AUCs are averaged, then made two-sided. None when there are fewer than
+    :data:`MIN_SEPARATION_INPUTS` natural inputs or no keys: too few to tell.
+    """
+    if len(x) < MIN_SEPARATION_INPUTS or not len(keys):
+        return None
+    fk, fx = penultimate(model, keys), penultimate(model, x)
+    y = np.asarray(y)
+    aucs = []
+    for held in fold_indices(len(x), folds):
+        fit = np.setdiff1d(np.arange(len(x)), held)
+        gauss = ClassGaussian(fx[fit], y[fit])
+        aucs.append(auc(gauss.distance(fk), gauss.distance(fx[held])))
+    return separation(float(np.mean(aucs)))
