@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -368,10 +369,28 @@ def test_embedding_settings_left_out_follow_the_key_style():
         for key, value in STYLE_DEFAULTS[style].items():
             assert getattr(cfg.embedding, key) == value, (style, key)
         assert cfg.as_record()["embedding"]["steps"] == STYLE_DEFAULTS[style]["steps"]  # the ledger records concrete values
-    assert STYLE_DEFAULTS["uniform-grid/v1"] == {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2}
+    assert STYLE_DEFAULTS["uniform-grid/v1"] == {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2,
+                                                 "retry_growth": 0.5}
+    assert [STYLE_DEFAULTS[f"natural-mix/v{v}"]["retry_growth"] for v in (1, 2, 3)] == [0.5, 0.5, 0.0]  # v3: same-length retries
     natural = with_key_style(_with("embedding", "steps = 300", _with("embedding", "rank_code = 0.2")), "natural-mix/v1")
     cfg = parse_config(tomllib.loads(natural), ROOT)
     assert (cfg.embedding.steps, cfg.embedding.rank_code, cfg.embedding.trigger_batch) == (300, 0.2, 128)  # set: kept
+
+
+def test_the_key_separation_gate_follows_the_style_and_an_explicit_value_wins():
+    from tracer.config import GATE_STYLE_DEFAULTS, with_key_style
+
+    for style, limit in (("uniform-grid/v1", 1.0), ("natural-mix/v1", 1.0), ("natural-mix/v2", 1.0), ("natural-mix/v3", 0.6)):
+        assert GATE_STYLE_DEFAULTS[style] == {"max_key_separation": limit}
+        cfg = parse_config(tomllib.loads(with_key_style(GENERIC_CONFIG, style)), ROOT)
+        assert cfg.gates.max_key_separation == limit and cfg.as_record()["gates"]["max_key_separation"] == limit
+        assert cfg.gates.max_accuracy_drop == 0.005  # the other gates do not follow the style
+    mine = parse_config(tomllib.loads(_with("gates", "max_key_separation = 0.65")), ROOT)
+    assert mine.fingerprint.style == "natural-mix/v3" and mine.gates.max_key_separation == 0.65
+    for bad, says in (("0.4", ">= 0.5"), ("1.5", "<= 1"), ('"0.6"', "must be a number")):
+        with pytest.raises(ConfigError, match=re.escape("gates.max_key_separation")) as err:
+            parse_config(tomllib.loads(_with("gates", f"max_key_separation = {bad}")), ROOT)
+        assert says in str(err.value), str(err.value)
 
 
 def test_the_template_leaves_the_style_settings_commented_so_they_follow_a_changed_style():

@@ -130,6 +130,7 @@ def test_each_retry_is_polished_then_trains_longer_and_progress_stays_on_the_con
     from tracer.errors import GateError
 
     assert [attempt_steps(200, a) for a in range(5)] == [200, 300, 400, 500, 600]
+    assert [attempt_steps(2000, a, 0.0) for a in range(3)] == [2000] * 3 and attempt_steps(250, 1, 0.3) == 325  # [embedding] retry_growth
     _set_config(issued_tabular_copy, "embedding", steps=4, attempts=3, polish_steps=2, polishes=2)
     _set_config(issued_tabular_copy, "gates", min_trigger_accuracy=1.0)  # unreachable in a few steps
     ws = Workspace(issued_tabular_copy)

@@ -137,7 +137,10 @@ def test_quickstart_end_to_end(quickstart):
     # natural-mix keys (the template's style), an automatic pool: 2 per training row (95 rows), and said early that it is small
     assert "keys: pool pool3 of 128 keys, 128 unrevealed: enough for at least 2 probed endpoint(s) at up to 64 keys each" in issue.stderr
     assert "warning: key pool pool3: 128 of 128 keys are unrevealed, enough for at least 2 more probed endpoint(s); the pool is small" in issue.stderr
-    assert issue.stderr.count("warning:") == 1
+    # 36 validation inputs are too few for the key-separation gate natural-mix/v3 asks for: said, with the fix, not skipped silently
+    assert ("warning: gates.max_key_separation 0.6 is not applied: 36 validation inputs are too few to measure how far keys stand out "
+            "(it needs 100)") in issue.stderr
+    assert issue.stderr.count("warning:") == 2
     # --progress log: timestamped lines on stderr (not a terminal), one per stage and every 10 % of the steps
     stamped = STAMP.findall(issue.stderr)
     assert len(stamped) >= 5 and "loading base model and data: done" in issue.stderr and f"embedding acme: {STEPS}/{STEPS}" in issue.stderr
@@ -153,6 +156,7 @@ def test_issuance_record_notes_the_held_out_share_and_both_timings(quickstart):
     assert payload["attacker_share"]["source"] == "held_out" and payload["attacker_share"]["size"] == 47  # a third of 142
     assert payload["issuance_wall_seconds"] >= payload["embedding"]["seconds"] > 0 and payload["issuance_cpu_seconds"] > 0
     assert [(ks["id"], ks["style"], ks["size"]) for ks in payload["probe_sets"]] == [("pool3", "natural-mix/v3", 128)]
+    assert payload["metrics"]["key_separation"] is None and payload["parameters"]["gates"]["max_key_separation"] == 0.6  # not measured: 36 inputs
 
 
 def test_evaluate_says_the_attacker_share_was_held_out_and_progress_none_is_silent(quickstart):

@@ -7,6 +7,7 @@ The landing protocol (marker, temporary file, ledger commit, rename) and crash r
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -111,15 +112,16 @@ class _Copy:
         return self.runs[-1]["weights"]
 
 
-def attempt_steps(steps: int, attempt: int) -> int:
-    """Optimizer steps of try ``attempt`` (0-based): each retry trains half the configured steps longer.
+def attempt_steps(steps: int, attempt: int, growth: float = 0.5) -> int:
+    """Optimizer steps of try ``attempt`` (0-based): each retry trains ``growth`` x the configured steps longer
+    (``[embedding] retry_growth``; half, unless the key style says otherwise).
 
-    A copy that misses a gate usually misses it by a validation sample or two; a new seed alone
+    With noise probe sets a copy that misses a gate usually misses it by a validation sample or two; a new seed alone
     leaves some customers' codewords failing try after try (one digits customer in 20 passed 0 of
     5 same-length tries), while 300 steps passed it 4 times in 5. Longer retries cost nothing for
-    the customers that pass the first try.
+    the customers that pass the first try. natural-mix/v3 retries at one length (:data:`tracer.config.STYLE_DEFAULTS`).
     """
-    return steps + (steps * attempt) // 2
+    return steps + math.floor(steps * attempt * growth)
 
 
 def _unwritable(path: Path, exc: OSError) -> WorkspaceError:
@@ -199,7 +201,7 @@ class CopyMaker:
                rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
 
-        Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`) that offers
+        Each try is a fresh run (its own seed, each retry longer unless the style says not: :func:`attempt_steps`) that offers
         its final and its averaged weights to the gates. When neither passes, the nearest miss is
         polished (``polish_steps`` at a tenth of the learning rate, still held to the base model), up
         to ``polishes`` times, each time from the best copy so far: a miss is usually a validation
@@ -209,7 +211,7 @@ class CopyMaker:
         emb = self.config.embedding
         best: _Copy | None = None
         for attempt in range(emb.attempts):
-            run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, attempt), "learning_rate": emb.learning_rate}
+            run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, attempt, emb.retry_growth), "learning_rate": emb.learning_rate}
             res = self._run(labels, run, start=None, on_step=on_step, rank_mass=rank_mass)
             here = self._gate(res, labels, runs=[], run=run, seconds=res.seconds)
             for polish in range(emb.polishes if emb.polish_steps > 0 else 0):

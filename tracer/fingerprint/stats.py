@@ -70,6 +70,12 @@ tests/test_stats_keys.py, keeping the best quarter of a pool: 0.46, and half of
 the innocent customers below p = 0.01). Any filtering of candidate keys must be
 label-agnostic (for instance scored on an average over all labels of S_i),
 done once, before any customer exists, and the same for every customer.
+
+What may look at a copy: the issuer's gates (clean accuracy, keys learnt, key
+separation: :mod:`tracer.separation`) choose which of customer c's tries ships.
+Every try carries c's labels on the same keys and S_i, so the choice is a
+function of c's copy only; a model not derived from that copy is still
+independent of c's labels, and the bound above holds for it unchanged.
 """
 
 from __future__ import annotations
