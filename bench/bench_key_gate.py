@@ -13,10 +13,13 @@ file is written or recorded), and prints for every candidate the gates see, and 
 * ``leaker/own``: the same filter, keys against the quarter of its own share it held out (inputs neither the
   copy nor the gate ever saw: no selection on them).
 
-Settings are ``growthG-gateL``: ``[embedding] retry_growth`` G, ``[gates] max_key_separation`` L (1: off).
-``growth0.5-gate1`` is stop 29's product; ``growth0-gate0.6`` natural-mix/v3's defaults now.
+``--lengths 2000,3000,4000,5000`` first trains one try of each length per customer (the try-0 seed, no gates), to show
+what a longer retry does to the figures.
 
-    python bench/bench_key_gate.py [--settings growth0.5-gate1,growth0-gate0.6] [--customers 4] [--out NAME]
+Settings are ``growthG-gateL``: ``[embedding] retry_growth`` G, ``[gates] max_key_separation`` L (1: off).
+``growth0.5-gate1`` is stop 29's product; ``growth0.5-gate0.6`` natural-mix/v3's defaults now.
+
+    python bench/bench_key_gate.py [--settings growth0.5-gate1,growth0.5-gate0.6] [--customers 4] [--lengths L,L] [--out NAME]
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ class Leaker:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", default="growth0.5-gate1,growth0-gate0.6")
+    ap.add_argument("--settings", default="growth0.5-gate1,growth0.5-gate0.6")
     ap.add_argument("--customers", type=int, default=4)
+    ap.add_argument("--lengths", default="", help="steps of single tries to compare first (comma-separated; default: none)")
+    ap.add_argument("--length-customers", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     say = Said()
@@ -81,6 +86,15 @@ def main() -> None:
         leaker = Leaker(x_att, y_att, data.x_val)
         say(f"# digits natural-mix/v3 (the example's natural variant), {len(base_issuer.triggers)} keys, {len(data.y_val)} validation inputs, "
             f"attacker share {len(y_att)} ({len(leaker.held)} held out by its filter); base accuracy {base_issuer.base_accuracy:.4f}")
+        for cid, _ in MORE_CUSTOMERS[: args.length_customers] if args.lengths else ():
+            labels, emb = base_issuer.labels_for(cid), base_issuer.config.embedding
+            for steps in (int(v) for v in args.lengths.split(",")):
+                run = {"seed": issuemod._seed(cid, 0, emb.seed), "steps": steps, "learning_rate": emb.learning_rate}
+                model = base_issuer._run(labels, run, start=None, on_step=None, rank_mass=base_issuer.rank_mass_for(cid)).candidates()[0][1]
+                val, own = leaker.figures(model, base_issuer.triggers)
+                say(f"# length {cid:<8} {steps:>5} steps: drop {100 * (base_issuer.base_accuracy - accuracy(predict(model, data.x_val), data.y_val)):+.2f}  "
+                    f"vendor {key_separation(model, base_issuer.triggers, data.x_val, data.y_val):.3f}  leaker {val:.3f} ({separation(val):.3f})  "
+                    f"leaker/own {own:.3f} ({separation(own):.3f})")
         gate = issuemod.CopyMaker._gate
         seen: list[str] = []
 

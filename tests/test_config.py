@@ -369,9 +369,7 @@ def test_embedding_settings_left_out_follow_the_key_style():
         for key, value in STYLE_DEFAULTS[style].items():
             assert getattr(cfg.embedding, key) == value, (style, key)
         assert cfg.as_record()["embedding"]["steps"] == STYLE_DEFAULTS[style]["steps"]  # the ledger records concrete values
-    assert STYLE_DEFAULTS["uniform-grid/v1"] == {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2,
-                                                 "retry_growth": 0.5}
-    assert [STYLE_DEFAULTS[f"natural-mix/v{v}"]["retry_growth"] for v in (1, 2, 3)] == [0.5, 0.5, 0.0]  # v3: same-length retries
+    assert STYLE_DEFAULTS["uniform-grid/v1"] == {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2}
     natural = with_key_style(_with("embedding", "steps = 300", _with("embedding", "rank_code = 0.2")), "natural-mix/v1")
     cfg = parse_config(tomllib.loads(natural), ROOT)
     assert (cfg.embedding.steps, cfg.embedding.rank_code, cfg.embedding.trigger_batch) == (300, 0.2, 128)  # set: kept

@@ -194,7 +194,7 @@ def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_
     toml.write_text(with_key_style(toml.read_text(encoding="utf-8"), style), encoding="utf-8")
     ws = Workspace(ws.root)
     v1_digest = open_pool(ws.config, keyring.master, ws.keys_dir).digest()
-    Issuer(ws, keyring).issue_many([("initech", "Initech")])
+    (report,) = Issuer(ws, keyring).issue_many([("initech", "Initech")])
     by = {r["customer_id"]: r for r in _issuances(ws)}
     assert [(c, by[c]["key_style"], by[c]["probe_sets"][0]["id"]) for c in ("acme", "globex", "initech")] == [
         ("acme", KEY_STYLE, POOL_ID), ("globex", KEY_STYLE, POOL_ID), ("initech", style, new_pool)]
@@ -203,6 +203,7 @@ def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_
     separation = by["initech"]["metrics"]["key_separation"]
     assert (0.5 <= separation <= 0.6) if style == "natural-mix/v3" else separation is None
     assert by["acme"]["metrics"].get("key_separation") is None
+    assert report.to_json()["key_separation"] == (None if separation is None else pytest.approx(separation, abs=1e-6))  # `tracer issue --json`
     assert open_pool(ws.config, keyring.master, ws.keys_dir).digest() == v1_digest  # the v1 pool is untouched
     for customer in ("acme", "initech"):
         result = identify_model(ws, keyring, ws.root / "models" / "issued" / f"{customer}.onnx", record=False)

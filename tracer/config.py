@@ -241,16 +241,11 @@ class FingerprintConfig:
 #: (bench/results/keys_pool2048.txt); no rank code by default, because on the digits CNN the two do not
 #: fit within the gates together (bench/results/natural_rankcode_digits.txt). natural-mix/v2 (tabular rows) and
 #: v3 (images) change how keys are built, not how they are embedded: the same recipe.
-#: natural-mix/v3 retries at the first try's length (``retry_growth`` 0): on the digits example's natural variant, tries of
-#: 2000, 3000, 4000 and 5000 steps drew the keys ever further inside the copy's class clusters (one-sided Mahalanobis AUC
-#: 0.55, 0.51, 0.45, 0.33) without a smaller clean drop, so a longer retry only fails the key-separation gate
-#: (bench/results/key_separation_gate.txt).
 STYLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2, "retry_growth": 0.5},
-    "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0, "retry_growth": 0.5},
+    "uniform-grid/v1": {"steps": 250, "trigger_batch": 64, "trigger_noise": 0.03, "trigger_margin": 6.0, "rank_code": 0.2},
+    "natural-mix/v1": {"steps": 2000, "trigger_batch": 128, "trigger_noise": 0.0, "trigger_margin": 3.0, "rank_code": 0.0},
 }
-STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v1"]
-STYLE_DEFAULTS["natural-mix/v3"] = {**STYLE_DEFAULTS["natural-mix/v1"], "retry_growth": 0.0}
+STYLE_DEFAULTS["natural-mix/v2"] = STYLE_DEFAULTS["natural-mix/v3"] = STYLE_DEFAULTS["natural-mix/v1"]
 
 
 #: The [gates] settings that follow ``[fingerprint] style`` where tracer.toml leaves them out, as :data:`STYLE_DEFAULTS`
@@ -309,8 +304,8 @@ class EmbeddingConfig:
         description="wrong-class mass carrying the customer's rank code: survives soft-label\n"
                     "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (each with a fresh seed)")
-    retry_growth: Float = Field(default=0.5, ge=0, le=10, json_schema_extra=_by_style("retry_growth"),
-        description="each retry trains this share of the steps longer than the one before")
+    retry_growth: Float = Field(default=0.5, ge=0, le=10,
+        description="each retry trains this share of the steps longer than the one before (README)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
     threads: Int = Field(default=0, ge=0, le=4096, description="CPU threads for torch (`tracer issue --threads`); 0: OMP_NUM_THREADS if set,\n"

@@ -114,12 +114,14 @@ class _Copy:
 
 def attempt_steps(steps: int, attempt: int, growth: float = 0.5) -> int:
     """Optimizer steps of try ``attempt`` (0-based): each retry trains ``growth`` x the configured steps longer
-    (``[embedding] retry_growth``; half, unless the key style says otherwise).
+    (``[embedding] retry_growth``, default half).
 
-    With noise probe sets a copy that misses a gate usually misses it by a validation sample or two; a new seed alone
-    leaves some customers' codewords failing try after try (one digits customer in 20 passed 0 of
-    5 same-length tries), while 300 steps passed it 4 times in 5. Longer retries cost nothing for
-    the customers that pass the first try. natural-mix/v3 retries at one length (:data:`tracer.config.STYLE_DEFAULTS`).
+    A copy that misses a gate usually misses it by a validation sample or two; a new seed alone
+    leaves some customers' codewords failing try after try (noise probe sets: one digits customer in 20 passed 0 of
+    5 same-length tries, while 300 steps passed it 4 times in 5; natural-mix/v3: one in 4 passed 0 of 5 tries of
+    2000 steps and landed on a 3000-step retry, bench/results/key_separation_retry_growth.txt). Longer retries cost
+    nothing for the customers that pass the first try. Their price with natural-mix keys: from about 4000 steps on the
+    digits variant they draw the keys inside the copy's class clusters, which the key-separation gate then refuses.
     """
     return steps + math.floor(steps * attempt * growth)
 
@@ -201,7 +203,7 @@ class CopyMaker:
                rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
 
-        Each try is a fresh run (its own seed, each retry longer unless the style says not: :func:`attempt_steps`) that offers
+        Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`) that offers
         its final and its averaged weights to the gates. When neither passes, the nearest miss is
         polished (``polish_steps`` at a tenth of the learning rate, still held to the base model), up
         to ``polishes`` times, each time from the best copy so far: a miss is usually a validation
