@@ -6,9 +6,9 @@ detectors ``tracer evaluate`` fits (:mod:`tracer.evaluate.detectors`) look at
 inputs only, so how they see the keys is fixed by the key style. The fourth,
 a Mahalanobis distance on the copy's penultimate features (Lee et al., NeurIPS
 2018), depends on the copy: how the fine-tune placed the keys among the
-class clusters. On digits with natural-mix/v3 keys it ranged from 0.51 to
-0.67 (two-sided AUC) across copies of one workspace, and longer retries drew the
-keys *inside* the clusters (one-sided AUC 0.33 after a 5000-step try, from 0.56
+class clusters. On digits with natural-mix/v3 keys it ranged from 0.52 to
+0.67 (two-sided AUC) across five copies, and longer retries drew the keys
+*inside* the clusters (one-sided AUC 0.35 after a 5000-step try, from 0.57
 after 2000; bench/results/key_separation_gate.txt).
 
 So the issuer measures it too, on what it holds, before a copy ships
@@ -18,9 +18,11 @@ vendor's validation inputs and scoring the last quarter and the keys, four
 times over (folds by hash, not by a random generator), the AUC of keys against
 held-out inputs averaged over the folds. Validation inputs rather than training
 inputs: the copy was fitted on the training inputs, whose features sit tighter
-than anything unseen, and a fit on them read 0.04-0.07 lower than the leaker's
-(fitted on its own share) on every copy measured, where the cross-fit read within
-0.01.
+than anything unseen, and a fit on them read 0.02-0.11 below the leaker's figure
+(fitted on its own share; a scratch study of 40 candidates, not kept in bench/),
+where over 274 candidates in bench/results/key_separation_gate.txt and
+key_separation_retry_growth.txt the leaker's two-sided figure was the cross-fit's
+-0.021 to +0.033 (mean +0.005).
 
 Picking among one customer's tries by this figure leaves the null untouched: the
 keys and their label sets S_i are fixed before any codeword, and every try of a
