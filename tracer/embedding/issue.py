@@ -197,7 +197,7 @@ class CopyMaker:
                 f"key-separation gate failed: a Mahalanobis filter on the copy's features tells keys from validation inputs with AUC {best.separation:.3f}, "
                 f"allowed {gates.max_key_separation:.3f} (over by {best.separation_over:.3f}) after {attempts} attempts; nothing written or recorded",
                 gate="key_separation", measured=best.separation, required=gates.max_key_separation,
-                hint="raise embedding.attempts, or gates.max_key_separation, in tracer.toml (README: key separation)")
+                hint="set another embedding.seed (fresh tries, from the first length again), or raise gates.max_key_separation, in tracer.toml (README: key separation)")
 
     def _embed(self, cid: str, labels: np.ndarray, on_step: Callable[[int], None] | None, *,
                rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
