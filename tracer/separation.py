@@ -67,14 +67,18 @@ def separation(a: float) -> float:
 
 
 def penultimate(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """The input of the model's last layer (:func:`tracer.training.last_layer`), flattened, via a forward hook (float64)."""
-    model = model.cpu().eval()
+    """The input of the model's last layer (:func:`tracer.training.last_layer`), flattened, via a forward hook (float64).
+
+    Computed on the model's own device (an issuer's candidate may sit on a GPU; it is not moved), in eval mode.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
     feats: list[torch.Tensor] = []
-    hook = last_layer(model).register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().reshape(len(inp[0]), -1)))
+    hook = last_layer(model).register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().reshape(len(inp[0]), -1).cpu()))
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+                model(torch.as_tensor(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(dev))
     finally:
         hook.remove()
     return torch.cat(feats).double().numpy() if feats else np.zeros((0, 0))
