@@ -117,7 +117,6 @@ def main() -> None:
             issuer = Issuer(ws, keyring)
             issuer.config = replace(issuer.config, embedding=replace(issuer.config.embedding, retry_growth=growth),
                                     gates=replace(issuer.config.gates, max_key_separation=limit))
-            issuer.separation_limit = issuer.separation_gate()[0]
             for cid, _ in MORE_CUSTOMERS[: args.customers]:
                 seen.clear()
                 c0 = time.process_time()

@@ -145,8 +145,11 @@ class CopyMaker:
         self.data = data
         self.triggers = triggers
         self.base_accuracy = base_accuracy
-        #: the key-separation gate's limit, where it applies (:meth:`separation_gate`), else None
-        self.separation_limit = self.separation_gate()[0]
+
+    @property
+    def separation_limit(self) -> float | None:
+        """The key-separation gate's limit, where it applies (:meth:`separation_gate`), else None."""
+        return self.separation_gate()[0]
 
     def separation_gate(self) -> tuple[float | None, str | None]:
         """(limit, None) where the key-separation gate applies; (None, why not) where tracer.toml asks for it and it cannot.
@@ -249,8 +252,9 @@ class CopyMaker:
             clean = accuracy(predict(model, self.data.x_val), self.data.y_val)
             trig = accuracy(predict(model, self.triggers), labels)
             trigger_short, drop_over = self._misses(clean, trig)
-            sep = None if self.separation_limit is None else key_separation(model, self.triggers, self.data.x_val, self.data.y_val)
-            sep_over = 0.0 if sep is None or self.separation_limit is None else max(sep - self.separation_limit, 0.0)
+            limit = self.separation_limit
+            sep = None if limit is None else key_separation(model, self.triggers, self.data.x_val, self.data.y_val)
+            sep_over = 0.0 if sep is None or limit is None else max(sep - limit, 0.0)
             cand = _Copy(score=(trigger_short == drop_over == sep_over == 0, -(trigger_short + drop_over + sep_over)), model=model, clean=clean,
                          trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, separation=sep, separation_over=sep_over)
             if found is None or cand.score > found.score:
