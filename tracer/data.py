@@ -58,9 +58,14 @@ class Dataset:
         return h.hexdigest()
 
 
+def hash_order(n: int, *, label: str) -> list[int]:
+    """range(n) ordered by SHA-256 of ``label/i``: a shuffle that no RNG version can change (splits and folds)."""
+    return sorted(range(n), key=lambda i: hashlib.sha256(f"{label}/{i}".encode()).digest())
+
+
 def split_indices(n: int, fraction: float, *, label: str = "split") -> tuple[np.ndarray, np.ndarray]:
     """Deterministic split (by SHA-256 of the index, not a versioned RNG): (rest, held_out)."""
-    order = sorted(range(n), key=lambda i: hashlib.sha256(f"{label}/{i}".encode()).digest())
+    order = hash_order(n, label=label)
     k = int(round(n * fraction))
     return np.array(sorted(order[k:]), dtype=np.int64), np.array(sorted(order[:k]), dtype=np.int64)
 

@@ -32,12 +32,11 @@ still matches each key with probability at most 1/|S_i| (:mod:`tracer.fingerprin
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 from torch import nn
 
+from .data import hash_order
 from .training import last_layer
 
 __all__ = ["auc", "separation", "penultimate", "ClassGaussian", "fold_indices", "key_separation", "SEPARATION_FOLDS", "MIN_SEPARATION_INPUTS"]
@@ -110,7 +109,7 @@ class ClassGaussian:
 
 def fold_indices(n: int, folds: int, *, label: str = _FOLD_LABEL) -> list[np.ndarray]:
     """``folds`` disjoint index arrays covering range(n), by SHA-256 of each index (sizes differ by at most one)."""
-    order = sorted(range(n), key=lambda i: hashlib.sha256(f"{label}/{i}".encode()).digest())
+    order = hash_order(n, label=label)
     return [np.array(sorted(order[k::folds]), dtype=np.int64) for k in range(folds)]
 
 
