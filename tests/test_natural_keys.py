@@ -214,6 +214,19 @@ def test_a_workspace_switched_to_a_later_style_issues_its_copies_and_tells_both_
         old = probe_endpoint(ws, keyring, srv.url, make_format("kserve-v1", ws.config.task),
                              ProbeOptions(probe_set=POOL_ID, client=ClientOptions(concurrency=1)))
     assert old.verdict == "match" and old.customers == ["globex"] and old.probe_sets == [POOL_ID]
+    # `tracer evaluate` shows the recorded figure and the gate it met (text, JSON, HTML), and nothing where none was measured
+    from tracer.evaluate import Evaluation, run_suite
+    from tracer.evaluate.html import render_html
+    from tracer.evaluate.tables import suite_table
+
+    suite = run_suite(ws, keyring, customer="initech", attacks="float16", probe_evasion=False)
+    line = "key separation at issuance: AUC"
+    if separation is None:
+        assert suite.key_separation is None and suite.to_json()["key_separation"] is None and line not in suite_table(suite)
+    else:
+        assert suite.to_json()["key_separation"] == pytest.approx(separation) and suite.to_json()["key_separation_limit"] == 0.6
+        assert f"{line} {separation:.3f} two-sided" in suite_table(suite) and "gate 0.6)" in suite_table(suite)
+        assert "Key separation" in render_html(Evaluation(suite))
 
 
 def test_a_copy_whose_keys_stand_out_in_its_features_is_refused_and_nothing_is_written(ws, keyring, run_cli):

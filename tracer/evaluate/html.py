@@ -43,6 +43,10 @@ def _facts(ev: Evaluation) -> str:
         ("SHA-256", f'<span class="hash">{_e(s.model_sha256)}</span>'),
         ("Clean accuracy", f"{num(f'{s.copy_accuracy:.4f}')} (base model {num(base)}) on {num(s.validation_size)} held-out inputs"),
         ("Attacker share", f"{_e(s.attacker_data)}; {num(s.attacker_size)} inputs"),
+        *([("Key separation", f"AUC {num(f'{s.key_separation:.3f}')} at issuance: how well a filter on the copy's own features "
+                              "told its keys from real inputs (0.5: not at all"
+                              + ("" if s.key_separation_limit is None else f"; the issuance gate allows {num(f'{s.key_separation_limit:g}')}") + ")")]
+          if s.key_separation is not None else []),
         ("Identification", f"exact binomial p-values, Holm's step-down over {num(s.issued_customers)} issued customers at "
                            f"alpha {num(format_alpha(s.alpha))}: a customer is named for certain when its p-value is below "
                            f"alpha / {s.issued_customers} = {num(format_p(_level(s), math.log10(_level(s))))}. Where the copy carries a rank "

@@ -99,6 +99,10 @@ class SuiteResult:
     attacks: list[AttackResult]
     seconds: float
     attacker_case: str = "vendor"  # "vendor" | "held_out" | "legacy": see tracer.data.attacker_share_case
+    #: the issuance's recorded key separation (tracer.separation.key_separation, the gate's figure) and the gate's limit;
+    #: None where the copy was issued without the gate (noise probe sets, earlier styles, too few validation inputs)
+    key_separation: float | None = None
+    key_separation_limit: float | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -119,6 +123,8 @@ class SuiteResult:
             "issued_customers": self.issued_customers,
             "attacker_data": {"source": self.attacker_data, "size": self.attacker_size, "case": self.attacker_case},
             "validation_size": self.validation_size,
+            "key_separation": self.key_separation,
+            "key_separation_limit": self.key_separation_limit,
             "accuracy_budget": self.budget,
             "reference": self.reference.to_json(),
             "attacks": [a.to_json() for a in self.attacks],
@@ -237,6 +243,8 @@ def run_suite(
     copy_pred = torch_predictor(copy.model)
     copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
     base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
+    separation = issuance.payload.get("metrics", {}).get("key_separation")
+    limit = issuance.payload.get("parameters", {}).get("gates", {}).get("max_key_separation") if separation is not None else None
     case, source = attacker_share_case(data, issuance.payload.get("attacker_share"))  # vendor / held out / LEGACY
 
     def score(row: AttackResult, predict: Predictor) -> None:
@@ -258,4 +266,5 @@ def run_suite(
         copy_accuracy=copy_acc, base_accuracy=base_acc, alpha=cfg.alpha if alpha is None else alpha, issued_customers=issued,
         attacker_data=source, attacker_size=int(len(y_att)), validation_size=int(len(data.y_val)), budget=budget,
         reference=ref, attacks=rows, seconds=time.perf_counter() - t0, attacker_case=case,
+        key_separation=separation, key_separation_limit=limit,
     )

@@ -58,6 +58,15 @@ def _probe_text(p: dict | None) -> tuple[str, str]:
     return f"{p['verdict']}{named}", f"{p.get('trigger_queries')} keys / {p.get('requests')} requests"
 
 
+def _separation_line(s: SuiteResult) -> str:
+    """The issuance's key-separation figure, next to which the evasion rows' Mahalanobis AUC reads (empty where not measured)."""
+    if s.key_separation is None:
+        return ""
+    limit = "" if s.key_separation_limit is None else f", gate {s.key_separation_limit:g}"
+    return (f"key separation at issuance: AUC {s.key_separation:.3f} two-sided (a Mahalanobis filter on the copy's features, "
+            f"cross-fitted on the vendor's validation inputs{limit})\n")
+
+
 def evasion_table(s: SuiteResult) -> str:
     """One line per evasion row: the detector's AUC keys vs natural inputs, the shares flagged, the probe through the filter."""
     rows = []
@@ -88,6 +97,7 @@ def suite_table(s: SuiteResult, *, params: bool = True) -> str:
         f"copy of {s.customer} ({s.display_name}): {s.model_path}\n"
         f"clean accuracy {s.copy_accuracy:.4f} (base {s.base_accuracy:.4f}) on {s.validation_size} validation inputs; "
         f"attacker share: {s.attacker_data}; {s.attacker_size} inputs\n"
+        + _separation_line(s) +
         f"identification: Holm over {s.issued_customers} issued customers at alpha {s.alpha:g}; "
         f"an attack costing more than {100 * s.budget:.0f} points of accuracy is not a valid attack\n"
         f"agreement: keys answered with the customer's labels; rank code: pairs of wrong classes ordered as the customer's code, "
