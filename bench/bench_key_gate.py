@@ -16,8 +16,14 @@ file is written or recorded), and prints for every candidate the gates see, and 
 ``--lengths 2000,3000,4000,5000`` first trains one try of each length per customer (the try-0 seed, no gates), to show
 what a longer retry does to the figures.
 
-Settings are ``growthG-gateL``: ``[embedding] retry_growth`` G, ``[gates] max_key_separation`` L (1: off).
-``growth0.5-gate1`` is stop 29's product; ``growth0.5-gate0.6`` natural-mix/v3's defaults now.
+Settings are ``growthG-gateL``: ``[embedding] retry_growth`` G, ``[gates] max_key_separation`` L (1: off), with the
+product's retry lengths (tracer.embedding.issue.next_length_level: one length shorter after a try whose keys sat too
+central); ``growthG-gateL-always`` makes every retry one length longer (stop 30's product). ``growth0.5-gate1`` is
+stop 29's product; ``growth0.5-gate0.6`` natural-mix/v3's defaults now.
+
+An ``-always`` setting after its plain twin reruns only the customers whose tries under the twin went shorter at some
+point: for the others both make the same tries (same seeds, same lengths, deterministic), and the row says so.
+Each run draws a fresh master key, so customers of two runs are independent samples whatever their names.
 
     python bench/bench_key_gate.py [--settings growth0.5-gate1,growth0.5-gate0.6] [--customers 4] [--lengths L,L] [--out NAME]
 """
@@ -44,14 +50,16 @@ from tracer.separation import auc, key_separation, separation
 from tracer.training import accuracy, predict
 from tracer.workspace import Workspace
 
-MORE_CUSTOMERS = (*CUSTOMERS, ("hooli", "Hooli"), ("umbrella", "Umbrella Corp."), ("wonka", "Wonka Industries"))
+MORE_CUSTOMERS = (*CUSTOMERS, ("hooli", "Hooli"), ("umbrella", "Umbrella Corp."), ("wonka", "Wonka Industries"),
+                  ("cyberdyne", "Cyberdyne Systems"), ("tyrell", "Tyrell Corp."), ("soylent", "Soylent"), ("oscorp", "Oscorp"),
+                  ("vandelay", "Vandelay Industries"), ("weyland", "Weyland-Yutani"))
 
 
-def _setting(name: str) -> tuple[float, float]:
-    m = re.fullmatch(r"growth([\d.]+)-gate([\d.]+)", name)
+def _setting(name: str) -> tuple[float, float, bool]:
+    m = re.fullmatch(r"growth([\d.]+)-gate([\d.]+)(-always)?", name)
     if not m:
-        raise SystemExit(f"bad setting {name!r}: growthG-gateL")
-    return float(m.group(1)), float(m.group(2))
+        raise SystemExit(f"bad setting {name!r}: growthG-gateL[-always]")
+    return float(m.group(1)), float(m.group(2)), bool(m.group(3))
 
 
 class Leaker:
@@ -73,6 +81,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=4)
     ap.add_argument("--lengths", default="", help="steps of single tries to compare first (comma-separated; default: none)")
     ap.add_argument("--length-customers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the issuer (default: [embedding] threads)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     say = Said()
@@ -110,30 +119,51 @@ def main() -> None:
             return gate(self, res, labels, **kw)
 
         issuemod.CopyMaker._gate = logged_gate  # type: ignore[method-assign]
+        product_next = issuemod.next_length_level
+        went_shorter: dict[tuple[float, float], set[str]] = {}
+        now: dict = {"cid": "", "always": False, "shorter": set()}  # the customer and setting being issued
+
+        def next_level(level: int, *, too_central: bool) -> int:
+            if now["always"]:
+                return level + 1
+            if too_central:
+                now["shorter"].add(now["cid"])
+            return product_next(level, too_central=too_central)
+
+        issuemod.next_length_level = next_level  # type: ignore[assignment]
         rows = []
         for name in args.settings.split(","):
-            growth, limit = _setting(name)
-            say(f"# setting {name}: retry_growth {growth}, max_key_separation {limit}")
-            issuer = Issuer(ws, keyring)
+            growth, limit, always = _setting(name)
+            say(f"# setting {name}: retry_growth {growth}, max_key_separation {limit}, retries {'always longer' if always else 'the product'}")
+            issuer = Issuer(ws, keyring, threads=args.threads)
             issuer.config = replace(issuer.config, embedding=replace(issuer.config.embedding, retry_growth=growth),
                                     gates=replace(issuer.config.gates, max_key_separation=limit))
+            shorter = went_shorter.setdefault((growth, limit), set()) if not always else set()
+            now.update(always=always, shorter=shorter)
             for cid, _ in MORE_CUSTOMERS[: args.customers]:
+                if always and (growth, limit) in went_shorter and cid not in went_shorter[(growth, limit)]:
+                    say(f"#   {cid}: never went shorter under the product's retries: the same tries, not rerun")
+                    twin = next(r for r in rows if r[1] == cid and r[0] == name.removesuffix("-always"))
+                    rows.append((name, *twin[1:]))
+                    continue
                 seen.clear()
+                now["cid"] = cid
                 c0 = time.process_time()
                 best, tries = issuer._embed(cid, issuer.labels_for(cid), None, rank_mass=issuer.rank_mass_for(cid))
                 cpu = time.process_time() - c0
                 val, own = leaker.figures(best.model, issuer.triggers)
                 vendor = key_separation(best.model, issuer.triggers, data.x_val, data.y_val)
-                say(f"#   {cid}: every candidate the gates saw")
+                say(f"#   {cid}: every candidate the gates saw" + (" (went shorter after keys too central)" if cid in shorter else ""))
                 for line in seen:
                     say(line)
                 rows.append((name, cid, best.score[0], tries, cpu, 100 * (issuer.base_accuracy - best.clean), best.trigger, best.steps, vendor,
                              separation(val), separation(own)))
+        issuemod.next_length_level = product_next
         say()
-        say(f"{'setting':<17} {'customer':<9} {'lands':>5} {'tries':>5} {'CPU-s':>6} {'drop':>6} {'keys':>6} {'steps':>5} {'vendor':>6} "
+        say(f"{'setting':<24} {'customer':<9} {'lands':>5} {'tries':>5} {'CPU-s':>6} {'drop':>6} {'keys':>6} {'steps':>5} {'vendor':>6} "
             f"{'leaker':>6} {'l/own':>6}")
         for r in rows:
-            say(f"{r[0]:<17} {r[1]:<9} {'yes' if r[2] else 'NO':>5} {r[3]:>5} {r[4]:>6.0f} {r[5]:>+6.2f} {r[6]:>6.3f} {r[7]:>5} {r[8]:>6.3f} "
+            say(f"{r[0]:<24} {r[1]:<9} {'yes' if r[2] else 'NO':>5} {r[3]:>5} {r[4]:>6.0f} {r[5]:>+6.2f} {r[6]:>6.3f} {r[7]:>5} {r[8]:>6.3f} "
                 f"{r[9]:>6.3f} {r[10]:>6.3f}")
         for name in args.settings.split(","):
             mine = [r for r in rows if r[0] == name]

@@ -278,3 +278,46 @@ def test_the_record_says_how_to_remake_the_copy(issued_tabular_copy):
     x = np.concatenate([triggers, data.x_val])
     remade = predict(model, x)
     assert float(np.mean(remade == _onnx_predict(issued_tabular_copy / record["model_path"], x))) >= 0.99
+
+
+def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_one(tmp_path):
+    """The try after a miss is longer, unless the miss was the key-separation gate with the keys *inside* the class
+    clusters (one-sided figure below 0.5), which long tries cause: then one length shorter, never below the configured steps.
+
+    The gate's outcomes are scripted here (a CopyMaker whose _run and _gate are replaced): what is under test is only
+    which length each try gets; the gates themselves run for real in test_natural_keys.
+    """
+    import tomllib
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tracer.config import parse_config
+    from tracer.embedding.issue import CopyMaker, _Copy, next_length_level
+    from tracer.examples import example_config
+
+    assert [next_length_level(2, too_central=False), next_length_level(2, too_central=True), next_length_level(0, too_central=True)] == [3, 1, 0]
+    config = parse_config(tomllib.loads(example_config("digits", key_style="natural-mix/v3")), tmp_path)
+    config = replace(config, embedding=replace(config.embedding, steps=2000, attempts=6, polishes=0, retry_growth=0.5))
+
+    def miss(distance_auc: float | None, over: float) -> _Copy:
+        return _Copy(score=(False, -over), model=None, clean=0.9, trigger=1.0, runs=[], seconds=0.0,  # type: ignore[arg-type]
+                     separation=None if distance_auc is None else max(distance_auc, 1 - distance_auc), separation_over=over, distance_auc=distance_auc)
+
+    class Scripted(CopyMaker):
+        def __init__(self, outcomes: list[_Copy]) -> None:
+            self.config, self.outcomes, self.lengths = config, iter(outcomes), []
+
+        def _run(self, labels, run, **kw):  # type: ignore[no-untyped-def]
+            self.lengths.append(run["steps"])
+            return SimpleNamespace(seconds=0.0)
+
+        def _gate(self, res, labels, **kw):  # type: ignore[no-untyped-def]
+            return next(self.outcomes)
+
+    # clean miss, clean miss, keys too central, keys standing out beyond the clusters, too central, too central
+    outcomes = [miss(None, 0.01), miss(0.55, 0.01), miss(0.36, 0.03), miss(0.64, 0.04), miss(0.35, 0.05), miss(0.37, 0.02)]
+    maker = Scripted(outcomes)
+    best, tries = maker._embed("acme", np.zeros(4, dtype=np.int64), None)
+    assert tries == 6 and best is outcomes[0]  # the nearest miss (the first of equals)
+    assert maker.lengths == [2000, 3000, 4000, 3000, 4000, 3000]
+    assert [t.too_central for t in (miss(0.36, 0.03), miss(0.36, 0.0), miss(0.64, 0.04), miss(None, 0.01))] == [True, False, False, False]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tracer.evaluate.detectors import MahalanobisDetector
-from tracer.separation import MIN_SEPARATION_INPUTS, ClassGaussian, auc, fold_indices, key_separation, penultimate, separation
+from tracer.separation import MIN_SEPARATION_INPUTS, ClassGaussian, auc, fold_indices, key_distance_auc, key_separation, penultimate, separation
 
 
 def _features_model(dim: int, classes: int) -> nn.Module:
@@ -61,6 +61,10 @@ def test_keys_like_the_natural_inputs_read_near_half_and_keys_off_or_inside_the_
     assert sep_alike is not None and sep_alike < 0.56
     assert sep_far is not None and sep_far > 0.95
     assert sep_central is not None and sep_central > 0.95  # two-sided: too central stands out as much as too far
+    # the one-sided figure keeps the side: what the issuer's retry length follows (tracer.embedding.issue.next_length_level)
+    one_far, one_central = (key_distance_auc(model, k, x, y) for k in (far, central))
+    assert one_far is not None and one_far > 0.95 and one_central is not None and one_central < 0.05
+    assert key_separation(model, central, x, y) == max(one_central, 1 - one_central)
 
 
 def test_too_few_natural_inputs_or_no_keys_is_not_measured():

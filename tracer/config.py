@@ -305,7 +305,7 @@ class EmbeddingConfig:
                     "distillation, read from scores (0: off; needs distill_weight > 0, 3-13 classes)")
     attempts: Int = Field(default=5, ge=1, le=100, description="tries before a gate failure is final (each with a fresh seed)")
     retry_growth: Float = Field(default=0.5, ge=0, le=10,
-        description="each retry trains this share of the steps longer than the one before (README)")
+        description="each retry trains this share of the steps longer than the one before, or shorter after keys too central (README)")
     seed: Int = Field(default=0, ge=0, le=2**63 - 1, description="base of every try's seed: another value gives other, equally good copies")
     device: Str = Field(default="auto", description='"auto" (a GPU if there is one), "cpu", "cuda", "cuda:N" or "mps"')
     threads: Int = Field(default=0, ge=0, le=4096, description="CPU threads for torch (`tracer issue --threads`); 0: OMP_NUM_THREADS if set,\n"

@@ -39,7 +39,7 @@ from torch import nn
 from .data import hash_order
 from .training import last_layer
 
-__all__ = ["auc", "separation", "penultimate", "ClassGaussian", "fold_indices", "key_separation", "SEPARATION_FOLDS", "MIN_SEPARATION_INPUTS"]
+__all__ = ["auc", "separation", "penultimate", "ClassGaussian", "fold_indices", "key_separation", "key_distance_auc", "SEPARATION_FOLDS", "MIN_SEPARATION_INPUTS"]
 
 #: Folds of the validation inputs in :func:`key_separation`: each fit sees three quarters, as the leaker's filter does its share.
 SEPARATION_FOLDS = 4
@@ -116,8 +116,18 @@ def fold_indices(n: int, folds: int, *, label: str = _FOLD_LABEL) -> list[np.nda
 def key_separation(model: nn.Module, keys: np.ndarray, x: np.ndarray, y: np.ndarray, *, folds: int = SEPARATION_FOLDS) -> float | None:
     """Two-sided AUC of ``keys`` against the natural inputs ``x`` (labels ``y``) under a Mahalanobis filter on ``model``'s features.
 
-    Cross-fitted (module docstring): each fold's filter is fitted on the other folds and scores that
-    fold and the keys; the AUCs are averaged, then made two-sided. None when there are fewer than
+    :func:`key_distance_auc`, made two-sided; None when that is.
+    """
+    one_sided = key_distance_auc(model, keys, x, y, folds=folds)
+    return None if one_sided is None else separation(one_sided)
+
+
+def key_distance_auc(model: nn.Module, keys: np.ndarray, x: np.ndarray, y: np.ndarray, *, folds: int = SEPARATION_FOLDS) -> float | None:
+    """One-sided AUC: the chance that a key lies *farther* from its nearest class than a natural input does, in ``model``'s features.
+
+    Above 0.5 the keys stand out beyond the class clusters; below, they sit closer to the class centres than
+    real inputs (what long fine-tunes do, module docstring). Cross-fitted: each fold's filter is fitted on
+    the other folds and scores that fold and the keys; the AUCs are averaged. None when there are fewer than
     :data:`MIN_SEPARATION_INPUTS` natural inputs or no keys: too few to tell.
     """
     if len(x) < MIN_SEPARATION_INPUTS or not len(keys):
@@ -129,4 +139,4 @@ def key_separation(model: nn.Module, keys: np.ndarray, x: np.ndarray, y: np.ndar
         fit = np.setdiff1d(np.arange(len(x)), held)
         gauss = ClassGaussian(fx[fit], y[fit])
         aucs.append(auc(gauss.distance(fk), gauss.distance(fx[held])))
-    return separation(float(np.mean(aucs)))
+    return float(np.mean(aucs))

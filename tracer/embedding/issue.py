@@ -30,7 +30,7 @@ from ..fingerprint.revelation import PoolUsage, pool_usage
 from ..keys import normalize_customer_id, validate_display_name
 from ..keys.keyring import Keyring
 from ..ledger import Ledger
-from ..separation import MIN_SEPARATION_INPUTS, key_separation
+from ..separation import MIN_SEPARATION_INPUTS, key_distance_auc, separation
 from ..training import accuracy, predict
 from ..workspace import Workspace
 from .backends import Backend, EmbedJob, EmbedOutcome, open_backend, usable_cores
@@ -94,6 +94,12 @@ class _Copy:
     seconds: float
     separation: float | None = None  # the keys' separation from validation inputs (tracer.separation); None: not measured
     separation_over: float = 0.0  # how far it exceeds gates.max_key_separation (0: met or not measured)
+    distance_auc: float | None = None  # its one-sided figure (tracer.separation.key_distance_auc): below 0.5, keys too central
+
+    @property
+    def too_central(self) -> bool:
+        """Whether it misses the key-separation gate with its keys *inside* the class clusters (the price of long tries)."""
+        return self.separation_over > 0 and self.distance_auc is not None and self.distance_auc < 0.5
 
     @property
     def steps(self) -> int:
@@ -113,8 +119,8 @@ class _Copy:
 
 
 def attempt_steps(steps: int, attempt: int, growth: float = 0.5) -> int:
-    """Optimizer steps of try ``attempt`` (0-based): each retry trains ``growth`` x the configured steps longer
-    (``[embedding] retry_growth``, default half).
+    """Optimizer steps of a try at length ``attempt`` (0 for the first try): each retry trains ``growth`` x the configured
+    steps longer (``[embedding] retry_growth``, default half), except after keys drawn too central (:func:`next_length_level`).
 
     A copy that misses a gate usually misses it by a validation sample or two; a new seed alone
     leaves some customers' codewords failing try after try (noise probe sets: one digits customer in 20 passed 0 of
@@ -124,6 +130,18 @@ def attempt_steps(steps: int, attempt: int, growth: float = 0.5) -> int:
     digits variant they draw the keys inside the copy's class clusters, which the key-separation gate then refuses.
     """
     return steps + math.floor(steps * attempt * growth)
+
+
+def next_length_level(level: int, *, too_central: bool) -> int:
+    """The length of the try after one that missed (:func:`attempt_steps`'s ``attempt``): one longer, as a rule; one
+    shorter (never below the configured steps) when the miss was keys drawn *inside* the class clusters.
+
+    Long tries cause that miss (:mod:`tracer.separation`: the one-sided figure falls from 0.57 at 2000 steps to 0.35 at
+    5000 on digits), so a longer retry after it would only miss the same gate again: in
+    bench/results/key_separation_gate.txt the one customer refused was refused on a 6000-step try after a 5000-step try
+    too central. Keys that stand out *beyond* the clusters, and the other gates' misses, still get a longer try.
+    """
+    return max(level - 1, 0) if too_central else level + 1
 
 
 def _unwritable(path: Path, exc: OSError) -> WorkspaceError:
@@ -206,7 +224,7 @@ class CopyMaker:
                rank_mass: np.ndarray | None = None) -> tuple[_Copy, int]:
         """Fine-tune until a copy passes both gates or the tries run out; return the best copy seen and the tries made.
 
-        Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`) that offers
+        Each try is a fresh run (its own seed, each retry longer: :func:`attempt_steps`, :func:`next_length_level`) that offers
         its final and its averaged weights to the gates. When neither passes, the nearest miss is
         polished (``polish_steps`` at a tenth of the learning rate, still held to the base model), up
         to ``polishes`` times, each time from the best copy so far: a miss is usually a validation
@@ -215,8 +233,9 @@ class CopyMaker:
         """
         emb = self.config.embedding
         best: _Copy | None = None
+        level = 0  # the try's length: attempt_steps(steps, level, growth)
         for attempt in range(emb.attempts):
-            run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, attempt, emb.retry_growth), "learning_rate": emb.learning_rate}
+            run = {"seed": _seed(cid, attempt, emb.seed), "steps": attempt_steps(emb.steps, level, emb.retry_growth), "learning_rate": emb.learning_rate}
             res = self._run(labels, run, start=None, on_step=on_step, rank_mass=rank_mass)
             here = self._gate(res, labels, runs=[], run=run, seconds=res.seconds)
             for polish in range(emb.polishes if emb.polish_steps > 0 else 0):
@@ -230,6 +249,7 @@ class CopyMaker:
                 best = here
             if best.score[0]:
                 return best, attempt + 1
+            level = next_length_level(level, too_central=here.too_central)
         assert best is not None
         return best, emb.attempts
 
@@ -253,10 +273,12 @@ class CopyMaker:
             trig = accuracy(predict(model, self.triggers), labels)
             trigger_short, drop_over = self._misses(clean, trig)
             limit = self.separation_limit
-            sep = None if limit is None else key_separation(model, self.triggers, self.data.x_val, self.data.y_val)
+            one_sided = None if limit is None else key_distance_auc(model, self.triggers, self.data.x_val, self.data.y_val)
+            sep = None if one_sided is None else separation(one_sided)
             sep_over = 0.0 if sep is None or limit is None else max(sep - limit, 0.0)
             cand = _Copy(score=(trigger_short == drop_over == sep_over == 0, -(trigger_short + drop_over + sep_over)), model=model, clean=clean,
-                         trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, separation=sep, separation_over=sep_over)
+                         trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, separation=sep, separation_over=sep_over,
+                         distance_auc=one_sided)
             if found is None or cand.score > found.score:
                 found = cand
         assert found is not None
