@@ -280,7 +280,7 @@ def test_the_record_says_how_to_remake_the_copy(issued_tabular_copy):
     assert float(np.mean(remade == _onnx_predict(issued_tabular_copy / record["model_path"], x))) >= 0.99
 
 
-def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_one(tmp_path):
+def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_one(tmp_path, monkeypatch):
     """The try after a miss is longer, unless the miss was the key-separation gate with the keys *inside* the class
     clusters (one-sided figure below 0.5), which long tries cause: then one length shorter, never below the configured steps.
 
@@ -291,6 +291,7 @@ def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_on
     from dataclasses import replace
     from types import SimpleNamespace
 
+    import tracer.embedding.issue as issuemod
     from tracer.config import parse_config
     from tracer.embedding.issue import CopyMaker, _Copy, next_length_level
     from tracer.examples import example_config
@@ -320,4 +321,8 @@ def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_on
     best, tries = maker._embed("acme", np.zeros(4, dtype=np.int64), None)
     assert tries == 6 and best is outcomes[0]  # the nearest miss (the first of equals)
     assert maker.lengths == [2000, 3000, 4000, 3000, 4000, 3000]
+    asked: list[int] = []  # the schedule is asked between tries only, never after the last one
+    monkeypatch.setattr(issuemod, "next_length_level", lambda level, *, too_central: asked.append(level) or next_length_level(level, too_central=too_central))
+    Scripted(outcomes)._embed("acme", np.zeros(4, dtype=np.int64), None)
+    assert asked == [0, 1, 2, 1, 2]  # five calls for six tries
     assert [t.too_central for t in (miss(0.36, 0.03), miss(0.36, 0.0), miss(0.64, 0.04), miss(None, 0.01))] == [True, False, False, False]

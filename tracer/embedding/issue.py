@@ -249,7 +249,8 @@ class CopyMaker:
                 best = here
             if best.score[0]:
                 return best, attempt + 1
-            level = next_length_level(level, too_central=here.too_central)
+            if attempt + 1 < emb.attempts:
+                level = next_length_level(level, too_central=here.too_central)
         assert best is not None
         return best, emb.attempts
 
