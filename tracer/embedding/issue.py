@@ -139,7 +139,9 @@ def next_length_level(level: int, *, too_central: bool) -> int:
     Long tries cause that miss (:mod:`tracer.separation`: the one-sided figure falls from 0.57 at 2000 steps to 0.35 at
     5000 on digits), so a longer retry after it would only miss the same gate again: in
     bench/results/key_separation_gate.txt the one customer refused was refused on a 6000-step try after a 5000-step try
-    too central. Keys that stand out *beyond* the clusters, and the other gates' misses, still get a longer try.
+    too central, and in key_separation_shorter_a.txt a customer in the same state landed on a 4000-step fifth try
+    where a 6000-step one read 0.651 and was refused. Keys that stand out *beyond* the clusters, and the other
+    gates' misses, still get a longer try.
     """
     return max(level - 1, 0) if too_central else level + 1
 
