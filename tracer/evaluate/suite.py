@@ -242,8 +242,8 @@ def run_suite(
                                                                                 customer=copy.customer)
     copy_pred = torch_predictor(copy.model)
     copy_acc = accuracy(copy_pred(data.x_val).argmax(1), data.y_val)
-    base_acc = issuance.payload.get("metrics", {}).get("base_accuracy")
-    separation = issuance.payload.get("metrics", {}).get("key_separation")
+    metrics = issuance.payload.get("metrics", {})
+    base_acc, separation = metrics.get("base_accuracy"), metrics.get("key_separation")
     limit = issuance.payload.get("parameters", {}).get("gates", {}).get("max_key_separation") if separation is not None else None
     case, source = attacker_share_case(data, issuance.payload.get("attacker_share"))  # vendor / held out / LEGACY
 
