@@ -302,7 +302,7 @@ def test_a_try_that_misses_with_its_keys_too_central_is_followed_by_a_shorter_on
 
     def miss(distance_auc: float | None, over: float) -> _Copy:
         return _Copy(score=(False, -over), model=None, clean=0.9, trigger=1.0, runs=[], seconds=0.0,  # type: ignore[arg-type]
-                     separation=None if distance_auc is None else max(distance_auc, 1 - distance_auc), separation_over=over, distance_auc=distance_auc)
+                     distance_auc=distance_auc, separation_over=over)
 
     class Scripted(CopyMaker):
         def __init__(self, outcomes: list[_Copy]) -> None:

@@ -92,9 +92,13 @@ class _Copy:
     trigger: float
     runs: list[dict]  # the try, then each polish: {seed, steps, learning_rate, weights}; replaying them remakes the copy
     seconds: float
-    separation: float | None = None  # the keys' separation from validation inputs (tracer.separation); None: not measured
-    separation_over: float = 0.0  # how far it exceeds gates.max_key_separation (0: met or not measured)
-    distance_auc: float | None = None  # its one-sided figure (tracer.separation.key_distance_auc): below 0.5, keys too central
+    distance_auc: float | None = None  # the keys' one-sided figure (tracer.separation.key_distance_auc); None: not measured
+    separation_over: float = 0.0  # how far :attr:`separation` exceeds gates.max_key_separation (0: met or not measured)
+
+    @property
+    def separation(self) -> float | None:
+        """The keys' two-sided separation from validation inputs (the gate's figure, tracer.separation.key_separation)."""
+        return None if self.distance_auc is None else separation(self.distance_auc)
 
     @property
     def too_central(self) -> bool:
@@ -271,17 +275,16 @@ class CopyMaker:
         ``runs`` made the copy this run started from; ``run`` is this run's settings.
         """
         found = None
+        limit = self.separation_limit
         for weights, model in res.candidates():
             clean = accuracy(predict(model, self.data.x_val), self.data.y_val)
             trig = accuracy(predict(model, self.triggers), labels)
             trigger_short, drop_over = self._misses(clean, trig)
-            limit = self.separation_limit
             one_sided = None if limit is None else key_distance_auc(model, self.triggers, self.data.x_val, self.data.y_val)
             sep = None if one_sided is None else separation(one_sided)
             sep_over = 0.0 if sep is None or limit is None else max(sep - limit, 0.0)
             cand = _Copy(score=(trigger_short == drop_over == sep_over == 0, -(trigger_short + drop_over + sep_over)), model=model, clean=clean,
-                         trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, separation=sep, separation_over=sep_over,
-                         distance_auc=one_sided)
+                         trigger=trig, runs=[*runs, {**run, "weights": weights}], seconds=seconds, distance_auc=one_sided, separation_over=sep_over)
             if found is None or cand.score > found.score:
                 found = cand
         assert found is not None
