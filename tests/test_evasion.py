@@ -170,6 +170,9 @@ def test_detector_figures_report_auc_and_flagged_shares():
     assert fig["decoys"] == 4 and fig["decoys_flagged"] == 0.25
     assert fig["auc"] == pytest.approx(auc(keys[:, 0], natural[:, 0]))
     assert fig["separation"] == pytest.approx(max(fig["auc"], 1 - fig["auc"]))
+    low, high = fig["auc_interval"]
+    assert 0.5 < low < fig["auc"] <= high <= 1.0 and fig["separation_interval"] == [low, high]  # wholly above 0.5: the same interval
+    assert detector_figures(_Fixed(), None, natural)["auc_interval"] is None
 
 
 def test_keys_scoring_lower_than_natural_inputs_still_count_as_separated():
@@ -223,7 +226,10 @@ def test_evasion_group_resolves_and_erases_todays_noise_keys(issued_tabular):
     doc = json.loads(json.dumps(suite.to_json()))
     assert doc["attacks"][0]["evasion"]["detector"] == "knn" and doc["reference"]["evasion"] is None
     table = suite_table(suite)
-    assert "evasion filters" in table and "AUC keys/natural" in table and "not run" in table
+    assert "evasion filters" in table and "AUC keys/natural" in table and "95 %" in table and "not run" in table
+    knn = runner_up.evasion
+    assert knn["separation_interval"][0] <= knn["separation"] <= knn["separation_interval"][1]
+    assert f"{knn['separation_interval'][0]:.2f}-{knn['separation_interval'][1]:.2f}" in table
 
 
 def test_probe_in_the_suite_runs_on_a_scratch_ledger(issued_tabular_copy):

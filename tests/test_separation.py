@@ -8,7 +8,18 @@ import torch
 from torch import nn
 
 from tracer.evaluate.detectors import MahalanobisDetector
-from tracer.separation import MIN_SEPARATION_INPUTS, ClassGaussian, auc, fold_indices, key_distance_auc, key_separation, penultimate, separation
+from tracer.separation import (
+    MIN_SEPARATION_INPUTS,
+    ClassGaussian,
+    auc,
+    auc_interval,
+    fold_indices,
+    key_distance_auc,
+    key_separation,
+    penultimate,
+    separation,
+    separation_interval,
+)
 
 
 def _features_model(dim: int, classes: int) -> nn.Module:
@@ -27,6 +38,37 @@ def _clusters(n: int, *, dim: int = 6, classes: int = 3, seed: int = 0) -> tuple
 def test_auc_counts_ties_as_half_and_separation_is_two_sided():
     assert auc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(3.5 / 4)  # 2>1, 2=2 (half), 3>1, 3>2
     assert separation(0.3) == pytest.approx(0.7) and separation(0.8) == 0.8
+
+
+def _delong_by_pairs(pos: np.ndarray, neg: np.ndarray) -> float:
+    """DeLong's standard error from the full pair matrix (O(m n)), the textbook way, to check the sorted computation against."""
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return float(np.sqrt(psi.mean(1).var(ddof=1) / len(pos) + psi.mean(0).var(ddof=1) / len(neg)))
+
+
+def test_auc_interval_is_delongs_and_covers_the_true_auc_about_95_times_in_100():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    pos, neg = np.round(rng.normal(0.4, 1.0, 128), 1), np.round(rng.normal(0.0, 1.0, 36), 1)  # rounded: ties on both sides
+    low, high = auc_interval(pos, neg)
+    se = _delong_by_pairs(pos, neg)
+    assert low == pytest.approx(auc(pos, neg) - 1.959963984540054 * se) and high == pytest.approx(auc(pos, neg) + 1.959963984540054 * se)
+    truth = norm.cdf(0.3 / np.sqrt(2))  # P(X > Y) for X ~ N(0.3, 1), Y ~ N(0, 1)
+    hits = [lo <= truth <= hi for lo, hi in (auc_interval(rng.normal(0.3, 1, 128), rng.normal(0, 1, 36)) for _ in range(600))]
+    assert 0.92 <= np.mean(hits) <= 0.98  # binomial sd of the share at 0.95 over 600 draws: 0.009
+    wide, narrow = auc_interval(pos, neg[:12]), auc_interval(pos, rng.normal(0.0, 1.0, 360))
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]  # fewer natural inputs, a wider interval
+
+
+def test_auc_interval_at_its_limits_and_the_two_sided_interval():
+    assert auc_interval(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0])) == (1.0, 1.0)  # complete separation: no spread to estimate
+    assert auc_interval(np.array([5.0]), np.array([1.0, 2.0])) == (1.0, 1.0)  # one positive: the point itself
+    lo, hi = auc_interval(np.array([0.1, 0.9, 0.4, 0.6]), np.array([0.2, 0.8, 0.5]))
+    assert 0.0 <= lo < 0.5 < hi <= 1.0
+    assert separation_interval(0.4, 0.7) == (0.5, 0.7)  # holds 0.5: no separation is among the values it allows
+    assert separation_interval(0.2, 0.45) == pytest.approx((0.55, 0.8))  # keys below: mirrored
+    assert separation_interval(0.62, 0.75) == (0.62, 0.75)
 
 
 def test_folds_cover_every_input_once_and_do_not_depend_on_a_random_generator():

@@ -17,6 +17,7 @@ from ..report._page import escape, format_alpha, format_p, kv_table, num, page
 from .evaluation import Evaluation
 from .false_accusation import FalseAccusationResult
 from .suite import VERDICTS, AttackResult, SuiteResult
+from .tables import separation_cells
 
 __all__ = ["write_html", "render_html"]
 
@@ -117,11 +118,10 @@ def _share(x: float | None) -> str:
 
 def _evasion_row(a: AttackResult) -> str:
     e = a.evasion or {}
-    auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
-    sep = "-" if e.get("separation") is None else f"{e['separation']:.3f}"
+    auc, sep, band = separation_cells(e)
     agreement = "-" if a.matches is None else f"{a.matches}/{a.trials}"
     return (f"<tr><td><code>{_e(a.name)}</code></td><td>{_e(e.get('detector'))}</td><td>{_e(e.get('answer'))}</td><td class=n>{auc}</td>"
-            f"<td class=n>{sep}</td>"
+            f"<td class=n>{sep}</td><td class=n>{band}</td>"
             f"<td class=n>{_share(e.get('keys_flagged'))} of {_e(e.get('keys', 0))}</td>"
             f"<td class=n>{_share(e.get('decoys_flagged'))} of {_e(e.get('decoys', 0))}</td>"
             f"<td class=n>{agreement}</td>{_probe_cell(e.get('probe'))}{_probe_cell(e.get('rank_probe'))}</tr>")
@@ -137,13 +137,15 @@ def _evasion(s: SuiteResult) -> str:
             "flags as unusual are not answered honestly: they get the copy's runner-up class, or a random class. AUC 0.5: the filter cannot tell the "
             "secret keys from natural inputs (the vendor's validation inputs, which are also the probe's decoys); 1.0: it tells them apart "
             "every time; below 0.5, keys look <em>more</em> ordinary than natural inputs, which a leaker can also exploit by flagging the "
-            "other tail, so the two-sided column, max(AUC, 1 &minus; AUC), is the separation that counts. The probe is "
+            "other tail, so the two-sided column, max(AUC, 1 &minus; AUC), is the separation that counts. Its 95 % interval (DeLong's, an approximation) "
+            "says how far that figure could move with another draw of keys and natural inputs: with a few dozen natural inputs, about "
+            "&plusmn;0.1. The probe is "
             "<code>tracer probe</code> with default options against a real loopback server running the filter, "
             "journaled on a scratch copy of the ledger so that the evaluation reveals none of the workspace's keys, against the filter answering "
             "class labels only. Where the copies carry a rank code, the last two columns are <code>tracer probe --rank-code</code> against the "
             "same filter answering with scores: it sends no key, only natural inputs, which the filter passes.</p>"
             '<div class="scroll"><table class="grid"><tr><th>attack</th><th>detector</th><th>flagged queries get</th><th>AUC keys / natural</th>'
-            "<th>two-sided</th><th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th>"
+            "<th>two-sided</th><th>95 %</th><th>keys flagged</th><th>decoys flagged</th><th>agreement</th><th>probe verdict</th><th>probe keys / requests</th>"
             "<th>rank-code read (scores)</th><th>keys / requests</th></tr>"
             + body + "</table></div>")
 

@@ -6,7 +6,7 @@ from ..report._page import format_p
 from .false_accusation import FalseAccusationResult
 from .suite import AttackResult, SuiteResult
 
-__all__ = ["format_p", "suite_table", "evasion_table", "false_accusation_table"]
+__all__ = ["format_p", "suite_table", "evasion_table", "false_accusation_table", "separation_cells"]
 
 
 def _row(a: AttackResult) -> list[str]:
@@ -67,6 +67,14 @@ def _separation_line(s: SuiteResult) -> str:
             f"cross-fitted on the vendor's validation inputs{limit})\n")
 
 
+def separation_cells(e: dict) -> tuple[str, str, str]:
+    """An evasion row's AUC keys/natural, its two-sided figure and that figure's 95 % interval ("-" where not measured)."""
+    auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
+    sep = "-" if e.get("separation") is None else f"{e['separation']:.3f}"
+    band = e.get("separation_interval")
+    return auc, sep, "-" if not band else f"{band[0]:.2f}-{band[1]:.2f}"
+
+
 def evasion_table(s: SuiteResult) -> str:
     """One line per evasion row: the detector's AUC keys vs natural inputs, the shares flagged, the probe through the filter."""
     rows = []
@@ -76,19 +84,17 @@ def evasion_table(s: SuiteResult) -> str:
             continue
         verdict, queries = _probe_text(e.get("probe"))
         rank_verdict, rank_queries = _probe_text(e.get("rank_probe"))
-        auc = "-" if e.get("auc") is None else f"{e['auc']:.3f}"
-        sep = "-" if e.get("separation") is None else f"{e['separation']:.3f}"
-        rows.append([a.name, e.get("detector", "-"), e.get("answer", "-"), auc, sep,
+        rows.append([a.name, e.get("detector", "-"), e.get("answer", "-"), *separation_cells(e),
                      f"{_share(e.get('keys_flagged'))} of {e.get('keys', 0)}", f"{_share(e.get('decoys_flagged'))} of {e.get('decoys', 0)}",
                      f"{a.matches}/{a.trials}" if a.matches is not None else "-", verdict, queries, rank_verdict, rank_queries])
     if not rows:
         return ""
-    header = ["attack", "detector", "answer", "AUC keys/natural", "two-sided", "keys flagged", "decoys flagged", "agreement", "probe verdict",
+    header = ["attack", "detector", "answer", "AUC keys/natural", "two-sided", "95 %", "keys flagged", "decoys flagged", "agreement", "probe verdict",
               "probe queries", "rank read (scores)", "rank read queries"]
     return ("evasion filters (natural inputs: the vendor's validation inputs, also the probe's decoys; two-sided: max(AUC, 1 - AUC), what a "
-            "leaker flagging either tail gets; probe: `tracer probe` default options, label-only kserve-v1 on loopback, scratch ledger; "
+            "leaker flagging either tail gets; 95 %: its DeLong interval, how far the figure could move with other draws of keys and natural inputs; probe: `tracer probe` default options, label-only kserve-v1 on loopback, scratch ledger; "
             "rank read: `tracer probe --rank-code` through the same filter answering with scores, no key sent, where copies carry the code):\n"
-            + _render(header, rows, {3, 4, 5, 6, 7}))
+            + _render(header, rows, {3, 4, 5, 6, 7, 8}))
 
 
 def suite_table(s: SuiteResult, *, params: bool = True) -> str:

@@ -1,0 +1,100 @@
+"""Why hard-label distillation carries no fingerprint here: what the leaker's student can learn of the customer at all.
+
+A label-only leaker trains a fresh student on its own inputs (the attacker share) labelled by the copy's answers.
+Everything the student knows of the customer comes through those labels, so the customer-specific part of its
+training set is the labels on which the customer's copy answers differently from a model that knows no customer.
+This bench measures that part and the ceiling it puts on identification, on an issued natural-mix workspace:
+
+* per copy, on the leaker's inputs: how many answers differ from the base model's (the customer-free reference),
+  and from each other copy's;
+* per student architecture (the workspace's own, and ``make_model_alt`` where the example has one): a reference
+  student trained on the base model's answers, and one student per copy trained on that copy's answers, with the
+  same seed and settings (bench_extraction.py's: 60 epochs, Adam 1e-3, batch 32). Where a copy's answers equal
+  the base's, its student *is* the reference student, bit for bit (one torch thread), so only the differing
+  labels can move it. Counted over the keys whose answer falls in the label set (the statistic tracer.fingerprint.stats
+  tests, Binomial(n_in, 1/2) under H0): the customer's matches by the student and by the reference student, the keys
+  on which they answer differently, how many of those moved *to* the customer's label and how many away, and the
+  matches ``tracer identify`` needs to name the customer (first step of Holm over the issued customers at the
+  workspace's alpha).
+
+    python bench/bench_hard_label.py WS [--save hard_label_digits_natural_v3.txt]   # WS: an issued natural-mix workspace
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+from _common import PASSPHRASE, Said, save_result
+from scipy import stats as sps
+
+from tracer.embedding import Issuer
+from tracer.evaluate.models import factories, load_copy
+from tracer.training import accuracy, predict, train_classifier
+from tracer.workspace import Workspace
+
+STUDENT = {"epochs": 60, "lr": 1e-3, "batch_size": 32, "seed": 0}  # bench_extraction.py's hard-label student
+
+
+def needed_matches(n: int, k: int, alpha: float) -> int:
+    """The fewest matches out of ``n`` in-set answers (chance 1/k each) whose exact binomial tail is at most ``alpha``."""
+    return int(sps.binom.isf(alpha, n, 1 / k)) + 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workspace", type=Path)
+    ap.add_argument("--save", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # students trained twice on the same labels come out bit for bit the same
+    say = Said()
+    ws = Workspace(args.workspace)
+    iss = Issuer(ws, ws.unlock(passphrase=PASSPHRASE))
+    pool = iss.probe_sets[0]
+    sets, keys, k = pool.label_sets, iss.triggers, pool.label_set_size
+    xa, ya, xv, yv = iss.data.x_attack, iss.data.y_attack, iss.data.x_val, iss.data.y_val
+    with ws.ledger() as ledger:
+        customers = sorted({e.payload["customer_id"] for e in ledger.issuances()})
+    alpha = ws.config.identify.alpha / len(customers)  # Holm's first step over the issued customers
+    make_model, make_alt = factories(ws.config)
+    base_answers = predict(iss.base, xa)
+    copies = {c: load_copy(ws, c, make_model, xv[:8]).model for c in customers}
+    answers = {c: predict(m, xa) for c, m in copies.items()}
+    labels = {c: iss.labels_for(c) for c in customers}
+
+    say(f"# bench_hard_label.py on {args.workspace.name}: style {ws.config.fingerprint.style}, {len(keys)} keys (k = {k}), "
+        f"leaker's share {len(xa)} inputs, customers {', '.join(customers)}; naming at alpha {ws.config.identify.alpha:g} / {len(customers)} (Holm)")
+    say("copies' answers on the leaker's inputs: differing from the base model's, and from the true labels")
+    say(f"  base model: {int((base_answers != ya).sum())} of {len(xa)} wrong")
+    for c in customers:
+        say(f"  {c:10s} differs from the base on {int((answers[c] != base_answers).sum()):3d} of {len(xa)}; wrong on {int((answers[c] != ya).sum())}")
+    for a, b in itertools.combinations(customers, 2):
+        say(f"  {a} vs {b}: {int((answers[a] != answers[b]).sum())} of {len(xa)} answers differ")
+
+    archs = [("same architecture", make_model)] + ([("alternative architecture", make_alt)] if make_alt else [])
+    for arch, make in archs:
+        say(f"\nhard-label students, {arch} ({STUDENT['epochs']} epochs on the {len(xa)} inputs):")
+        reference = train_classifier(make(), xa, base_answers, **STUDENT)
+        ref_keys = predict(reference, keys)
+        say(f"  reference student (base model's answers): clean {accuracy(predict(reference, xv), yv):.4f}")
+        for c in customers:
+            student = train_classifier(make(), xa, answers[c], **STUDENT)
+            got = predict(student, keys)
+            ins, ref_ins = (got[:, None] == sets).any(1), (ref_keys[:, None] == sets).any(1)
+            mine, ref_mine = got == labels[c], ref_keys == labels[c]
+            m, n = int(mine[ins].sum()), int(ins.sum())
+            moved = got != ref_keys
+            say(f"  {c:10s} clean {accuracy(predict(student, xv), yv):.4f}  matches {m}/{n} (p {sps.binom.sf(m - 1, n, 1 / k):.2g}; "
+                f"to name: {needed_matches(n, k, alpha)})  reference student {int(ref_mine[ref_ins].sum())}/{int(ref_ins.sum())}  "
+                f"keys answered differently {int(moved.sum())}: to the customer's label {int((moved & mine).sum())}, "
+                f"away {int((moved & ref_mine).sum())}")
+    text = say.text()
+    if args.save:
+        save_result(args.save, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
