@@ -58,7 +58,7 @@ def main() -> None:
     xa, ya, xv, yv = iss.data.x_attack, iss.data.y_attack, iss.data.x_val, iss.data.y_val
     with ws.ledger() as ledger:
         customers = sorted({e.payload["customer_id"] for e in ledger.issuances()})
-    alpha = ws.config.identify.alpha / len(customers)  # Holm's first step over the issued customers
+    alpha = ws.config.alpha / len(customers)  # Holm's first step over the issued customers
     make_model, make_alt = factories(ws.config)
     base_answers = predict(iss.base, xa)
     copies = {c: load_copy(ws, c, make_model, xv[:8]).model for c in customers}
@@ -66,7 +66,7 @@ def main() -> None:
     labels = {c: iss.labels_for(c) for c in customers}
 
     say(f"# bench_hard_label.py on {args.workspace.name}: style {ws.config.fingerprint.style}, {len(keys)} keys (k = {k}), "
-        f"leaker's share {len(xa)} inputs, customers {', '.join(customers)}; naming at alpha {ws.config.identify.alpha:g} / {len(customers)} (Holm)")
+        f"leaker's share {len(xa)} inputs, customers {', '.join(customers)}; naming at alpha {ws.config.alpha:g} / {len(customers)} (Holm)")
     say("copies' answers on the leaker's inputs: differing from the base model's, and from the true labels")
     say(f"  base model: {int((base_answers != ya).sum())} of {len(xa)} wrong")
     for c in customers:
