@@ -17,7 +17,15 @@ This bench measures that part and the ceiling it puts on identification, on an i
   matches ``tracer identify`` needs to name the customer (first step of Holm over the issued customers at the
   workspace's alpha).
 
-    python bench/bench_hard_label.py WS [--save hard_label_digits_natural_v3.txt]   # WS: an issued natural-mix workspace
+What it would cost to carry the codeword anyway (``--oracle-flips 10,20,40``): an oracle that knows the leaker's very
+inputs relabels F of them where it helps the first customer most, and a student trains on those labels. For each
+leaker input x (labelled y by the copy) and each other class c, the gain is the customer's keys among x's ``NEAR_KEYS``
+nearest keys (input space) whose label set is {y, c}, labelled c minus labelled y: relabelling x as c pulls those keys
+towards c. The F inputs of largest gain are relabelled (one class each). No real embedding can do better than
+choosing the leaker's inputs themselves, so the F that names the customer is a floor on the clean accuracy a
+hard-label-proof copy gives up on the leaker's data.
+
+    python bench/bench_hard_label.py WS [--oracle-flips 10,20,40,80] [--save hard_label_digits_natural_v3.txt]
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import PASSPHRASE, Said, save_result
 from scipy import stats as sps
@@ -39,6 +48,13 @@ from tracer.workspace import Workspace
 STUDENT = {"epochs": 60, "lr": 1e-3, "batch_size": 32, "seed": 0}  # bench_extraction.py's hard-label student
 
 
+def fresh(make):
+    """A fresh student, initialised from torch seed 0 (as bench_extraction.py does): every student starts from the same weights."""
+    torch.manual_seed(0)
+    return make()
+NEAR_KEYS = 16  # keys an oracle relabelling counts around each leaker input
+
+
 def needed_matches(n: int, k: int, alpha: float) -> int:
     """The fewest matches out of ``n`` in-set answers (chance 1/k each) whose exact binomial tail is at most ``alpha``."""
     return int(sps.binom.isf(alpha, n, 1 / k)) + 1
@@ -47,6 +63,7 @@ def needed_matches(n: int, k: int, alpha: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("workspace", type=Path)
+    ap.add_argument("--oracle-flips", default="", help="comma-separated F: relabel F leaker inputs where they pull the most keys (see above)")
     ap.add_argument("--save", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)  # students trained twice on the same labels come out bit for bit the same
@@ -77,11 +94,11 @@ def main() -> None:
     archs = [("same architecture", make_model)] + ([("alternative architecture", make_alt)] if make_alt else [])
     for arch, make in archs:
         say(f"\nhard-label students, {arch} ({STUDENT['epochs']} epochs on the {len(xa)} inputs):")
-        reference = train_classifier(make(), xa, base_answers, **STUDENT)
+        reference = train_classifier(fresh(make), xa, base_answers, **STUDENT)
         ref_keys = predict(reference, keys)
         say(f"  reference student (base model's answers): clean {accuracy(predict(reference, xv), yv):.4f}")
         for c in customers:
-            student = train_classifier(make(), xa, answers[c], **STUDENT)
+            student = train_classifier(fresh(make), xa, answers[c], **STUDENT)
             got = predict(student, keys)
             ins, ref_ins = (got[:, None] == sets).any(1), (ref_keys[:, None] == sets).any(1)
             mine, ref_mine = got == labels[c], ref_keys == labels[c]
@@ -91,9 +108,48 @@ def main() -> None:
                 f"to name: {needed_matches(n, k, alpha)})  reference student {int(ref_mine[ref_ins].sum())}/{int(ref_ins.sum())}  "
                 f"keys answered differently {int(moved.sum())}: to the customer's label {int((moved & mine).sum())}, "
                 f"away {int((moved & ref_mine).sum())}")
+    if args.oracle_flips:
+        oracle(say, [int(f) for f in args.oracle_flips.split(",")], customers[0], answers[customers[0]], labels[customers[0]],
+               xa=xa, ya=ya, xv=xv, yv=yv, keys=keys, sets=sets, k=k, alpha=alpha, make=make_model)
     text = say.text()
     if args.save:
         save_result(args.save, text)
+
+
+def flip_plan(xa: np.ndarray, answers: np.ndarray, keys: np.ndarray, sets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, best class) per leaker input: how many of its nearest keys relabelling it as that class pulls to the customer's label, net."""
+    flat_a, flat_k = xa.reshape(len(xa), -1).astype(np.float64), keys.reshape(len(keys), -1).astype(np.float64)
+    dist = (flat_a**2).sum(1)[:, None] - 2 * flat_a @ flat_k.T + (flat_k**2).sum(1)[None, :]
+    near = np.argsort(dist, axis=1, kind="stable")[:, :NEAR_KEYS]
+    gain, best = np.zeros(len(xa), dtype=np.int64), answers.copy()
+    for j, y in enumerate(answers):
+        net: dict[int, int] = {}
+        for i in near[j]:
+            if y in sets[i]:
+                other = int(sets[i][0] if sets[i][1] == y else sets[i][1])
+                net[other] = net.get(other, 0) + (1 if labels[i] == other else -1)
+        if net:
+            c, g = max(net.items(), key=lambda kv: (kv[1], -kv[0]))
+            gain[j], best[j] = g, c
+    return gain, best
+
+
+def oracle(say: Said, flips: list[int], customer: str, answers: np.ndarray, labels: np.ndarray, *, xa, ya, xv, yv, keys, sets, k, alpha, make) -> None:
+    """Students trained on the copy's answers with the F most useful leaker inputs relabelled (see the module docstring)."""
+    gain, best = flip_plan(xa, answers, keys, sets, labels)
+    order = np.argsort(-gain, kind="stable")
+    say(f"\noracle relabelling for {customer} (same architecture; gain of the F-th input relabelled: "
+        + ", ".join(f"F={f}: {int(gain[order[f - 1]])}" for f in flips if 0 < f <= len(order)) + f", of {NEAR_KEYS} keys):")
+    for f in flips:
+        y = answers.copy()
+        y[order[:f]] = best[order[:f]]
+        student = train_classifier(fresh(make), xa, y, **STUDENT)
+        got = predict(student, keys)
+        ins = (got[:, None] == sets).any(1)
+        m, n = int((got == labels)[ins].sum()), int(ins.sum())
+        wrong = int((y != ya).sum())
+        say(f"  F={f:3d}: the leaker's labels wrong on {wrong} of {len(xa)} ({100 * wrong / len(xa):.1f} %); student clean {accuracy(predict(student, xv), yv):.4f}, "
+            f"matches {m}/{n} (p {sps.binom.sf(m - 1, n, 1 / k):.2g}; to name: {needed_matches(n, k, alpha)})")
 
 
 if __name__ == "__main__":
