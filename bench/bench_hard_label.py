@@ -21,9 +21,10 @@ What it would cost to carry the codeword anyway (``--oracle-flips 10,20,40``): a
 inputs relabels F of them where it helps the first customer most, and a student trains on those labels. For each
 leaker input x (labelled y by the copy) and each other class c, the gain is the customer's keys among x's ``NEAR_KEYS``
 nearest keys (input space) whose label set is {y, c}, labelled c minus labelled y: relabelling x as c pulls those keys
-towards c. The F inputs of largest gain are relabelled (one class each). No real embedding can do better than
-choosing the leaker's inputs themselves, so the F that names the customer is a floor on the clean accuracy a
-hard-label-proof copy gives up on the leaker's data.
+towards c. The F inputs of largest gain are relabelled (one class each). A real embedding reaches the student only
+through such labels and picks them knowing less (not the leaker's inputs), so the F that names the customer estimates
+the clean accuracy a hard-label-proof copy gives up on the leaker's data (an estimate: a better rule than nearest keys
+in input space might need fewer).
 
     python bench/bench_hard_label.py WS [--oracle-flips 10,20,40,80] [--save hard_label_digits_natural_v3.txt]
 """
