@@ -49,15 +49,19 @@ MIN_SEPARATION_INPUTS = 100
 _FOLD_LABEL = "tracer-separation/fold"
 
 
+def _beaten(scores: np.ndarray, sorted_others: np.ndarray) -> np.ndarray:
+    """For each score, how many of ``sorted_others`` lie below it, ties counted half (float64: exact halves)."""
+    below = np.searchsorted(sorted_others, scores, side="left")
+    return below + 0.5 * (np.searchsorted(sorted_others, scores, side="right") - below)
+
+
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """P(score of a positive > score of a negative) + half the ties (the Mann-Whitney AUC), exact."""
     pos = np.asarray(positive, dtype=np.float64).ravel()
     neg = np.sort(np.asarray(negative, dtype=np.float64).ravel())
     if not len(pos) or not len(neg):
         return float("nan")
-    below = np.searchsorted(neg, pos, side="left")
-    ties = np.searchsorted(neg, pos, side="right") - below
-    return float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
+    return float(_beaten(pos, neg).sum() / (len(pos) * len(neg)))
 
 
 def auc_interval(positive: np.ndarray, negative: np.ndarray, *, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -75,11 +79,8 @@ def auc_interval(positive: np.ndarray, negative: np.ndarray, *, z: float = 1.959
     point = auc(pos, neg)
     if len(pos) < 2 or len(neg) < 2:
         return point, point
-    sorted_neg, sorted_pos = np.sort(neg), np.sort(pos)
-    below = np.searchsorted(sorted_neg, pos, side="left")
-    v10 = (below + 0.5 * (np.searchsorted(sorted_neg, pos, side="right") - below)) / len(neg)  # each positive's share of negatives beaten
-    above = len(pos) - np.searchsorted(sorted_pos, neg, side="right")
-    v01 = (above + 0.5 * (np.searchsorted(sorted_pos, neg, side="right") - np.searchsorted(sorted_pos, neg, side="left"))) / len(pos)
+    v10 = _beaten(pos, np.sort(neg)) / len(neg)  # each positive's share of the negatives it outscores
+    v01 = (len(pos) - _beaten(neg, np.sort(pos))) / len(pos)  # each negative's share of the positives that outscore it
     se = float(np.sqrt(v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg)))
     return max(point - z * se, 0.0), min(point + z * se, 1.0)
 
