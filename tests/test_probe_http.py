@@ -9,6 +9,7 @@ journal keeps every answered query; --resume never resends an answered query.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,10 @@ def test_endpoint_failing_everything_exits_3(ws, cli, env) -> None:
         sent = srv.requests
     assert r.exit_code == 3
     first = next(line for line in r.stderr.splitlines() if line.startswith("error:"))
-    assert first.startswith("error: the endpoint failed 3 queries in a row") and "server error 500" in first
+    # It stops at the first batch of finished queries that brings the count to 3; queries in flight together (4 by
+    # default) finish in one batch, so the line may truthfully count up to 3 more (seen: 4, once in a fresh venv).
+    failed_run = re.match(r"error: the endpoint failed (\d+) queries in a row, each after 2 tries", first)
+    assert failed_run and 3 <= int(failed_run.group(1)) <= 3 + ClientOptions().concurrency - 1 and "server error 500" in first, first
     assert "--resume probe-" in r.stderr
     session = entries(ws, "probe-start")[0]["session"]
     failed = entries(ws, "probe-failed", session)
