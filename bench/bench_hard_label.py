@@ -47,13 +47,19 @@ from tracer.training import accuracy, predict, train_classifier
 from tracer.workspace import Workspace
 
 STUDENT = {"epochs": 60, "lr": 1e-3, "batch_size": 32, "seed": 0}  # bench_extraction.py's hard-label student
+NEAR_KEYS = 16  # keys an oracle relabelling counts around each leaker input
 
 
 def fresh(make):
     """A fresh student, initialised from torch seed 0 (as bench_extraction.py does): every student starts from the same weights."""
     torch.manual_seed(0)
     return make()
-NEAR_KEYS = 16  # keys an oracle relabelling counts around each leaker input
+
+
+def in_set_matches(got: np.ndarray, sets: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(matches, trials): answers inside each key's label set, and those equal to the customer's label (tracer.fingerprint.stats)."""
+    ins = (got[:, None] == sets).any(1)
+    return int((got == labels)[ins].sum()), int(ins.sum())
 
 
 def needed_matches(n: int, k: int, alpha: float) -> int:
@@ -101,12 +107,10 @@ def main() -> None:
         for c in customers:
             student = train_classifier(fresh(make), xa, answers[c], **STUDENT)
             got = predict(student, keys)
-            ins, ref_ins = (got[:, None] == sets).any(1), (ref_keys[:, None] == sets).any(1)
-            mine, ref_mine = got == labels[c], ref_keys == labels[c]
-            m, n = int(mine[ins].sum()), int(ins.sum())
-            moved = got != ref_keys
+            (m, n), (ref_m, ref_n) = in_set_matches(got, sets, labels[c]), in_set_matches(ref_keys, sets, labels[c])
+            mine, ref_mine, moved = got == labels[c], ref_keys == labels[c], got != ref_keys
             say(f"  {c:10s} clean {accuracy(predict(student, xv), yv):.4f}  matches {m}/{n} (p {sps.binom.sf(m - 1, n, 1 / k):.2g}; "
-                f"to name: {needed_matches(n, k, alpha)})  reference student {int(ref_mine[ref_ins].sum())}/{int(ref_ins.sum())}  "
+                f"to name: {needed_matches(n, k, alpha)})  reference student {ref_m}/{ref_n}  "
                 f"keys answered differently {int(moved.sum())}: to the customer's label {int((moved & mine).sum())}, "
                 f"away {int((moved & ref_mine).sum())}")
     if args.oracle_flips:
@@ -145,9 +149,7 @@ def oracle(say: Said, flips: list[int], customer: str, answers: np.ndarray, labe
         y = answers.copy()
         y[order[:f]] = best[order[:f]]
         student = train_classifier(fresh(make), xa, y, **STUDENT)
-        got = predict(student, keys)
-        ins = (got[:, None] == sets).any(1)
-        m, n = int((got == labels)[ins].sum()), int(ins.sum())
+        m, n = in_set_matches(predict(student, keys), sets, labels)
         wrong = int((y != ya).sum())
         say(f"  F={f:3d}: the leaker's labels wrong on {wrong} of {len(xa)} ({100 * wrong / len(xa):.1f} %); student clean {accuracy(predict(student, xv), yv):.4f}, "
             f"matches {m}/{n} (p {sps.binom.sf(m - 1, n, 1 / k):.2g}; to name: {needed_matches(n, k, alpha)})")
