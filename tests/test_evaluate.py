@@ -135,22 +135,30 @@ def test_suite_names_the_customer_after_benign_attacks_and_nobody_else(issued_ta
     ws, keyring = _open(issued_tabular)
     with ws.ledger() as ledger:
         before = ledger.count()
-    suite = run_suite(ws, keyring, customer="globex", attacks="int8-dynamic,int8-static,float16,prune-50,average-2,ensemble-3")
+    suite = run_suite(ws, keyring, customer="globex",
+                      attacks="int8-dynamic,int8-static,float16,prune-30,prune-50,average-2,ensemble-3")
     with ws.ledger() as ledger:
         assert ledger.count() == before  # the library call records nothing (the command does)
     assert suite.customer == "globex" and suite.reference.verdict == "survives"
     rows = {a.name: a for a in suite.attacks}
-    for name in ("int8-dynamic", "int8-static", "float16", "prune-50"):
+    for name in ("int8-dynamic", "int8-static", "float16", "prune-30"):
         a = rows[name]
         assert a.valid and a.named == ["globex"] and a.verdict == "survives", a
         assert a.agreement > 0.8 and a.p_value < 1e-20
+    # prune-50 costs 0-3.5 points on 120 fresh tabular copies, but a CI build's copy lost more than the 5-point budget:
+    # then it is no valid attack, whatever identify says; either way nobody else may be named
+    a = rows["prune-50"]
+    assert a.named_others == [] and a.verdict == ("survives" if a.valid else "not a valid attack"), a
+    assert a.valid == (a.accuracy_drop <= 0.05 + 1e-12)
+    if a.valid:
+        assert a.named == ["globex"] and a.p_value < 1e-20, a
     for name, k in (("average-2", 2), ("ensemble-3", 3)):
         a = rows[name]
         assert a.right[0] == "globex" and len(a.right) == k and set(a.right) <= {"acme", "globex", "initech"}
         assert a.named_right == k and not a.named_others and a.verdict == "survives"
     doc = suite.to_json()
     json.dumps(doc)
-    assert doc["summary"]["valid"] == 6 and doc["summary"]["false_accusations"] == []
+    assert doc["summary"]["valid"] == 6 + rows["prune-50"].valid and doc["summary"]["false_accusations"] == []
 
 
 def test_margin_embedding_outlives_hot_finetuning(issued_digits):
@@ -197,7 +205,7 @@ def test_false_accusation_study_never_names_an_independent_model(issued_tabular)
 
 def test_cli_evaluate_json_report_and_ledger(issued_tabular_copy, passphrase_env, cli, tmp_path):
     report = tmp_path / "eval.html"
-    res = cli(["--workspace", issued_tabular_copy, "evaluate", "--customer", "initech", "--attacks", "float16,prune-50",
+    res = cli(["--workspace", issued_tabular_copy, "evaluate", "--customer", "initech", "--attacks", "float16,prune-30",
                "--independent", "1", "--json", "--report", report])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -205,7 +213,7 @@ def test_cli_evaluate_json_report_and_ledger(issued_tabular_copy, passphrase_env
                 "reference", "attacks", "summary", "false_accusation", "false_accusations", "verdict", "ledger_entry"):
         assert key in doc, key
     assert doc["customer"] == "initech" and doc["false_accusations"] == 0
-    assert [a["name"] for a in doc["attacks"]] == ["float16", "prune-50"]
+    assert [a["name"] for a in doc["attacks"]] == ["float16", "prune-30"]  # prune-30: 0-1.75 points on 120 copies, always valid
     for a in doc["attacks"]:
         for key in ("clean_accuracy", "accuracy_drop", "valid", "matches", "trials", "agreement", "p_value", "log10_p",
                     "named", "named_right", "named_others", "verdict", "params"):
