@@ -16,6 +16,7 @@ Candidates, each built from the same keyed ``a``, ``b`` and ``w`` (tracer.finger
 * ``cross-half``: the same with ``w`` = 1/2 (the most spread a crossover can have);
 * ``cross-far``: the crossover with the partner any keyed input of another class (not one of ``a``'s nearest);
 * ``real``: the floor, the keys' first sources themselves (real vendor inputs: what a perfect key would score);
+* ``xoverL@N``: tabular, v3's crossover (pool3's streams) at weights in [L, L + 0.2] with the partner one of the N nearest;
 * ``v3``: natural-mix/v3 as tracer builds it (``pool3``; images: v1's rank matching in the order of the
   mixture's deviation from the mean input, scaled by ``s**-0.75``, weights in [0.25, 0.45]); ``spreadG@L``: that
   construction at exponent G and weights in [L, L + 0.2] (``spread0.75@0.25`` is v3, ``spread0@0.3`` v2);
@@ -66,6 +67,8 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
         return v3.inputs, v3.label_sets
     if variant.startswith("spread"):  # v3's construction at another exponent G and weight range [L, L + 0.2]: spreadG@L
         return _spread(master, task, x, y, size, variant)
+    if variant.startswith("xover"):  # tabular: v3's crossover at weights in [L, L + 0.2], the partner one of the N nearest: xoverL@N
+        return _xover(master, task, x, y, size, variant)
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     a, b, sets = flat[v1.sources[:, 0]], flat[v1.sources[:, 1]], v1.label_sets
     if variant == "real":  # the floor: the first sources themselves, real vendor inputs
@@ -91,6 +94,20 @@ def _keys(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant:
     u = uniform_ints(hkdf_key(master, "key-pool/bench"), "cross", size * flat.shape[1], 2**32).reshape(size, -1) / 2**32
     keys = np.where(u < w[:, None], b, a)
     return keys.reshape(v1.inputs.shape).astype(v1.inputs.dtype), sets
+
+
+def _xover(master: bytes, task, x: np.ndarray, y: np.ndarray, size: int, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """v3's tabular construction (pool3's streams) with the crossover weight in [L, L + 0.2] and the partner among the N nearest."""
+    low_s, _, near_s = variant[5:].partition("@")
+    low, near = float(low_s), int(near_s or poolmod.NEAR)
+    key = hkdf_key(master, "key-pool/pool3")
+    yy = np.asarray(y, dtype=np.int64)
+    first = uniform_ints(key, "source/a", size, len(yy))
+    second = poolmod._near_partners(key, first, yy, poolmod._grid_ints(x, task), near=near)
+    w = low + 0.2 * (uniform_ints(key, "weight", size, 65536).astype(np.float64) / 65535.0)
+    flat = np.asarray(x, dtype=np.float64).reshape(len(yy), -1)
+    keys = poolmod._crossover(key, flat[first], flat[second], w)
+    return keys.reshape((size, *task.input_shape)).astype(task.input_dtype), np.stack([yy[first], yy[second]], axis=1)
 
 
 def spread_order(exponent: float):

@@ -221,12 +221,12 @@ def _grid_ints(x: np.ndarray, task: TaskConfig) -> np.ndarray:
     return np.rint((np.asarray(x, dtype=np.float64).reshape(len(x), -1) - low) / span * 65535.0).astype(np.int64)
 
 
-def _near_partners(key: bytes, first: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """For each key's first source, a keyed pick among its NEAR nearest of CANDIDATES keyed other-class inputs."""
+def _near_partners(key: bytes, first: np.ndarray, y: np.ndarray, grid: np.ndarray, *, near: int = NEAR) -> np.ndarray:
+    """For each key's first source, a keyed pick among its ``near`` (NEAR) nearest of CANDIDATES keyed other-class inputs."""
     others = {int(c): np.flatnonzero(y != c) for c in np.unique(y)}
     bounds = np.repeat(np.array([len(others[int(y[a])]) for a in first], dtype=np.int64), CANDIDATES)
     cand_pos = _uniform_below(key, "source/b-candidates", bounds).reshape(len(first), CANDIDATES)
-    pick = uniform_ints(key, "source/b-pick", len(first), NEAR)
+    pick = uniform_ints(key, "source/b-pick", len(first), near)
     second = np.empty(len(first), dtype=np.int64)
     for i, a in enumerate(first):
         cands = others[int(y[a])][cand_pos[i]]
