@@ -7,7 +7,10 @@ knobs that could hold them: each variant builds fresh README-quickstart workspac
 README.md, a fresh master key each), issues acme through the issuer (gates, retries, polishes) and runs the attacks
 that regressed plus two evasion rows on the issued copy.
 
-    python bench/bench_wine_embedding.py base='{}' an0='{"anchor_noise": "0.0"}' [--workspaces 3] [--out FILE]
+    python bench/bench_wine_embedding.py t01='{"anchor_noise": "0.1"}' an003='{"anchor_noise": "0.03"}' [--workspaces 3] [--full] [--out FILE]
+
+A variant's settings go over the quickstart as README.md writes it, which since this bench sets anchor_noise 0.03
+(wine_embedding_sweep.txt's "base" rows were the template's 0.1: pass it to reproduce them).
 
 Row: try count, clean drop in points (one of 36 validation rows is 2.78; the gate allows 3.0), trigger accuracy,
 issuance CPU seconds; per attack S (survives), X (erased) or n (not a valid attack: over 5 points) with the

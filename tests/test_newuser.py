@@ -24,7 +24,7 @@ from tracer.config import STYLE_DEFAULTS
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PASSPHRASE = "new user passphrase"
-STEPS = STYLE_DEFAULTS["natural-mix/v3"]["steps"]  # the quickstart's tracer.toml leaves [embedding] at the template style's defaults
+STEPS = STYLE_DEFAULTS["natural-mix/v3"]["steps"]  # the quickstart's tracer.toml leaves steps at the template style's default
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2} ", re.MULTILINE)
 
 
