@@ -30,7 +30,7 @@ from tracer.config import with_key_style
 from tracer.embedding import Issuer
 from tracer.errors import GateError
 from tracer.identify import identify_model
-from tracer.workspace import GENERIC_CONFIG, init_workspace
+from tracer.workspace import GENERIC_CONFIG, Workspace, init_workspace
 
 
 def _readme_quickstart() -> tuple[str, dict[str, dict]]:
@@ -56,12 +56,17 @@ def _cpu(who: int = resource.RUSAGE_SELF) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _one(root: Path, code: str, tables: dict[str, dict], style: str, pool_size: int) -> dict:
-    ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=_config(tables, style, pool_size), starter=True)
+def quickstart_workspace(root: Path, code: str, config_text: str) -> tuple[Workspace, float]:
+    """A README-quickstart workspace at ``root`` with its base model trained; and that training's CPU seconds."""
+    ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=config_text, starter=True)
     (root / "mymodel.py").write_text(code, encoding="utf-8")  # the `$EDITOR mymodel.py` step: over the starter
     before = _cpu(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "mymodel.py"], cwd=root, capture_output=True, check=True)  # the README's `python mymodel.py`
-    base_cpu = _cpu(resource.RUSAGE_CHILDREN) - before
+    return ws, _cpu(resource.RUSAGE_CHILDREN) - before
+
+
+def _one(root: Path, code: str, tables: dict[str, dict], style: str, pool_size: int) -> dict:
+    ws, base_cpu = quickstart_workspace(root, code, _config(tables, style, pool_size))
     keyring = ws.unlock(passphrase=PASSPHRASE)
     start = _cpu()
     try:

@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import FAST_SCRYPT, PASSPHRASE, Said, _set_embedding, save_result
-from bench_pool_size import _config, _readme_quickstart
+from _common import PASSPHRASE, Said, _set_embedding, save_result
+from bench_pool_size import _config, _readme_quickstart, quickstart_workspace
 
 from tracer.embedding import Issuer
 from tracer.errors import GateError
 from tracer.evaluate import run_suite
 from tracer.evaluate.false_accusation import false_accusation_study
-from tracer.workspace import init_workspace
 
 ATTACKS = "ft-last,ft-all-1e-2,ft-reinit,fine-prune,weight-noise,input-noise,evade-mahalanobis,evade-stats"
 MARK = {"survives": "S", "erased": "X"}
@@ -45,9 +42,7 @@ def _row(label: str, i: int, root: Path, code: str, tables: dict, settings: dict
     """One workspace: its summary line, and per attack the cell ("S 0.91"; evasion rows add AUC and probe keys)."""
     pool = int(settings.get("pool_size", 0))
     text = _set_embedding(_config(tables, "natural-mix/v3", pool), {k: v for k, v in settings.items() if k != "pool_size"})
-    ws = init_workspace(root, passphrase=PASSPHRASE, scrypt=FAST_SCRYPT, config_text=text, starter=True)
-    (root / "mymodel.py").write_text(code, encoding="utf-8")
-    subprocess.run([sys.executable, "mymodel.py"], cwd=root, capture_output=True, check=True)
+    ws, _ = quickstart_workspace(root, code, text)
     keyring = ws.unlock(passphrase=PASSPHRASE)
     start = time.process_time()
     try:
@@ -61,7 +56,7 @@ def _row(label: str, i: int, root: Path, code: str, tables: dict, settings: dict
         if a.agreement is None:
             continue  # skipped (needs images, more copies or an alternative architecture)
         cell = f"{MARK.get(a.verdict, 'n')}{a.agreement:.2f}"
-        ev = a.evasion if isinstance(a.evasion, dict) else None
+        ev = a.evasion
         if ev:
             cell += f"/auc{ev['separation']:.3f}" if ev.get("separation") is not None else ""
             probe = ev.get("probe") or {}
