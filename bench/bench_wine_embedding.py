@@ -3,8 +3,8 @@
 With uniform-grid noise probe sets the README quickstart's copies survived fine-prune, weight-noise and input-noise
 (evaluate_wine_quickstart_before.txt); with natural-mix/v3 keys they do not (evaluate_wine_quickstart_v3.txt). Keys
 that sit among the vendor's rows are where those attacks move the function, so this bench sweeps the embedding
-knobs that could hold them: each variant builds fresh README-quickstart workspaces (its mymodel.py and [task] from
-README.md, a fresh master key each), issues acme through the issuer (gates, retries, polishes) and runs the attacks
+knobs that could hold them: each variant builds fresh README-quickstart workspaces (its mymodel.py and tracer.toml
+lines from README.md, a fresh master key each), issues acme through the issuer (gates, retries, polishes) and runs the attacks
 that regressed plus two evasion rows on the issued copy.
 
     python bench/bench_wine_embedding.py t01='{"anchor_noise": "0.1"}' an003='{"anchor_noise": "0.03"}' [--workspaces 3] [--full] [--out FILE]
@@ -39,7 +39,7 @@ MARK = {"survives": "S", "erased": "X"}
 
 
 def _row(label: str, i: int, root: Path, code: str, tables: dict, settings: dict[str, str], *, full: bool) -> tuple[str, dict[str, str]]:
-    """One workspace: its summary line, and per attack the cell ("S 0.91"; evasion rows add AUC and probe keys)."""
+    """One workspace: its summary line, and per attack the cell ("S0.91"; evasion rows add AUC and probe keys)."""
     pool = int(settings.get("pool_size", 0))
     text = _set_embedding(_config(tables, "natural-mix/v3", pool), {k: v for k, v in settings.items() if k != "pool_size"})
     ws, _ = quickstart_workspace(root, code, text)
@@ -82,13 +82,13 @@ def main() -> None:
     say(f"# bench_wine_embedding.py --workspaces {args.workspaces} {' '.join(args.variants)}; attacks "
         + ("all, probes through the evasion filters, 8 independent models" if args.full else ATTACKS))
     for variant in args.variants:
-        label, _, settings = variant.partition("=")
+        label, _, given = variant.partition("=")
+        settings = {k: str(v) for k, v in json.loads(given or "{}").items()}
         columns = []
         for i in range(args.workspaces):
             tmp = Path(tempfile.mkdtemp(prefix="tracer-bench-wine-"))
             try:
-                line, cells = _row(label, i, tmp / "ws", code, tables, {k: str(v) for k, v in json.loads(settings or "{}").items()},
-                                   full=args.full)
+                line, cells = _row(label, i, tmp / "ws", code, tables, settings, full=args.full)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             say(line)
