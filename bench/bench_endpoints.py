@@ -18,12 +18,17 @@ shown to two endpoints (from the ledger's per-key probe-sent entries), refusals,
 
     python bench/bench_endpoints.py --workspace /tmp/ws/digits      # reuse an issued natural-mix digits workspace
     python bench/bench_endpoints.py --keep /tmp/ws/digits --save endpoints_digits_natural_v2.txt  # build, keep, record
+    python bench/bench_endpoints.py --workspace /tmp/ws/digits --keys-per-probe 64,0  # side by side: 64, then automatic
+
+``--keys-per-probe`` rewrites the workspace copy's ``[fingerprint] keys_per_probe`` (issued copies do not depend on
+it) and runs the 50 endpoints once per value, each on a fresh copy of the same issued workspace.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -145,24 +150,30 @@ def main() -> int:
     ap.add_argument("--endpoints", type=int, default=50)
     ap.add_argument("--keep", type=Path, help="build the workspace here and keep it (reuse it with --workspace)")
     ap.add_argument("--save", default=None, metavar="NAME", help="write bench/results/NAME (e.g. endpoints_digits_natural.txt)")
+    ap.add_argument("--keys-per-probe", default=None, metavar="N[,N...]",
+                    help="run once per value, each on a fresh copy (0: automatic); default: the workspace's own")
     args = ap.parse_args()
+    texts = []
     with tempfile.TemporaryDirectory(prefix="tracer-endpoints-") as tmp:
-        root = Path(tmp) / "ws"
-        if args.workspace:
-            shutil.copytree(args.workspace, root)
-        else:
-            build_issued_workspace(args.keep or root, "digits", keys="natural")
-            if args.keep:
-                shutil.copytree(args.keep, root)
-        ws = Workspace(root)
-        if style_pool_id(ws.config.fingerprint.style) is None:
-            print(f"{args.workspace} is not a natural-mix workspace", file=sys.stderr)
-            return 2
-        head = (f"# python bench/bench_endpoints.py --endpoints {args.endpoints} ({time.strftime('%Y-%m-%d %H:%M')}); workspace: digits, "
-                f"{ws.config.fingerprint.style}, pool {ws.config.fingerprint.pool_size}, keys_per_probe {ws.config.fingerprint.keys_per_probe}, "
-                f"alpha {ws.config.alpha:g}; real loopback HTTP, label-only kserve-v1, `tracer probe` default options\n")
-        text = head + run(ws, args.endpoints)
-    print(text)
+        source = args.workspace
+        if source is None:
+            source = build_issued_workspace(args.keep or Path(tmp) / "built", "digits", keys="natural")
+        for n, value in enumerate((args.keys_per_probe or "").split(",") if args.keys_per_probe else [None]):
+            root = Path(tmp) / f"ws{n}"
+            shutil.copytree(source, root)
+            if value is not None:
+                toml = root / "tracer.toml"
+                toml.write_text(re.sub(r"(?m)^keys_per_probe = \d+", f"keys_per_probe = {int(value)}", toml.read_text()))
+            ws = Workspace(root)
+            if style_pool_id(ws.config.fingerprint.style) is None:
+                print(f"{source} is not a natural-mix workspace", file=sys.stderr)
+                return 2
+            head = (f"# python bench/bench_endpoints.py --endpoints {args.endpoints} ({time.strftime('%Y-%m-%d %H:%M')}); workspace: digits, "
+                    f"{ws.config.fingerprint.style}, pool {ws.config.fingerprint.pool_size}, keys_per_probe {ws.config.fingerprint.keys_per_probe}, "
+                    f"alpha {ws.config.alpha:g}; real loopback HTTP, label-only kserve-v1, `tracer probe` default options\n")
+            texts.append(head + run(ws, args.endpoints))
+            print(texts[-1], flush=True)
+    text = "\n".join(texts)
     if args.save:
         (ROOT / "bench" / "results" / args.save).write_text(text, encoding="utf-8")
     return 0

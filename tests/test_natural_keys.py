@@ -163,6 +163,33 @@ def test_probes_draw_fresh_keys_per_endpoint_and_the_ledger_records_each_key(ws,
         assert ledger.sent_keys(POOL_ID) == seen
 
 
+def test_a_pool_session_journals_its_early_futility_rule_and_a_resume_keeps_the_rule_it_started_with(ws, keyring, monkeypatch):
+    from tracer.probing import ProbeSession
+    from tracer.probing import plan as plan_module
+    from tracer.probing.sequential import FUTILITY_BASE, FUTILITY_Z
+
+    wire = make_format("kserve-v1", ws.config.task)
+
+    def interrupt(progress: dict) -> None:
+        if progress["answered"] >= 3:
+            raise KeyboardInterrupt
+
+    with ModelServer(ws.root / "models" / "issued" / "acme.onnx", ws.config.task, "kserve-v1", label_only=True) as srv:
+        for z in (FUTILITY_Z, None):  # None: a session journaled before the rule existed
+            monkeypatch.setattr(plan_module, "FUTILITY_Z", z)
+            started: list[str] = []
+            with pytest.raises(KeyboardInterrupt):
+                ProbeSession(ws, keyring, srv.url, wire, ProbeOptions(client=ClientOptions(concurrency=1)),
+                             on_start=started.append, on_progress=interrupt).run()
+            monkeypatch.setattr(plan_module, "FUTILITY_Z", FUTILITY_Z)  # today's rule, for the resume
+            with ws.ledger() as ledger:
+                start = next(e.payload for e in ledger.entries(kind="probe-start") if e.payload["session"] == started[0])
+            assert start.get("futility") == (None if z is None else {"rule": "wilson-upper", "z": FUTILITY_Z, "base": FUTILITY_BASE})
+            session = ProbeSession(ws, keyring, srv.url, wire, resume=started[0])
+            result = session.run()
+            assert session.test.futility_z == z and session.test.futility_base == FUTILITY_BASE and result.customers == ["acme"]
+
+
 def test_an_innocent_endpoint_is_not_named(ws, keyring):
     import torch
 

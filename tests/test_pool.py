@@ -337,6 +337,30 @@ def test_unfinished_sessions_hold_their_keys_and_finished_ones_release_unsent_ke
         assert sorted(keys) == [4, 5, 6, 7]
 
 
+def test_automatic_keys_per_probe_is_128_or_the_whole_pool_and_unfinished_sessions_are_named_as_the_holders(ledger_ws):
+    from tracer.config import AUTO_KEYS_PER_PROBE
+    from tracer.fingerprint.revelation import keys_per_session
+
+    assert FingerprintConfig().keys_per_probe == 0 and AUTO_KEYS_PER_PROBE == 128
+    assert [keys_per_session(0, n) for n in (64, 128, 2048)] == [64, 128, 128]
+    assert keys_per_session(40, 2048) == 40  # a value written out is kept
+    assert "\nkeys_per_probe = 0 " in GENERIC_CONFIG  # what `tracer init` writes
+    with pytest.raises(ConfigError, match=r"fingerprint.keys_per_probe must be 0 \(automatic\) or >= 8, not 5"):
+        parse_config(tomllib.loads(GENERIC_CONFIG.replace("\nkeys_per_probe = 0 ", "\nkeys_per_probe = 5 ")), Path("."))
+    ws, keyring = ledger_ws
+    pool = _pool(8)
+    with ws.ledger() as ledger:
+        keys, left = draw_keys(ledger, pool, b"seed", 0)  # automatic, on a pool smaller than 128: the whole pool
+        assert sorted(keys) == list(range(8)) and left.keys_per_probe == 8 and left.left == 0
+        _session(ledger, keyring.signing_key, "open", keys, keys[:2], finished=False)  # interrupted: it holds the rest
+        with pytest.raises(TracerError, match="held by unfinished probe sessions") as info:
+            draw_keys(ledger, pool, b"other", 0)
+        assert "--resume" in (info.value.hint or "")
+        ledger.append("probe-result", {"session": "open", "verdict": "no_match"}, key=keyring.signing_key)
+        again, _ = draw_keys(ledger, pool, b"other", 0)  # finished: its 6 unsent keys went back
+        assert sorted(again) == sorted(keys[2:])
+
+
 def test_an_exhausted_pool_refuses_with_a_hint(ledger_ws):
     ws, keyring = ledger_ws
     pool = _pool(8)
@@ -379,7 +403,7 @@ def test_config_refuses_more_keys_per_probe_than_the_pool_holds(tmp_path):
     from tracer.examples import example_config
 
     path = tmp_path / "tracer.toml"
-    path.write_text(example_config("digits").replace("pool_size = 2048", "pool_size = 64").replace("keys_per_probe = 64", "keys_per_probe = 65"))
+    path.write_text(example_config("digits").replace("pool_size = 2048", "pool_size = 64").replace("keys_per_probe = 0 ", "keys_per_probe = 65 "))
     with pytest.raises(ConfigError, match="keys_per_probe.*more than pool_size"):
         load_config(path)
     path.write_text(example_config("digits").replace('style = "uniform-grid/v1"', 'style = "natural-mix/v9"'))

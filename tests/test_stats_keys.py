@@ -29,7 +29,7 @@ from tracer.fingerprint.stats import (
     poisson_binomial_tail,
     poisson_binomial_tails,
 )
-from tracer.probing.sequential import DEFAULT_GRID, EProcess, mixture_log_e, mixture_log_e_keys
+from tracer.probing.sequential import DEFAULT_GRID, FUTILITY_BASE, FUTILITY_Z, EProcess, mixture_log_e, mixture_log_e_keys, wilson_upper
 
 C = 10  # classes of the task; label sets are subsets of them
 
@@ -197,6 +197,80 @@ def test_run_names_a_copy_on_mixed_keys_and_stops_for_futility_otherwise() -> No
     verdict, used = nobody.run(np.delete(rows, 3, axis=1), ks)
     assert verdict == "no_match" and used < 128
 
+
+
+def test_wilson_upper_bound_golden_values() -> None:
+    """The early-futility rule's bound: the Wilson score interval's upper end, by hand."""
+    assert wilson_upper(np.array([0.0, 3.0]), 0, 2.5).tolist() == [1.0, 1.0]  # nothing seen: anything is possible
+    n, p, z = 20, 0.5, 2.5
+    by_hand = (p + z * z / (2 * n) + z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    assert wilson_upper(np.array([10]), n, z)[0] == pytest.approx(by_hand, rel=1e-12)
+    assert wilson_upper(np.array([20]), 20, z)[0] == 1.0 and 0 < wilson_upper(np.array([0]), 20, z)[0] < 0.25
+
+
+def _early_and_plain(rows: np.ndarray, ks: np.ndarray) -> tuple[tuple[str, int], tuple[str, int]]:
+    early = EProcess(C, rows.shape[1], alpha=1e-6, futility_z=FUTILITY_Z).run(rows, ks)
+    return early, EProcess(C, rows.shape[1], alpha=1e-6).run(rows, ks)
+
+
+def test_early_futility_gives_up_on_chance_answers_sooner_and_names_a_copy_as_the_plain_rule_does() -> None:
+    rng = np.random.default_rng(4)
+    ks = np.full(128, 2)
+    chance = rng.random((128, 3)) < 0.5  # an innocent endpoint: every customer's labels are coin flips to it
+    (verdict, used), (plain_verdict, plain_used) = _early_and_plain(chance, ks)
+    assert verdict == plain_verdict == "no_match" and used < plain_used / 2, (used, plain_used)
+    short = EProcess(C, 3, alpha=1e-6).run(chance[:FUTILITY_BASE], ks[:FUTILITY_BASE])
+    assert short[0] == "no_match" and used >= short[1]  # never sooner than the plain rule on a 64-key probe
+    # at a budget of FUTILITY_BASE keys the early rule is the plain rule, answer for answer
+    for rows in (chance, rng.random((128, 3)) < 0.8):
+        early = EProcess(C, 3, alpha=1e-6, futility_z=FUTILITY_Z).run(rows[:FUTILITY_BASE], ks[:FUTILITY_BASE])
+        assert early == EProcess(C, 3, alpha=1e-6).run(rows[:FUTILITY_BASE], ks[:FUTILITY_BASE])
+    copy = chance.copy()
+    copy[:, 1] = True  # a perfect copy: its bound is 1 at every step, so the rule never stops it early
+    assert _early_and_plain(copy, ks)[0] == _early_and_plain(copy, ks)[1] == ("match", 24)
+    # before any answer the bound is 1: the early rule decides exactly as the plain one
+    fresh, plain = EProcess(C, 3, 1e-6, futility_z=FUTILITY_Z), EProcess(C, 3, 1e-6)
+    assert fresh.decided(20, np.full(20, 2)) == plain.decided(20, np.full(20, 2)) == "no_match"
+    assert fresh.decided(24, np.full(24, 2)) == plain.decided(24, np.full(24, 2)) is None
+
+
+def test_early_futility_keeps_power_where_the_plain_rule_at_the_same_cost_loses_it() -> None:
+    """At 128 keys the early rule costs an innocent endpoint little more than the plain rule at 64 and names copies
+    that answer 85 % of their keys right, which 64 keys mostly miss (bench/results/probe_budget.txt)."""
+    rng = np.random.default_rng(9)
+    sims, ks = 200, np.full(128, 2)
+    named = {64: 0, 128: 0}
+    cost = {64: 0, 128: 0}
+    for _ in range(sims):
+        rows = rng.random((128, 3)) < 0.5
+        innocent = rows.copy()
+        rows[:, 0] = rng.random(128) < 0.85
+        for budget, z in ((64, None), (128, FUTILITY_Z)):
+            e = EProcess(C, 3, 1e-6, futility_z=z)
+            e.run(rows[:budget], ks[:budget])
+            named[budget] += int(e.named[0] and not e.named[1:].any())
+            cost[budget] += EProcess(C, 3, 1e-6, futility_z=z).run(innocent[:budget], ks[:budget])[1]
+    assert named[128] >= 0.95 * sims and named[64] <= 0.75 * sims, named
+    assert cost[128] <= 1.2 * cost[64], cost
+
+
+@pytest.mark.parametrize("kind", ["random", "in_set"])
+def test_early_futility_stays_calibrated_under_the_null(kind: str) -> None:
+    """Stopping early never enters the error bound: with the probe's rule, early futility on, each innocent
+    customer's p-value at the stop still has P[p <= u] <= u, and one is named with probability at most alpha."""
+    rng = np.random.default_rng([7, ord(kind[0])])
+    sims, n, alpha = 2000, 64, 0.05
+    ks = np.full(n, 2)
+    sets = _label_sets(rng, ks)
+    matched = _labels(rng, sets, sims) == _null_answers(kind, rng, sets, sims)
+    p, named = np.ones(sims), 0
+    for i in range(sims):  # one customer per probe: its own stopping time
+        e = EProcess(C, 1, alpha=alpha, futility_z=FUTILITY_Z)
+        e.run(matched[i][:, None], ks)
+        p[i], named = e.p_values()[0], named + int(e.named[0])
+    assert named / sims <= alpha + _slack(alpha, sims), named
+    for u in U:
+        assert np.mean(p <= u) <= u + _slack(u, sims), (u, np.mean(p <= u))
 
 # -- simulated null ----------------------------------------------------------------------------------
 

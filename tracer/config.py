@@ -192,6 +192,10 @@ DEFAULT_STYLE: KeyStyle = "uniform-grid/v1"  # a tracer.toml without [fingerprin
 _TEMPLATE_STYLE: KeyStyle = "natural-mix/v3"  # the style `tracer init` writes (`--key-style` chooses another)
 #: The automatic natural-mix pool size (``pool_size = 0``): keys per vendor training row, rounded down to a step, within bounds.
 POOL_KEYS_PER_ROW, POOL_STEP, POOL_MIN, POOL_MAX = 2, 64, 64, 2048
+#: ``keys_per_probe = 0``: the most keys one probe session draws, or the whole pool where it is smaller. A probe sends
+#: far fewer: it stops once it can decide, and gives up early on an endpoint whose answers could not plausibly
+#: name anyone (:mod:`tracer.probing.sequential`); bench/results/probe_budget.txt.
+AUTO_KEYS_PER_PROBE, MIN_KEYS_PER_PROBE = 128, 8
 
 
 @_pydantic_dataclass(frozen=True, config=_STRICT)
@@ -207,9 +211,11 @@ class FingerprintConfig:
                            description="natural-mix: keys every copy carries, fixed when the pool is first built; identify uses all.\n"
                                        f"0: automatic, {POOL_KEYS_PER_ROW} per training row in steps of {POOL_STEP}, "
                                        f"{POOL_MIN} to {POOL_MAX} (denser pools failed the gates)")
-    keys_per_probe: Int = Field(default=64, ge=8, le=MAX_PROBES_PER_SET,
-                                description="natural-mix: most fresh keys one probed endpoint is shown, never reused\n"
-                                            "(unsent ones go back; 64 names 93 % of copies answering 9 keys in 10 right: README)")
+    keys_per_probe: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
+                                description="natural-mix: most fresh keys one probed endpoint is shown, never reused (unsent ones\n"
+                                            f"go back). 0: automatic, {AUTO_KEYS_PER_PROBE} or the whole pool if smaller; a probe stops as soon as\n"
+                                            "it can decide (README: 128 names 99 % of copies answering 85 keys in 100 right,\n"
+                                            "an innocent endpoint costs about 22)")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
     probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                                 description="uniform-grid: 0: automatic (64 at 10 classes, 224 at 2 classes)")
@@ -218,6 +224,8 @@ class FingerprintConfig:
     def _probe_fits_pool(self) -> FingerprintConfig:
         if 0 < self.pool_size < POOL_MIN:
             raise _Bad("pool_size", f"must be 0 (automatic) or >= {POOL_MIN}, not {self.pool_size}")
+        if 0 < self.keys_per_probe < MIN_KEYS_PER_PROBE:
+            raise _Bad("keys_per_probe", f"must be 0 (automatic) or >= {MIN_KEYS_PER_PROBE}, not {self.keys_per_probe}")
         if self.pool_size and self.keys_per_probe > self.pool_size:
             raise _Bad("keys_per_probe", f"is {self.keys_per_probe}, more than pool_size ({self.pool_size})")
         return self

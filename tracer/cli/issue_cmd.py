@@ -43,7 +43,7 @@ def show_key_pool(issuer: Issuer) -> None:
     """Before training, natural-mix copies: the pool's size and how many probed endpoints its unrevealed keys serve (a warning when few)."""
     for usage in issuer.pool_usage():
         say(f"keys: pool {usage.pool} of {usage.size} keys, {usage.left} unrevealed: enough for at least {usage.probes_left} probed "
-            f"endpoint(s) at up to {usage.keys_per_probe} keys each")
+            f"endpoint(s) at up to {usage.keys_per_probe} keys each (a probe stops once it can decide: typically after 20 to 60)")
         warning = usage.warning()
         if warning:
             warn(warning)

@@ -14,12 +14,12 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import POOL_KEYS_PER_ROW
+from ..config import AUTO_KEYS_PER_PROBE, POOL_KEYS_PER_ROW
 from ..errors import TracerError
 from ..ledger import Ledger
 from .pool import KeyPool
 
-__all__ = ["PoolUsage", "pool_usage", "pool_warning", "draw_keys", "recorded_pool_usage", "LOW_POOL_PROBES"]
+__all__ = ["PoolUsage", "pool_usage", "pool_warning", "draw_keys", "recorded_pool_usage", "keys_per_session", "LOW_POOL_PROBES"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,16 @@ def pool_warning(usage: dict[str, Any] | None) -> str | None:
 LOW_POOL_PROBES = 10
 
 
+def keys_per_session(keys_per_probe: int, size: int) -> int:
+    """The most keys one probe session draws from a pool of ``size``: ``[fingerprint] keys_per_probe``, or with 0
+    :data:`~tracer.config.AUTO_KEYS_PER_PROBE` or the whole pool where it is smaller."""
+    return keys_per_probe or min(AUTO_KEYS_PER_PROBE, size)
+
+
 def pool_usage(ledger: Ledger, pool_id: str, size: int, keys_per_probe: int) -> tuple[PoolUsage, set[int]]:
     """Usage of pool ``pool_id`` (of ``size`` keys) and the keys no new session may take: every key sent to an endpoint, and every key
     scheduled by a session without a verdict (it may be resumed). Keys a finished session never sent return to the pool.
+    ``keys_per_probe`` is the configured value (0: automatic, see :func:`keys_per_session`).
 
     Which keys a session takes depends on earlier sessions' stopping times, hence on other keys' codeword labels; each
     key's label is drawn independently of every other key's, so the labels of the keys drawn stay exactly uniform on
@@ -83,13 +90,19 @@ def pool_usage(ledger: Ledger, pool_id: str, size: int, keys_per_probe: int) -> 
         if not ledger.session_finished(session):
             reserved.update(keys)
     reserved -= sent
-    return PoolUsage(pool_id, size, len(sent), len(reserved), keys_per_probe), sent | reserved
+    return PoolUsage(pool_id, size, len(sent), len(reserved), keys_per_session(keys_per_probe, size)), sent | reserved
 
 
 def draw_keys(ledger: Ledger, pool: KeyPool, seed: bytes, count: int) -> tuple[list[int], PoolUsage]:
-    """``count`` keys no endpoint has seen, drawn by the session's fresh seed (never by codeword values)."""
+    """At most ``count`` keys (0: automatic, :func:`keys_per_session`) no endpoint has seen, drawn by the session's fresh
+    seed (never by codeword values)."""
     usage, taken = pool_usage(ledger, pool.id, pool.size, count)
+    count = usage.keys_per_probe
     free = [i for i in range(pool.size) if i not in taken]
+    if not free and usage.reserved:
+        raise TracerError(f"every key of pool {pool.id} not yet shown to an endpoint ({usage.reserved} of {pool.size}) is held by "
+                          "unfinished probe sessions", hint="finish them with `tracer probe --resume SESSION` "
+                          "(`tracer ledger list --kind probe-start` lists them); the keys they never sent go back to the pool")
     if not free:
         raise TracerError(f"every key of pool {pool.id} was already shown to an endpoint ({pool.size} keys)",
                           hint="issue new copies under a fresh pool; identify on a recovered file still uses every key")

@@ -38,7 +38,7 @@ from ..ledger import Ledger
 from ..workspace import Workspace
 from .client import ClientOptions
 from .formats import WireFormat, make_format
-from .sequential import METHOD
+from .sequential import FUTILITY_BASE, FUTILITY_Z, METHOD
 from .urls import Endpoint, url_hmac
 
 __all__ = ["ProbeOptions", "FormatChoice", "SessionPlan", "JournalState", "resolve_format", "new_plan", "resumed_plan",
@@ -166,6 +166,8 @@ class SessionPlan:
     label_choices: int = 0  # a match's chance denominator: the pool's label-set size, or the classes (noise probe sets)
     pool_left: PoolUsage | None = None  # natural-mix: what is left of the pool once this session's keys are taken
     label_sets: np.ndarray | None = None  # natural-mix: S_i of each trigger j ([triggers, k])
+    futility_z: float | None = None  # key pools: the early-futility rule's z (None: only the plain rule; sessions journaled before it)
+    futility_base: int = FUTILITY_BASE  # ... and the plain rule's answers it never stops before
 
     @property
     def threshold(self) -> float:
@@ -193,6 +195,7 @@ class SessionPlan:
                        "max_response_bytes": c.max_response_bytes, "header_names": sorted(c.headers)},
             "method": METHOD, "tracer_version": __version__,
             **({"key_style": set_style(self.probe_set.id), "keys": list(self.keys), "label_choices": self.label_choices} if self.keys is not None else {}),
+            **({"futility": {"rule": "wilson-upper", "z": self.futility_z, "base": self.futility_base}} if self.futility_z is not None else {}),
         }
 
     def scored(self, j: int, answer: int) -> bool:
@@ -298,7 +301,8 @@ def new_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, url: str, fmt: Wir
     budget = int(opt.budget if opt.budget is not None else 2 * len(schedule))
     return replace(_finish(ws, keyring, common, session=f"probe-{secrets.token_hex(8)}", endpoint=Endpoint.parse(url), fmt=fmt,
                            seed=seed, schedule=schedule, decoys_per_trigger=decoys, budget=budget, alpha=alpha, options=opt,
-                           endpoint_hmac=url_hmac(keyring.master, url), keys=keys), pool_left=left)
+                           endpoint_hmac=url_hmac(keyring.master, url), keys=keys), pool_left=left,
+                   futility_z=FUTILITY_Z if keys is not None else None)
 
 
 def _resume_endpoint(keyring: Keyring, start: dict[str, Any], url: str | None, session: str) -> tuple[Endpoint, str | None]:
@@ -348,7 +352,8 @@ def resumed_plan(ws: Workspace, keyring: Keyring, ledger: Ledger, session: str, 
                           hint="resume from the same workspace and dataset, or start a new probe")
     if start["probe_set_digest"] != plan.probe_set.digest():
         raise TracerError(f"probe set {plan.probe_set.id} no longer matches session {session}")
-    return replace(plan, pool_left=left)
+    rule = start.get("futility") or {}
+    return replace(plan, pool_left=left, futility_z=rule.get("z"), futility_base=int(rule.get("base", FUTILITY_BASE)))
 
 
 # -- the journal, replayed -----------------------------------------------------------------------

@@ -158,7 +158,8 @@ class ProbeSession:
         self.plan = plan
         journaled = ledger.session_journal(self.resume).get("probe-query", []) if self.resume else []
         self.scores_seen = any(plan.fmt.scores(q.get("response")) is not None for q in journaled)
-        self.test = EProcess(plan.label_choices or self.ws.config.task.num_classes, len(plan.members), plan.alpha)
+        self.test = EProcess(plan.label_choices or self.ws.config.task.num_classes, len(plan.members), plan.alpha, futility_z=plan.futility_z,
+                             futility_base=plan.futility_base)
         self.decoys_right = self.decoys_answered = 0
         for idx in sorted(self.state.answered):
             self._score(idx, self.state.answered[idx])
