@@ -1,7 +1,7 @@
 """One natural-mix workspace probes 50 different endpoints with default options (issue 12's "pool outlasts 50 endpoints").
 
 Set-up: an issued digits workspace with natural-mix keys (bench/_common NATURAL_KEYS: a pool of 2048
-keys, 64 drawn per probe, the default; acme, globex and initech issued), copied so the original is never modified.
+keys, 64 drawn per probe as it was written out then; acme, globex and initech issued), copied so the original is never modified.
 Its real ledger accumulates every probe's revelations, as a vendor watching a market would.
 
 Endpoints, in a fixed rotation of ten kinds (five rounds for 50), each a real HTTP server on loopback

@@ -215,7 +215,7 @@ class FingerprintConfig:
                                 description="natural-mix: most fresh keys one probed endpoint is shown, never reused (unsent ones\n"
                                             f"go back). 0: automatic, {AUTO_KEYS_PER_PROBE} or the whole pool if smaller; a probe stops as soon as\n"
                                             "it can decide (README: 128 names 99 % of copies answering 85 keys in 100 right,\n"
-                                            "an innocent endpoint costs about 22)")
+                                            "an innocent endpoint costs about 26)")
     probe_sets: Int = Field(default=2, ge=1, le=64, description="uniform-grid: independent probe sets; one shown to a suspect API can be retired")
     probes_per_set: Int = Field(default=0, ge=0, le=MAX_PROBES_PER_SET,
                                 description="uniform-grid: 0: automatic (64 at 10 classes, 224 at 2 classes)")
