@@ -158,7 +158,7 @@ def main() -> int:
         source = args.workspace
         if source is None:
             source = build_issued_workspace(args.keep or Path(tmp) / "built", "digits", keys="natural")
-        for n, value in enumerate((args.keys_per_probe or "").split(",") if args.keys_per_probe else [None]):
+        for n, value in enumerate(args.keys_per_probe.split(",") if args.keys_per_probe else [None]):
             root = Path(tmp) / f"ws{n}"
             shutil.copytree(source, root)
             if value is not None:

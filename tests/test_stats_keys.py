@@ -198,7 +198,6 @@ def test_run_names_a_copy_on_mixed_keys_and_stops_for_futility_otherwise() -> No
     assert verdict == "no_match" and used < 128
 
 
-
 def test_wilson_upper_bound_golden_values() -> None:
     """The early-futility rule's bound: the Wilson score interval's upper end, by hand."""
     assert wilson_upper(np.array([0.0, 3.0]), 0, 2.5).tolist() == [1.0, 1.0]  # nothing seen: anything is possible
@@ -227,7 +226,8 @@ def test_early_futility_gives_up_on_chance_answers_sooner_and_names_a_copy_as_th
         assert early == EProcess(C, 3, alpha=1e-6).run(rows[:FUTILITY_BASE], ks[:FUTILITY_BASE])
     copy = chance.copy()
     copy[:, 1] = True  # a perfect copy: its bound is 1 at every step, so the rule never stops it early
-    assert _early_and_plain(copy, ks)[0] == _early_and_plain(copy, ks)[1] == ("match", 24)
+    early, plain_run = _early_and_plain(copy, ks)
+    assert early == plain_run == ("match", 24)
     # before any answer the bound is 1: the early rule decides exactly as the plain one
     fresh, plain = EProcess(C, 3, 1e-6, futility_z=FUTILITY_Z), EProcess(C, 3, 1e-6)
     assert fresh.decided(20, np.full(20, 2)) == plain.decided(20, np.full(20, 2)) == "no_match"
@@ -257,9 +257,10 @@ def test_early_futility_keeps_power_where_the_plain_rule_at_the_same_cost_loses_
 @pytest.mark.parametrize("kind", ["random", "in_set"])
 def test_early_futility_stays_calibrated_under_the_null(kind: str) -> None:
     """Stopping early never enters the error bound: with the probe's rule, early futility on, each innocent
-    customer's p-value at the stop still has P[p <= u] <= u, and one is named with probability at most alpha."""
+    customer's p-value at the stop still has P[p <= u] <= u, and one is named with probability at most alpha.
+    128 keys: beyond FUTILITY_BASE, where the early rule differs from the plain one."""
     rng = np.random.default_rng([7, ord(kind[0])])
-    sims, n, alpha = 2000, 64, 0.05
+    sims, n, alpha = 2000, 128, 0.05
     ks = np.full(n, 2)
     sets = _label_sets(rng, ks)
     matched = _labels(rng, sets, sims) == _null_answers(kind, rng, sets, sims)
@@ -271,6 +272,7 @@ def test_early_futility_stays_calibrated_under_the_null(kind: str) -> None:
     assert named / sims <= alpha + _slack(alpha, sims), named
     for u in U:
         assert np.mean(p <= u) <= u + _slack(u, sims), (u, np.mean(p <= u))
+
 
 # -- simulated null ----------------------------------------------------------------------------------
 
